@@ -1,0 +1,144 @@
+//! Command-line flags of `metrics-agent`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use metrics_proto::duration::parse_duration;
+
+/// Where the agent reads its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// The kubelet's /metrics/resource: node and every container.
+    Kubelet,
+    /// The host's /proc: the node only.
+    Proc,
+}
+
+/// Reads one node's resource usage and streams it to metrics-aggregator.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "metrics-agent", version)]
+pub struct Args {
+    /// Name of the Node this agent reports for.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Where to read samples.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "kubelet",
+        env = "METRICS_AGENT_SOURCE"
+    )]
+    pub source: SourceKind,
+
+    /// Base URL of the kubelet; default https://$NODE_IP:10250.
+    #[arg(long, env = "KUBELET_URL")]
+    pub kubelet_url: Option<String>,
+
+    /// Bearer token file for the kubelet; skipped when the file is absent.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        env = "KUBELET_TOKEN_FILE"
+    )]
+    pub kubelet_token_file: PathBuf,
+
+    /// CA bundle that signs the kubelet's serving certificate.
+    #[arg(long, env = "KUBELET_CERTIFICATE_AUTHORITY")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
+
+    /// Do not verify the kubelet's serving certificate.
+    #[arg(long, env = "KUBELET_INSECURE_TLS")]
+    pub kubelet_insecure_tls: bool,
+
+    /// Timeout of one kubelet request; default: 90% of the resolution, at most 10s.
+    #[arg(long, value_parser = parse_duration, env = "KUBELET_REQUEST_TIMEOUT")]
+    pub kubelet_request_timeout: Option<Duration>,
+
+    /// Root of the host's procfs (for --source=proc).
+    #[arg(long, default_value = "/proc", env = "PROC_ROOT")]
+    pub proc_root: PathBuf,
+
+    /// Aggregator gRPC URL (https://HOST:PORT); repeat for several.
+    #[arg(
+        long = "aggregator",
+        required = true,
+        env = "AGGREGATOR",
+        value_delimiter = ','
+    )]
+    pub aggregators: Vec<String>,
+
+    /// CA bundle that signs the aggregator's serving certificate.
+    #[arg(long, env = "AGGREGATOR_CA_FILE")]
+    pub aggregator_ca_file: Option<PathBuf>,
+
+    /// Do not verify the aggregator's serving certificate.
+    #[arg(long, env = "AGGREGATOR_INSECURE_TLS")]
+    pub aggregator_insecure_tls: bool,
+
+    /// Sampling and reporting period (1s or more).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "METRIC_RESOLUTION")]
+    pub metric_resolution: Duration,
+}
+
+/// A flag combination that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error("--metric-resolution must be at least 1s, got {0:?}")]
+    Resolution(Duration),
+    #[error("--node-name must not be empty")]
+    NodeName,
+    #[error("no kubelet URL: set --kubelet-url or NODE_IP")]
+    KubeletUrl,
+    #[error("choose one of {0}")]
+    Conflict(&'static str),
+}
+
+impl Args {
+    /// Checks what clap cannot; called before anything starts.
+    pub fn validate(&self) -> Result<(), ArgsError> {
+        if self.metric_resolution < Duration::from_secs(1) {
+            return Err(ArgsError::Resolution(self.metric_resolution));
+        }
+        if self.node_name.trim().is_empty() {
+            return Err(ArgsError::NodeName);
+        }
+        if self.kubelet_insecure_tls && self.kubelet_certificate_authority.is_some() {
+            return Err(ArgsError::Conflict(
+                "--kubelet-insecure-tls or --kubelet-certificate-authority",
+            ));
+        }
+        if self.aggregator_insecure_tls && self.aggregator_ca_file.is_some() {
+            return Err(ArgsError::Conflict(
+                "--aggregator-insecure-tls or --aggregator-ca-file",
+            ));
+        }
+        if self.source == SourceKind::Kubelet {
+            self.kubelet_url()?;
+        }
+        Ok(())
+    }
+
+    /// The kubelet base URL, from the flag or `NODE_IP`.
+    pub fn kubelet_url(&self) -> Result<String, ArgsError> {
+        if let Some(u) = &self.kubelet_url {
+            return Ok(u.clone());
+        }
+        match std::env::var("NODE_IP") {
+            Ok(ip) if ip.contains(':') => Ok(format!("https://[{ip}]:10250")),
+            Ok(ip) if !ip.is_empty() => Ok(format!("https://{ip}:10250")),
+            _ => Err(ArgsError::KubeletUrl),
+        }
+    }
+
+    /// Timeout of one kubelet request.
+    pub fn kubelet_timeout(&self) -> Duration {
+        self.kubelet_request_timeout.unwrap_or_else(|| {
+            self.metric_resolution
+                .mul_f64(0.9)
+                .min(Duration::from_secs(10))
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! One period of the agent: read the source, fold the batch into the rate
+//! store, and build the report to send.
+
+use std::time::Duration;
+
+use metrics_proto::v1::NodeReport;
+use metrics_proto::PROTOCOL_VERSION;
+use tokio_util::sync::CancellationToken;
+
+use crate::rates::RateStore;
+use crate::source::Source;
+
+/// Running totals of what the agent dropped or failed, for logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub source_errors: u64,
+    pub malformed_lines: u64,
+    pub invalid_samples: u64,
+    pub incomplete_containers: u64,
+}
+
+/// Samples one node and turns samples into reports.
+pub struct Collector {
+    node_name: String,
+    source: Source,
+    rates: RateStore,
+    period: Duration,
+    counters: Counters,
+    failing: bool,
+}
+
+impl Collector {
+    pub fn new(node_name: String, source: Source, period: Duration) -> Self {
+        Self {
+            node_name,
+            source,
+            rates: RateStore::new(period),
+            period,
+            counters: Counters::default(),
+            failing: false,
+        }
+    }
+
+    /// Totals so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Reads the source once and returns the report for this period. A
+    /// failed read is logged (once per outage) and yields `None`.
+    pub async fn collect(&mut self) -> Option<NodeReport> {
+        let (batch, stats) = match self.source.read().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.source_errors += 1;
+                if !self.failing {
+                    tracing::warn!(source = self.source.name(), error = %e, "reading source failed");
+                }
+                self.failing = true;
+                return None;
+            }
+        };
+        if self.failing {
+            tracing::info!(source = self.source.name(), "source recovered");
+            self.failing = false;
+        }
+        if stats.malformed_lines + stats.invalid_samples > 0 {
+            tracing::warn!(
+                malformed_lines = stats.malformed_lines,
+                invalid_samples = stats.invalid_samples,
+                "dropped unusable samples from source"
+            );
+        }
+        self.counters.malformed_lines += stats.malformed_lines;
+        self.counters.invalid_samples += stats.invalid_samples;
+        self.counters.incomplete_containers += stats.incomplete_containers;
+        self.rates.store(&batch);
+        Some(NodeReport {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: self.node_name.clone(),
+            sequence: 0,
+            period_ms: u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX),
+            node_labels: Default::default(),
+            node: self.rates.node_usage(),
+            pods: self.rates.pod_usages(),
+            source: self.source.name().to_owned(),
+        })
+    }
+
+    /// Collects every period until cancelled, handing each report to `sink`.
+    pub async fn run(mut self, mut sink: impl FnMut(NodeReport), cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let report = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.collect() => r,
+            };
+            if let Some(r) = report {
+                sink(r);
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! metrics-agent: reads one node's resource usage (from the kubelet or the
+//! host's `/proc`), computes CPU rates locally with metrics-server's rules,
+//! and streams a full report every period to metrics-aggregator.
+
+pub mod args;
+pub mod batch;
+pub mod collect;
+pub mod rates;
+pub mod source;
+pub mod tls;
+pub mod transport;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Args, SourceKind};
+use crate::collect::Collector;
+use crate::source::{host::HostSource, kubelet::KubeletSource, Source};
+use crate::tls::Verify;
+use crate::transport::Target;
+
+/// CA of the cluster as mounted into every pod.
+pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
+/// Start-up failures; the binary exits 64 on these before doing any I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Args(#[from] args::ArgsError),
+    #[error(transparent)]
+    Tls(#[from] metrics_proto::tls::TlsError),
+    #[error(transparent)]
+    Kubelet(#[from] source::kubelet::KubeletError),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    #[error("{what}: no CA to verify it; set {flag} or its --*-insecure-tls flag")]
+    NoCa {
+        what: &'static str,
+        flag: &'static str,
+    },
+}
+
+fn verify<'a>(
+    insecure: bool,
+    ca: Option<&'a Path>,
+    default_ca: Option<&'a Path>,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<Verify<'a>, SetupError> {
+    match (insecure, ca.or(default_ca)) {
+        (true, _) => Ok(Verify::Insecure),
+        (false, Some(path)) => Ok(Verify::CaFile(path)),
+        (false, None) => Err(SetupError::NoCa { what, flag }),
+    }
+}
+
+/// Everything the agent needs, built and checked from the flags.
+pub struct Agent {
+    pub collector: Collector,
+    pub targets: Vec<Target>,
+}
+
+impl Agent {
+    /// Validates the flags and builds sources and targets; no network I/O.
+    pub fn from_args(args: &Args) -> Result<Self, SetupError> {
+        args.validate()?;
+        let in_cluster_ca = PathBuf::from(IN_CLUSTER_CA);
+        let in_cluster_ca = in_cluster_ca.exists().then_some(in_cluster_ca.as_path());
+        let source = match args.source {
+            SourceKind::Proc => Source::Host(HostSource::new(&args.proc_root)),
+            SourceKind::Kubelet => {
+                let url = args.kubelet_url()?;
+                let tls = if url.starts_with("https://") {
+                    let v = verify(
+                        args.kubelet_insecure_tls,
+                        args.kubelet_certificate_authority.as_deref(),
+                        in_cluster_ca,
+                        "kubelet",
+                        "--kubelet-certificate-authority",
+                    )?;
+                    tls::client_config(v, &[b"h2", b"http/1.1"])?
+                } else {
+                    Arc::new(
+                        rustls::ClientConfig::builder()
+                            .with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth(),
+                    )
+                };
+                let token = Some(args.kubelet_token_file.clone());
+                Source::Kubelet(KubeletSource::new(
+                    &url,
+                    tls,
+                    token,
+                    args.kubelet_timeout(),
+                )?)
+            }
+        };
+        let mut targets = Vec::with_capacity(args.aggregators.len());
+        for url in &args.aggregators {
+            let tls = if url.starts_with("https://") {
+                let v = verify(
+                    args.aggregator_insecure_tls,
+                    args.aggregator_ca_file.as_deref(),
+                    None,
+                    "aggregator",
+                    "--aggregator-ca-file",
+                )?;
+                Some(tls::client_config(v, &[b"h2"])?)
+            } else {
+                tracing::warn!(aggregator = %url, "sending reports without TLS");
+                None
+            };
+            targets.push(Target::new(url, tls)?);
+        }
+        let collector = Collector::new(args.node_name.clone(), source, args.metric_resolution);
+        Ok(Self { collector, targets })
+    }
+
+    /// Runs until `cancel` fires: one collector loop and one sender per
+    /// aggregator, connected by a watch channel holding the newest report.
+    pub async fn run(self, cancel: CancellationToken) {
+        let (tx, rx) = watch::channel(None);
+        let mut tasks = tokio::task::JoinSet::new();
+        for target in self.targets {
+            let span = tracing::info_span!("sender", aggregator = target.url());
+            tasks.spawn(tracing::Instrument::instrument(
+                transport::run_sender(target, rx.clone(), cancel.clone()),
+                span,
+            ));
+        }
+        let publish = move |r| {
+            let _ = tx.send(Some(Arc::new(r)));
+        };
+        tasks.spawn(self.collector.run(publish, cancel.clone()));
+        while tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,202 @@
+//! Two-point rate computation with metrics-server's rules.
+//!
+//! For the node and for every container the store keeps the latest sample
+//! (`last`) and the one before it (`prev`). Usage is `Δcpu / window` between
+//! them and the memory of `last`. The rules, applied per point on [`store`]:
+//!
+//! * a point newer than `last` moves `last` to `prev`; a point that is not
+//!   newer changes nothing except that `prev` is dropped when it is not older
+//!   than the new point;
+//! * a container that started ≥ 10 s and < one resolution before its sample
+//!   gets a synthetic `prev` at its start time with zero CPU;
+//! * a container whose start time is not before `last`'s timestamp restarted:
+//!   it starts over with no `prev`;
+//! * containers and pods missing from a batch are forgotten.
+//!
+//! On [`RateStore::report`] a pair with a decreasing CPU counter, a
+//! decreasing start time or a non-positive window is skipped with a log
+//! line; a pod is reported only when every one of its containers has a pair,
+//! and carries the timestamp and window of its earliest container.
+//!
+//! [`store`]: RateStore::store
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
+
+use crate::batch::{Batch, PodRef, Point};
+
+/// Youngest container age, in ns, for which a synthetic start point is used;
+/// below it the rate would be too noisy.
+const FRESH_CONTAINER_MIN_NS: i64 = 10_000_000_000;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Pair {
+    last: Point,
+    prev: Option<Point>,
+}
+
+/// Why a pair gave no usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PairError {
+    #[error("start time decreased")]
+    StartTimeDecreased,
+    #[error("cumulative CPU decreased")]
+    CpuDecreased,
+    #[error("window is not positive")]
+    EmptyWindow,
+}
+
+/// Computes usage from two samples. Mirrors metrics-server's arithmetic so
+/// both give the same nanocores for the same input.
+pub fn usage(last: &Point, prev: &Point) -> Result<Usage, PairError> {
+    if last.start_ns < prev.start_ns {
+        return Err(PairError::StartTimeDecreased);
+    }
+    if last.cpu_ns < prev.cpu_ns {
+        return Err(PairError::CpuDecreased);
+    }
+    let window = last.timestamp_ns.saturating_sub(prev.timestamp_ns);
+    if window <= 0 {
+        return Err(PairError::EmptyWindow);
+    }
+    // Go's Duration.Seconds(): whole seconds plus the fraction, as f64.
+    let seconds = (window / 1_000_000_000) as f64 + (window % 1_000_000_000) as f64 / 1e9;
+    let cpu = (last.cpu_ns - prev.cpu_ns) as f64 / seconds;
+    Ok(Usage {
+        timestamp_unix_nanos: last.timestamp_ns,
+        window_nanos: window,
+        cpu_nanocores: cpu as u64,
+        memory_working_set_bytes: last.memory_bytes,
+    })
+}
+
+/// Decides the pair after a new point arrives for a series that has `old`.
+fn advance(old: Option<&Pair>, new: Point) -> Pair {
+    let Some(old) = old else {
+        return Pair {
+            last: new,
+            prev: None,
+        };
+    };
+    if new.timestamp_ns > old.last.timestamp_ns {
+        return Pair {
+            last: new,
+            prev: Some(old.last),
+        };
+    }
+    Pair {
+        last: old.last,
+        prev: old.prev.filter(|p| p.timestamp_ns < new.timestamp_ns),
+    }
+}
+
+/// The last two samples of one node and its containers.
+#[derive(Debug, Default)]
+pub struct RateStore {
+    resolution_ns: i64,
+    node: Option<Pair>,
+    pods: HashMap<PodRef, BTreeMap<String, Pair>>,
+}
+
+impl RateStore {
+    /// `resolution` is the sampling period (metrics-server's
+    /// `--metric-resolution`).
+    pub fn new(resolution: Duration) -> Self {
+        Self {
+            resolution_ns: i64::try_from(resolution.as_nanos()).unwrap_or(i64::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Folds a new batch in; see the module doc for the rules.
+    pub fn store(&mut self, batch: &Batch) {
+        self.node = batch.node.map(|p| advance(self.node.as_ref(), p));
+        let mut pods = HashMap::with_capacity(batch.pods.len());
+        for (pod, containers) in &batch.pods {
+            let old = self.pods.get(pod);
+            let mut pairs = BTreeMap::new();
+            for (name, &new) in containers {
+                let age = new.timestamp_ns.saturating_sub(new.start_ns);
+                let pair = if new.start_ns < new.timestamp_ns
+                    && age < self.resolution_ns
+                    && age >= FRESH_CONTAINER_MIN_NS
+                {
+                    Pair {
+                        last: new,
+                        prev: Some(Point {
+                            timestamp_ns: new.start_ns,
+                            cpu_ns: 0,
+                            ..new
+                        }),
+                    }
+                } else {
+                    match old.and_then(|c| c.get(name)) {
+                        Some(pair) if new.start_ns < pair.last.timestamp_ns => {
+                            advance(Some(pair), new)
+                        }
+                        _ => advance(None, new),
+                    }
+                };
+                pairs.insert(name.clone(), pair);
+            }
+            pods.insert(pod.clone(), pairs);
+        }
+        self.pods = pods;
+    }
+
+    /// Node usage, when the node has a valid pair.
+    pub fn node_usage(&self) -> Option<Usage> {
+        let pair = self.node?;
+        match usage(&pair.last, &pair.prev?) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping node usage");
+                None
+            }
+        }
+    }
+
+    /// Pod usages, sorted by namespace and name, containers by name.
+    pub fn pod_usages(&self) -> Vec<PodUsage> {
+        let mut out = Vec::with_capacity(self.pods.len());
+        'pods: for (pod, containers) in &self.pods {
+            let mut cms = Vec::with_capacity(containers.len());
+            let mut earliest: Option<(i64, i64)> = None;
+            for (name, pair) in containers {
+                let Some(prev) = pair.prev else {
+                    continue 'pods;
+                };
+                let u = match usage(&pair.last, &prev) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(error = %e, pod = %format_args!("{}/{}", pod.namespace, pod.name), container = %name, "skipping container usage");
+                        continue;
+                    }
+                };
+                if earliest.is_none_or(|(ts, _)| ts > u.timestamp_unix_nanos) {
+                    earliest = Some((u.timestamp_unix_nanos, u.window_nanos));
+                }
+                cms.push(ContainerUsage {
+                    name: name.clone(),
+                    cpu_nanocores: u.cpu_nanocores,
+                    memory_working_set_bytes: u.memory_working_set_bytes,
+                });
+            }
+            let Some((timestamp_unix_nanos, window_nanos)) = earliest else {
+                continue;
+            };
+            out.push(PodUsage {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                labels: Default::default(),
+                timestamp_unix_nanos,
+                window_nanos,
+                containers: cms,
+            });
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+}

@@ -1,0 +1,184 @@
+//! Turns a kubelet `/metrics/resource` payload into a [`Batch`], with
+//! metrics-server's reading of each series.
+//!
+//! Differences from metrics-server, on purpose: a sample that is malformed,
+//! negative, NaN or infinite, or a container series without its `namespace`,
+//! `pod` and `container` labels, is dropped alone and counted; and a container
+//! reporting zero CPU or zero memory (e.g. a finished init container) is
+//! dropped alone instead of taking its whole pod with it.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::batch::{Batch, PodRef, Point};
+use crate::source::prom::{self, Sample};
+
+/// What decoding had to drop, for logs and counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Lines that are not valid exposition format.
+    pub malformed_lines: u64,
+    /// Samples of known series with unusable values or labels.
+    pub invalid_samples: u64,
+    /// Containers dropped because their CPU or memory was zero.
+    pub incomplete_containers: u64,
+    /// 1 when the node point was dropped (no timestamp, zero CPU or memory).
+    pub incomplete_node: u64,
+}
+
+/// Partial point while series are collected.
+#[derive(Default, Clone, Copy)]
+struct Partial {
+    timestamp_ns: Option<i64>,
+    start_ns: i64,
+    cpu_ns: u64,
+    memory_bytes: u64,
+    swap_bytes: u64,
+}
+
+impl Partial {
+    fn complete(&self) -> Option<Point> {
+        let timestamp_ns = self.timestamp_ns?;
+        (self.cpu_ns != 0 && self.memory_bytes != 0).then_some(Point {
+            timestamp_ns,
+            start_ns: self.start_ns,
+            cpu_ns: self.cpu_ns,
+            memory_bytes: self.memory_bytes,
+            swap_bytes: self.swap_bytes,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Cpu,
+    Memory,
+    Swap,
+    Start,
+}
+
+fn classify(name: &str) -> Option<(bool, Field)> {
+    Some(match name {
+        "node_cpu_usage_seconds_total" => (true, Field::Cpu),
+        "node_memory_working_set_bytes" => (true, Field::Memory),
+        "node_swap_usage_bytes" => (true, Field::Swap),
+        "container_cpu_usage_seconds_total" => (false, Field::Cpu),
+        "container_memory_working_set_bytes" => (false, Field::Memory),
+        "container_swap_usage_bytes" => (false, Field::Swap),
+        "container_start_time_seconds" => (false, Field::Start),
+        _ => return None,
+    })
+}
+
+/// Nanoseconds since the epoch of `t` (negative before 1970).
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) {
+    match field {
+        // `as` truncates toward zero like Go's float-to-integer conversion.
+        Field::Cpu => p.cpu_ns = (value * 1e9) as u64,
+        Field::Memory => p.memory_bytes = value as u64,
+        Field::Swap => p.swap_bytes = value as u64,
+        Field::Start => {
+            p.start_ns = (value * 1e9) as i64;
+            return;
+        }
+    }
+    p.timestamp_ns = Some(timestamp_ns);
+}
+
+fn container_key(s: &Sample<'_>) -> Option<(PodRef, String)> {
+    let namespace = s.label("namespace")?;
+    let pod = s.label("pod")?;
+    let container = s.label("container")?;
+    if namespace.is_empty() || pod.is_empty() || container.is_empty() {
+        return None;
+    }
+    Some((
+        PodRef {
+            namespace: namespace.into_owned(),
+            name: pod.into_owned(),
+        },
+        container.into_owned(),
+    ))
+}
+
+/// Decodes a payload. Samples without a timestamp get `default_time` (the
+/// moment the request was sent).
+pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
+    let default_ns = unix_nanos(default_time);
+    let mut stats = DecodeStats::default();
+    let mut node = Partial::default();
+    let mut pods: BTreeMap<PodRef, BTreeMap<String, Partial>> = BTreeMap::new();
+    for sample in prom::samples(body) {
+        let sample = match sample {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed kubelet metrics line");
+                stats.malformed_lines += 1;
+                continue;
+            }
+        };
+        let Some((is_node, field)) = classify(sample.name) else {
+            continue;
+        };
+        if !sample.value.is_finite() || sample.value < 0.0 {
+            tracing::debug!(
+                series = sample.name,
+                value = sample.value,
+                "unusable sample value"
+            );
+            stats.invalid_samples += 1;
+            continue;
+        }
+        let ts = sample
+            .timestamp_ms
+            .and_then(|ms| ms.checked_mul(1_000_000))
+            .unwrap_or(default_ns);
+        if is_node {
+            apply(&mut node, field, sample.value, ts);
+            continue;
+        }
+        let Some((pod, container)) = container_key(&sample) else {
+            tracing::debug!(
+                series = sample.name,
+                "container sample without namespace/pod/container"
+            );
+            stats.invalid_samples += 1;
+            continue;
+        };
+        let partial = pods.entry(pod).or_default().entry(container).or_default();
+        apply(partial, field, sample.value, ts);
+    }
+
+    let mut batch = Batch {
+        node: node.complete(),
+        ..Batch::default()
+    };
+    if batch.node.is_none() {
+        stats.incomplete_node = 1;
+    }
+    for (pod, containers) in pods {
+        let mut complete = BTreeMap::new();
+        for (name, partial) in containers {
+            match partial.complete() {
+                Some(point) => {
+                    complete.insert(name, point);
+                }
+                None => {
+                    tracing::debug!(pod = %format_args!("{}/{}", pod.namespace, pod.name), container = %name, "dropping container with zero CPU or memory");
+                    stats.incomplete_containers += 1;
+                }
+            }
+        }
+        if !complete.is_empty() {
+            batch.pods.insert(pod, complete);
+        }
+    }
+    (batch, stats)
+}

@@ -1,0 +1,244 @@
+//! Zero-copy parser for the Prometheus text exposition format (0.0.4), as
+//! served by the kubelet's `/metrics/resource`.
+//!
+//! One line is one sample: `name{label="value",...} value [timestamp_ms]`.
+//! Comments (`# HELP`, `# TYPE`, others) and blank lines are skipped, so both
+//! the `[ALPHA]` (kubelet ≤ 1.28) and `[STABLE]` (1.29+) payloads parse the
+//! same. Names and label text are borrowed from the input; only label values
+//! that contain escapes are copied.
+
+use std::borrow::Cow;
+
+/// A malformed line. Carries the 1-based line number for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct LineError {
+    pub line: usize,
+    pub reason: &'static str,
+}
+
+/// One sample, borrowing from the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample<'a> {
+    pub name: &'a str,
+    /// Text between the braces, already validated; empty when there are none.
+    labels: &'a str,
+    pub value: f64,
+    /// Milliseconds since the epoch, when the line carries one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl<'a> Sample<'a> {
+    /// Value of label `key`, unescaped.
+    pub fn label(&self, key: &str) -> Option<Cow<'a, str>> {
+        LabelIter { rest: self.labels }
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| unescape(v))
+    }
+}
+
+/// Iterates `(key, raw_value)` over validated label text.
+struct LabelIter<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for LabelIter<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value, rest) = split_label(self.rest).ok().flatten()?;
+        self.rest = rest;
+        Some((key, value))
+    }
+}
+
+/// Splits the first `key="value"` off label text. `Ok(None)` at the end.
+fn split_label(text: &str) -> Result<Option<(&str, &str, &str)>, &'static str> {
+    let text = text.trim_start_matches([' ', '\t', ',']);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let eq = text.find('=').ok_or("label without '='")?;
+    let key = text[..eq].trim_end();
+    if !is_label_name(key) {
+        return Err("invalid label name");
+    }
+    let after = text[eq + 1..].trim_start();
+    let body = after.strip_prefix('"').ok_or("label value not quoted")?;
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => {
+                let rest = &body[i + 1..];
+                let rest = rest.trim_start();
+                if !(rest.is_empty() || rest.starts_with(',')) {
+                    return Err("junk after label value");
+                }
+                return Ok(Some((key, &body[..i], rest)));
+            }
+            _ => i += 1,
+        }
+    }
+    Err("unterminated label value")
+}
+
+fn unescape(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('\\') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Finds the `}` closing the label set, skipping quoted values.
+fn closing_brace(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut i, mut quoted) = (0, false);
+    while i < bytes.len() {
+        match (bytes[i], quoted) {
+            (b'\\', true) => i += 1,
+            (b'"', _) => quoted = !quoted,
+            (b'}', false) => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parses one non-comment, non-blank line.
+pub fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
+    let name_end = line
+        .find(|c: char| c == '{' || c == ' ' || c == '\t')
+        .ok_or("no value")?;
+    let name = &line[..name_end];
+    if !is_metric_name(name) {
+        return Err("invalid metric name");
+    }
+    let (labels, rest) = if line[name_end..].starts_with('{') {
+        let inner = &line[name_end + 1..];
+        let close = closing_brace(inner).ok_or("unterminated label set")?;
+        let labels = &inner[..close];
+        let mut check = labels;
+        while let Some((_, _, rest)) = split_label(check)? {
+            check = rest;
+        }
+        (labels, &inner[close + 1..])
+    } else {
+        ("", &line[name_end..])
+    };
+    let mut fields = rest.split_ascii_whitespace();
+    let value = fields.next().ok_or("no value")?;
+    let value: f64 = value.parse().map_err(|_| "invalid value")?;
+    let timestamp_ms = match fields.next() {
+        Some(ts) => Some(ts.parse::<i64>().map_err(|_| "invalid timestamp")?),
+        None => None,
+    };
+    if fields.next().is_some() {
+        return Err("trailing fields");
+    }
+    Ok(Sample {
+        name,
+        labels,
+        value,
+        timestamp_ms,
+    })
+}
+
+/// Iterates the samples of a payload; malformed lines come out as errors
+/// and never stop the iteration.
+pub fn samples(text: &str) -> impl Iterator<Item = Result<Sample<'_>, LineError>> {
+    text.lines().enumerate().filter_map(|(i, line)| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        Some(parse_line(line).map_err(|reason| LineError {
+            line: i + 1,
+            reason,
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_sample_with_timestamp() {
+        let s = parse_line("node_cpu_usage_seconds_total 357.35491 1633253809720").unwrap();
+        assert_eq!(s.name, "node_cpu_usage_seconds_total");
+        assert_eq!(s.value, 357.35491);
+        assert_eq!(s.timestamp_ms, Some(1633253809720));
+        assert_eq!(s.label("x"), None);
+    }
+
+    #[test]
+    fn labels_with_escapes_and_braces() {
+        let s = parse_line(r#"m{a="x\"}y",b="l1\nl2",c="back\\slash",} 1e+07"#).unwrap();
+        assert_eq!(s.label("a").unwrap(), "x\"}y");
+        assert_eq!(s.label("b").unwrap(), "l1\nl2");
+        assert_eq!(s.label("c").unwrap(), "back\\slash");
+        assert_eq!(s.value, 1e7);
+        assert_eq!(s.timestamp_ms, None);
+    }
+
+    #[test]
+    fn special_values() {
+        assert!(parse_line("m NaN").unwrap().value.is_nan());
+        assert_eq!(parse_line("m +Inf").unwrap().value, f64::INFINITY);
+        assert_eq!(parse_line("m -Inf 5").unwrap().timestamp_ms, Some(5));
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        for bad in [
+            "m",
+            "m{a=\"1\"",
+            "m{a=1} 1",
+            "m{1a=\"x\"} 1",
+            "m{a=\"x\" b=\"y\"} 1",
+            "m x",
+            "m 1 notatime",
+            "m 1 2 3",
+            "9m 1",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad} should fail");
+        }
+    }
+
+    #[test]
+    fn iteration_skips_comments_and_continues_after_errors() {
+        let text = "# HELP a [STABLE] x\n# TYPE a counter\n\na 1\nbad{ 2\nb{x=\"y\"} 3 4\n";
+        let got: Vec<_> = samples(text).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap().name, "a");
+        assert_eq!(got[1].as_ref().unwrap_err().line, 5);
+        assert_eq!(got[2].as_ref().unwrap().timestamp_ms, Some(4));
+    }
+}

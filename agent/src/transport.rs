@@ -1,0 +1,290 @@
+//! Streams reports to one aggregator: a long-lived bidirectional gRPC stream,
+//! the latest report sent every period, reconnects with jittered exponential
+//! backoff. Reports are never queued: a sender that falls behind skips to the
+//! newest one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use metrics_proto::v1::aggregator_message::Kind;
+use metrics_proto::v1::ingest_client::IngestClient;
+use metrics_proto::v1::NodeReport;
+use metrics_proto::MAX_MESSAGE_BYTES;
+
+/// The newest report, shared by every sender.
+pub type ReportRx = watch::Receiver<Option<Arc<NodeReport>>>;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of one connection attempt or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The aggregator URL is not usable.
+    #[error("invalid aggregator URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    /// TCP, TLS or HTTP/2 setup failed.
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The stream failed or the aggregator refused it.
+    #[error("stream to {url}: {source}")]
+    Stream {
+        url: String,
+        #[source]
+        source: tonic::Status,
+    },
+}
+
+/// Where and how to reach one aggregator.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    endpoint: Endpoint,
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// `url` is `https://HOST:PORT` (TLS with `tls`) or `http://HOST:PORT`.
+    pub fn new(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self, TransportError> {
+        let bad = |reason: &str| TransportError::Url {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let secure = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("scheme must be https or http")),
+        };
+        let host = uri.host().ok_or_else(|| bad("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = match (secure, tls) {
+            (true, Some(tls)) => Some(tls),
+            (true, None) => return Err(bad("https needs a TLS configuration")),
+            (false, _) => None,
+        };
+        // tonic sees plain HTTP/2; TLS, when wanted, is done by our connector.
+        let endpoint = Endpoint::from_shared(format!(
+            "http://{}",
+            uri.authority().map_or("", |a| a.as_str())
+        ))
+        .map_err(|e| bad(&e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+        Ok(Self {
+            url: url.to_owned(),
+            endpoint,
+            host,
+            port,
+            tls,
+        })
+    }
+
+    /// The URL as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn connect(&self) -> Result<Channel, TransportError> {
+        let (host, port) = (self.host.clone(), self.port);
+        let err = |source| TransportError::Connect {
+            url: self.url.clone(),
+            source,
+        };
+        match &self.tls {
+            None => self
+                .endpoint
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let (host, port) = (host.clone(), port);
+                    async move {
+                        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                        tcp.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tcp))
+                    }
+                }))
+                .await
+                .map_err(err),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                self.endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let (host, port, connector) = (host.clone(), port, connector.clone());
+                        async move {
+                            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                                .map_err(|e| {
+                                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+                                })?;
+                            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                            tcp.set_nodelay(true)?;
+                            let tls = connector.connect(name, tcp).await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(tls))
+                        }
+                    }))
+                    .await
+                    .map_err(err)
+            }
+        }
+    }
+}
+
+/// Outcome of one stream, to decide on backoff.
+struct StreamEnd {
+    acked: bool,
+}
+
+/// Keeps one aggregator fed until `cancel` fires.
+pub async fn run_sender(target: Target, mut reports: ReportRx, cancel: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    let mut jitter = Jitter::seeded();
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = stream_once(&target, &mut reports, &cancel) => r,
+        };
+        match result {
+            Ok(end) => {
+                if end.acked {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::info!(aggregator = target.url(), "stream closed by aggregator");
+            }
+            Err(e) => tracing::warn!(error = %e, "aggregator stream failed"),
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        let wait = jitter.spread(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn stream_once(
+    target: &Target,
+    reports: &mut ReportRx,
+    cancel: &CancellationToken,
+) -> Result<StreamEnd, TransportError> {
+    let channel = target.connect().await?;
+    let mut client = IngestClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<NodeReport>(2);
+    let stream_err = |source| TransportError::Stream {
+        url: target.url.clone(),
+        source,
+    };
+    let mut sequence = 0u64;
+    let mut send = |report: &NodeReport| {
+        sequence += 1;
+        let mut r = report.clone();
+        r.sequence = sequence;
+        // A full channel means the aggregator is behind: skip this period.
+        let _ = tx.try_send(r);
+    };
+    if let Some(r) = reports.borrow_and_update().clone() {
+        send(&r);
+    }
+    let mut inbound = client
+        .report(ReceiverStream::new(rx))
+        .await
+        .map_err(stream_err)?
+        .into_inner();
+    tracing::info!(aggregator = target.url(), "stream open");
+    let mut end = StreamEnd { acked: false };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(end),
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    return Ok(end);
+                }
+                if let Some(r) = reports.borrow_and_update().clone() {
+                    send(&r);
+                }
+            }
+            msg = inbound.message() => match msg.map_err(stream_err)? {
+                None => return Ok(end),
+                Some(m) => match m.kind {
+                    Some(Kind::Ack(ack)) if ack.accepted => end.acked = true,
+                    Some(Kind::Ack(ack)) => tracing::warn!(
+                        aggregator = target.url(), sequence = ack.sequence, error = %ack.error,
+                        "aggregator refused report"
+                    ),
+                    None => {}
+                },
+            },
+        }
+    }
+}
+
+/// xorshift64* seeded from the clock and address space; jitter needs no
+/// cryptographic quality.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let addr = &t as *const u64 as u64;
+        Self((t ^ addr.rotate_left(32)) | 1)
+    }
+
+    /// A duration uniformly in `[d/2, d)`.
+    fn spread(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        let frac = r as f64 / (1u64 << 53) as f64;
+        d.mul_f64(0.5 + frac / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter::seeded();
+        let d = Duration::from_secs(2);
+        let spread: Vec<_> = (0..1000).map(|_| j.spread(d)).collect();
+        assert!(spread.iter().all(|s| *s >= d / 2 && *s < d));
+        assert!(spread.iter().any(|s| *s != spread[0]), "jitter must vary");
+    }
+
+    #[test]
+    fn target_urls() {
+        assert!(Target::new("http://127.0.0.1:1", None).is_ok());
+        assert!(Target::new("https://127.0.0.1:1", None).is_err());
+        assert!(Target::new("ftp://x:1", None).is_err());
+        assert!(Target::new("not a url", None).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Decoding real kubelet payloads gives metrics-server's expected points.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, UNIX_EPOCH};
+
+use metrics_agent::batch::PodRef;
+use metrics_agent::source::decode::decode;
+use metrics_e2e::fixtures::fixture;
+
+const SINGLE: &str = "kubelet-metrics-resource/kind-k8s-1.21_single-pod_with-pod-metrics.prom";
+const SEVENTY: &str = "kubelet-metrics-resource/kind-k8s-1.21_70pods.prom";
+
+fn ms(ms: i64) -> i64 {
+    ms * 1_000_000
+}
+
+#[test]
+fn single_pod_payload_matches_metrics_server_decode() {
+    let (batch, stats) = decode(&fixture(SINGLE), UNIX_EPOCH);
+    let node = batch.node.expect("node point");
+    // 2021-10-03T09:36:49.720Z
+    assert_eq!(node.timestamp_ns, ms(1_633_253_809_720));
+    assert_eq!(node.cpu_ns, 357_354_910_000);
+    assert_eq!(node.memory_bytes, 1_616_273_408);
+
+    assert_eq!(batch.pods.len(), 1);
+    let pod = PodRef {
+        namespace: "kube-system".into(),
+        name: "coredns-558bd4d5db-4dpjz".into(),
+    };
+    let c = batch.pods[&pod]["coredns"];
+    // 2021-10-03T09:36:52.125Z, started 09:18:32Z
+    assert_eq!(c.timestamp_ns, ms(1_633_253_812_125));
+    assert_eq!(c.cpu_ns, 4_710_169_000);
+    assert_eq!(c.memory_bytes, 12_533_760);
+    assert_eq!(c.start_ns, 1_633_252_712 * 1_000_000_000);
+    assert_eq!(stats.malformed_lines + stats.invalid_samples, 0);
+}
+
+#[test]
+fn seventy_pod_payload_yields_one_node_and_seventy_pods() {
+    let text = fixture(SEVENTY);
+    let (batch, stats) = decode(&text, UNIX_EPOCH);
+    assert!(batch.node.is_some());
+    // Independent oracle: distinct (namespace, pod) of container CPU series.
+    let oracle: BTreeSet<(String, String)> = text
+        .lines()
+        .filter(|l| l.starts_with("container_cpu_usage_seconds_total{"))
+        .map(|l| {
+            let get = |k: &str| {
+                let start = l.find(&format!("{k}=\"")).unwrap() + k.len() + 2;
+                l[start..start + l[start..].find('"').unwrap()].to_string()
+            };
+            (get("namespace"), get("pod"))
+        })
+        .collect();
+    assert_eq!(oracle.len(), 70);
+    let got: BTreeSet<(String, String)> = batch
+        .pods
+        .keys()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect();
+    assert_eq!(got, oracle);
+    assert_eq!(stats.malformed_lines + stats.invalid_samples, 0);
+}
+
+#[test]
+fn samples_without_timestamp_use_request_time() {
+    let text = "node_cpu_usage_seconds_total 10\nnode_memory_working_set_bytes 2048\n";
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let (batch, _) = decode(text, t);
+    assert_eq!(
+        batch.node.unwrap().timestamp_ns,
+        1_700_000_000 * 1_000_000_000
+    );
+}
+
+#[test]
+fn stable_payload_and_bad_lines_lose_only_themselves() {
+    let text = r#"# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds
+# TYPE node_cpu_usage_seconds_total counter
+node_cpu_usage_seconds_total 100.5 1700000000000
+node_memory_working_set_bytes 1e+09 1700000000000
+container_cpu_usage_seconds_total{container="app",namespace="ns",pod="p"} 2 1700000000000
+container_memory_working_set_bytes{container="app",namespace="ns",pod="p"} 4096 1700000000000
+container_cpu_usage_seconds_total{container="done",namespace="ns",pod="p"} 0 1700000000000
+container_memory_working_set_bytes{container="done",namespace="ns",pod="p"} 0 1700000000000
+container_cpu_usage_seconds_total{container="x",namespace="ns",pod="q" 3 1700000000000
+container_memory_working_set_bytes{container="y",pod="q"} 3 1700000000000
+container_cpu_usage_seconds_total{container="z",namespace="ns",pod="q"} NaN 1700000000000
+some_future_family{a="b"} 1
+"#;
+    let (batch, stats) = decode(text, UNIX_EPOCH);
+    assert_eq!(batch.node.unwrap().cpu_ns, 100_500_000_000);
+    // "done" had zero CPU and memory: dropped alone, "app" stays.
+    let p = &batch.pods[&PodRef {
+        namespace: "ns".into(),
+        name: "p".into(),
+    }];
+    assert_eq!(p.keys().collect::<Vec<_>>(), ["app"]);
+    assert_eq!(stats.incomplete_containers, 1);
+    assert_eq!(stats.malformed_lines, 1);
+    assert_eq!(stats.invalid_samples, 2);
+    assert_eq!(batch.pods.len(), 1);
+}
+
+#[test]
+fn node_without_memory_is_dropped() {
+    let (batch, stats) = decode("node_cpu_usage_seconds_total 10 1000\n", UNIX_EPOCH);
+    assert!(batch.node.is_none());
+    assert_eq!(stats.incomplete_node, 1);
+}

@@ -1,0 +1,247 @@
+//! metrics-server's two-point rules, one case per rule.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use metrics_agent::batch::{Batch, PodRef, Point};
+use metrics_agent::rates::{usage, PairError, RateStore};
+use metrics_agent::source::decode::decode;
+use metrics_e2e::fixtures::fixture;
+
+const S: i64 = 1_000_000_000;
+const T0: i64 = 1_700_000_000 * S;
+
+fn pt(ts: i64, start: i64, cpu: u64, mem: u64) -> Point {
+    Point {
+        timestamp_ns: ts,
+        start_ns: start,
+        cpu_ns: cpu,
+        memory_bytes: mem,
+        swap_bytes: 0,
+    }
+}
+
+type Containers<'a> = &'a [(&'a str, Point)];
+
+fn batch(node: Option<Point>, pods: &[(&str, Containers<'_>)]) -> Batch {
+    Batch {
+        node,
+        pods: pods
+            .iter()
+            .map(|(p, cs)| {
+                let cs: BTreeMap<String, Point> =
+                    cs.iter().map(|(c, pt)| (c.to_string(), *pt)).collect();
+                let pod = PodRef {
+                    namespace: "ns".into(),
+                    name: p.to_string(),
+                };
+                (pod, cs)
+            })
+            .collect(),
+    }
+}
+
+fn store() -> RateStore {
+    RateStore::new(Duration::from_secs(15))
+}
+
+#[test]
+fn node_rate_over_window() {
+    let mut s = store();
+    s.store(&batch(Some(pt(T0, 0, 10 * S as u64, 100)), &[]));
+    assert_eq!(s.node_usage(), None, "one point is no pair");
+    s.store(&batch(Some(pt(T0 + 15 * S, 0, 13 * S as u64, 200)), &[]));
+    let u = s.node_usage().unwrap();
+    assert_eq!(u.cpu_nanocores, 200_000_000);
+    assert_eq!(u.window_nanos, 15 * S);
+    assert_eq!(u.timestamp_unix_nanos, T0 + 15 * S);
+    assert_eq!(u.memory_working_set_bytes, 200);
+}
+
+#[test]
+fn same_or_older_timestamp_keeps_the_pair() {
+    let mut s = store();
+    s.store(&batch(Some(pt(T0, 0, 1_000, 1)), &[]));
+    s.store(&batch(Some(pt(T0 + 10 * S, 0, 2_000, 2)), &[]));
+    let before = s.node_usage().unwrap();
+    s.store(&batch(Some(pt(T0 + 10 * S, 0, 2_000, 2)), &[]));
+    assert_eq!(s.node_usage().unwrap(), before, "repeat of last");
+    s.store(&batch(Some(pt(T0 + 5 * S, 0, 1_500, 9)), &[]));
+    assert_eq!(
+        s.node_usage().unwrap(),
+        before,
+        "older than last, newer than prev"
+    );
+    s.store(&batch(Some(pt(T0 - S, 0, 500, 9)), &[]));
+    assert_eq!(s.node_usage(), None, "older than prev drops prev");
+}
+
+#[test]
+fn decreasing_counter_or_start_time_drops_the_pair() {
+    assert_eq!(
+        usage(&pt(T0 + S, 0, 10, 1), &pt(T0, 0, 20, 1)),
+        Err(PairError::CpuDecreased)
+    );
+    assert_eq!(
+        usage(&pt(T0 + S, 5, 30, 1), &pt(T0, 6, 20, 1)),
+        Err(PairError::StartTimeDecreased)
+    );
+    assert_eq!(
+        usage(&pt(T0, 0, 30, 1), &pt(T0, 0, 20, 1)),
+        Err(PairError::EmptyWindow)
+    );
+    let mut s = store();
+    s.store(&batch(Some(pt(T0, 0, 5_000, 1)), &[]));
+    s.store(&batch(Some(pt(T0 + S, 0, 4_000, 1)), &[]));
+    assert_eq!(s.node_usage(), None);
+}
+
+#[test]
+fn cpu_arithmetic_matches_go() {
+    // Δcpu / Duration.Seconds(), truncated: 7 ns over 3.000000001 s.
+    let u = usage(&pt(T0 + 3 * S + 1, 0, 7, 1), &pt(T0, 0, 0, 1)).unwrap();
+    assert_eq!(u.cpu_nanocores, (7.0f64 / (3.0 + 1.0 / 1e9)) as u64);
+    // 1.5 cores over 20.064 s.
+    let u = usage(
+        &pt(T0 + 20_064_000_000, 0, 30_096_000_000, 1),
+        &pt(T0, 0, 0, 1),
+    )
+    .unwrap();
+    assert_eq!(u.cpu_nanocores, 1_500_000_000);
+}
+
+#[test]
+fn container_pairs_and_pod_timestamp_is_earliest() {
+    let start = T0 - 3600 * S;
+    let mut s = store();
+    s.store(&batch(
+        None,
+        &[(
+            "p",
+            &[("a", pt(T0, start, 0, 10)), ("b", pt(T0 + S, start, 0, 20))],
+        )],
+    ));
+    assert!(s.pod_usages().is_empty());
+    s.store(&batch(
+        None,
+        &[(
+            "p",
+            &[
+                ("a", pt(T0 + 10 * S, start, S as u64, 11)),
+                ("b", pt(T0 + 12 * S, start, S as u64 / 2, 21)),
+            ],
+        )],
+    ));
+    let pods = s.pod_usages();
+    assert_eq!(pods.len(), 1);
+    let p = &pods[0];
+    assert_eq!((p.namespace.as_str(), p.name.as_str()), ("ns", "p"));
+    assert_eq!(p.timestamp_unix_nanos, T0 + 10 * S, "earliest container");
+    assert_eq!(p.window_nanos, 10 * S);
+    let cpu: Vec<_> = p
+        .containers
+        .iter()
+        .map(|c| (c.name.as_str(), c.cpu_nanocores))
+        .collect();
+    assert_eq!(cpu, [("a", 100_000_000), ("b", 45_454_545)]);
+}
+
+#[test]
+fn restarted_container_gets_no_pair_and_hides_its_pod() {
+    let mut s = store();
+    let old_start = T0 - 100 * S;
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0, old_start, 5 * S as u64, 1))])],
+    ));
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0 + 15 * S, old_start, 6 * S as u64, 1))])],
+    ));
+    assert_eq!(s.pod_usages().len(), 1);
+    // Restarted at exactly the last timestamp: start >= last.ts.
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0 + 30 * S, T0 + 15 * S, S as u64, 1))])],
+    ));
+    assert!(s.pod_usages().is_empty());
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0 + 45 * S, T0 + 15 * S, 2 * S as u64, 1))])],
+    ));
+    assert_eq!(s.pod_usages()[0].containers[0].cpu_nanocores, 66_666_666);
+}
+
+#[test]
+fn fresh_container_uses_its_start_time() {
+    let mut s = store();
+    // Started 12 s before its first sample: 10 s <= age < 15 s resolution.
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0, T0 - 12 * S, 3 * S as u64, 7))])],
+    ));
+    let pods = s.pod_usages();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].containers[0].cpu_nanocores, 250_000_000);
+    assert_eq!(pods[0].window_nanos, 12 * S);
+    assert_eq!(pods[0].timestamp_unix_nanos, T0);
+    // Younger than 10 s: no synthetic point.
+    let mut s = store();
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0, T0 - 9 * S, 3 * S as u64, 7))])],
+    ));
+    assert!(s.pod_usages().is_empty());
+}
+
+#[test]
+fn new_container_in_known_pod_hides_the_pod_until_paired() {
+    let start = T0 - 3600 * S;
+    let mut s = store();
+    s.store(&batch(None, &[("p", &[("a", pt(T0, start, 1, 1))])]));
+    let two = |ts| [("a", pt(ts, start, 2, 1)), ("b", pt(ts, start, 2, 1))];
+    s.store(&batch(None, &[("p", &two(T0 + 15 * S))]));
+    assert!(s.pod_usages().is_empty());
+    s.store(&batch(None, &[("p", &two(T0 + 30 * S))]));
+    assert_eq!(s.pod_usages()[0].containers.len(), 2);
+    // A pod missing from a batch is forgotten.
+    s.store(&batch(None, &[]));
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0 + 60 * S, start, 4, 1))])],
+    ));
+    assert!(s.pod_usages().is_empty());
+}
+
+#[test]
+fn fixture_pair_gives_exact_rates() {
+    // The same payload 15 s later with every counter advanced by 1.5 s.
+    let first = fixture("kubelet-metrics-resource/kind-k8s-1.21_single-pod_with-pod-metrics.prom");
+    let second: String = first
+        .lines()
+        .map(|l| {
+            if l.starts_with("node_cpu_usage_seconds_total ") {
+                "node_cpu_usage_seconds_total 358.85491 1633253824720".to_string()
+            } else if l.starts_with("node_memory_working_set_bytes ") {
+                "node_memory_working_set_bytes 1.616273408e+09 1633253824720".to_string()
+            } else if l.starts_with("container_cpu_usage_seconds_total{") {
+                l.replace("4.710169 1633253812125", "6.210169 1633253827125")
+            } else if l.starts_with("container_memory_working_set_bytes{") {
+                l.replace("1633253812125", "1633253827125")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut s = store();
+    s.store(&decode(&first, UNIX_EPOCH).0);
+    s.store(&decode(&second, UNIX_EPOCH).0);
+    let node = s.node_usage().unwrap();
+    assert_eq!(node.window_nanos, 15 * S);
+    assert_eq!(node.cpu_nanocores, 100_000_000);
+    let pods = s.pod_usages();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].containers[0].cpu_nanocores, 100_000_000);
+    assert_eq!(pods[0].containers[0].memory_working_set_bytes, 12_533_760);
+}
