@@ -57,6 +57,14 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, env = "KUBELET_REQUEST_TIMEOUT")]
     pub kubelet_request_timeout: Option<Duration>,
 
+    /// Add pod labels read from the kubelet's /pods (needs nodes/proxy on the kubelet).
+    #[arg(long, env = "KUBELET_POD_LABELS")]
+    pub kubelet_pod_labels: bool,
+
+    /// How often --kubelet-pod-labels refetches /pods (sooner when a new pod appears).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "POD_LABELS_REFRESH")]
+    pub pod_labels_refresh: Duration,
+
     /// Root of the host's procfs (for --source=proc).
     #[arg(long, default_value = "/proc", env = "PROC_ROOT")]
     pub proc_root: PathBuf,

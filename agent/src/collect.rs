@@ -7,6 +7,7 @@ use metrics_proto::v1::NodeReport;
 use metrics_proto::PROTOCOL_VERSION;
 use tokio_util::sync::CancellationToken;
 
+use crate::labels::LabelCache;
 use crate::rates::RateStore;
 use crate::source::Source;
 
@@ -27,6 +28,7 @@ pub struct Collector {
     period: Duration,
     counters: Counters,
     failing: bool,
+    labels: Option<LabelCache>,
 }
 
 impl Collector {
@@ -38,7 +40,14 @@ impl Collector {
             period,
             counters: Counters::default(),
             failing: false,
+            labels: None,
         }
+    }
+
+    /// Adds pod labels from `cache` to every report.
+    pub fn with_labels(mut self, cache: LabelCache) -> Self {
+        self.labels = Some(cache);
+        self
     }
 
     /// Totals so far.
@@ -75,6 +84,19 @@ impl Collector {
         self.counters.invalid_samples += stats.invalid_samples;
         self.counters.incomplete_containers += stats.incomplete_containers;
         self.rates.store(&batch);
+        let mut pods = self.rates.pod_usages();
+        if let Some(cache) = &mut self.labels {
+            cache.update(&batch).await;
+            for p in &mut pods {
+                let key = crate::batch::PodRef {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                };
+                if let Some(l) = cache.labels().get(&key) {
+                    p.labels = l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                }
+            }
+        }
         Some(NodeReport {
             protocol_version: PROTOCOL_VERSION,
             node_name: self.node_name.clone(),
@@ -82,7 +104,7 @@ impl Collector {
             period_ms: u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX),
             node_labels: Default::default(),
             node: self.rates.node_usage(),
-            pods: self.rates.pod_usages(),
+            pods,
             source: self.source.name().to_owned(),
         })
     }

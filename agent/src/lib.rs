@@ -5,6 +5,7 @@
 pub mod args;
 pub mod batch;
 pub mod collect;
+pub mod labels;
 pub mod rates;
 pub mod source;
 pub mod tls;
@@ -69,6 +70,7 @@ impl Agent {
         args.validate()?;
         let in_cluster_ca = PathBuf::from(IN_CLUSTER_CA);
         let in_cluster_ca = in_cluster_ca.exists().then_some(in_cluster_ca.as_path());
+        let mut labels = None;
         let source = match args.source {
             SourceKind::Proc => Source::Host(HostSource::new(&args.proc_root)),
             SourceKind::Kubelet => {
@@ -81,7 +83,7 @@ impl Agent {
                         "kubelet",
                         "--kubelet-certificate-authority",
                     )?;
-                    tls::client_config(v, &[b"h2", b"http/1.1"])?
+                    tls::client_config(v, &[])?
                 } else {
                     Arc::new(
                         rustls::ClientConfig::builder()
@@ -90,12 +92,14 @@ impl Agent {
                     )
                 };
                 let token = Some(args.kubelet_token_file.clone());
-                Source::Kubelet(KubeletSource::new(
-                    &url,
-                    tls,
-                    token,
-                    args.kubelet_timeout(),
-                )?)
+                let kubelet = KubeletSource::new(&url, tls, token, args.kubelet_timeout())?;
+                if args.kubelet_pod_labels {
+                    labels = Some(labels::LabelCache::new(
+                        kubelet.clone(),
+                        args.pod_labels_refresh,
+                    ));
+                }
+                Source::Kubelet(kubelet)
             }
         };
         let mut targets = Vec::with_capacity(args.aggregators.len());
@@ -115,7 +119,10 @@ impl Agent {
             };
             targets.push(Target::new(url, tls)?);
         }
-        let collector = Collector::new(args.node_name.clone(), source, args.metric_resolution);
+        let mut collector = Collector::new(args.node_name.clone(), source, args.metric_resolution);
+        if let Some(cache) = labels {
+            collector = collector.with_labels(cache);
+        }
         Ok(Self { collector, targets })
     }
 

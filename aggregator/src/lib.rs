@@ -1,1 +1,184 @@
-//! stub
+//! metrics-aggregator: receives node reports from metrics-agents over gRPC,
+//! keeps the latest per node, and serves them as metrics.k8s.io/v1beta1.
+
+pub mod api;
+pub mod args;
+pub mod format;
+pub mod ingest;
+pub mod render;
+pub mod report;
+pub mod server;
+pub mod standalone;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::Args;
+use crate::ingest::IngestService;
+use crate::store::Store;
+
+/// Failures before serving starts.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Args(#[from] args::ArgsError),
+    #[error(transparent)]
+    Serving(#[from] tls::ServingError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Standalone(#[from] standalone::StandaloneError),
+}
+
+impl StartError {
+    /// True for configuration mistakes (exit 64), false for runtime failures.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Args(_) | StartError::Serving(_))
+    }
+}
+
+/// A bound, not yet running aggregator.
+pub struct Aggregator {
+    args: Args,
+    api: TcpListener,
+    grpc: TcpListener,
+    identity: tls::Identity,
+    store: Arc<Store>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Aggregator {
+    /// Validates flags, prepares the certificate, binds both ports.
+    pub async fn bind(mut args: Args) -> Result<Self, StartError> {
+        args.validate()?;
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        names.extend(args.tls_sans.iter().cloned());
+        let identity = tls::identity(
+            args.tls_cert_file.as_deref(),
+            args.tls_private_key_file.as_deref(),
+            &args.cert_dir,
+            &names,
+        )?;
+        // Fail on a bad key pair before binding.
+        tls::server_config(&identity, &[])?;
+        let api = bind(SocketAddr::new(args.bind_address, args.api_port())).await?;
+        let grpc = bind(SocketAddr::new(args.bind_address, args.ingest_port())).await?;
+        Ok(Self {
+            args,
+            api,
+            grpc,
+            identity,
+            store: Arc::new(Store::new()),
+        })
+    }
+
+    /// Address of the HTTPS API.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.local_addr().ok()
+    }
+
+    /// Address of the gRPC ingest port.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.local_addr().ok()
+    }
+
+    /// The serving certificate in use.
+    pub fn identity(&self) -> &tls::Identity {
+        &self.identity
+    }
+
+    /// Serves until `cancel` fires, then drains.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), StartError> {
+        let ingest = IngestService::new(
+            Arc::clone(&self.store),
+            self.args.node_expiry_periods,
+            cancel.clone(),
+        );
+        let api_tls = tls::server_config(&self.identity, &[b"h2", b"http/1.1"])?;
+        let app = api::router(api::AppState {
+            store: Arc::clone(&self.store),
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&self.store).sweep_loop(Duration::from_secs(5), cancel.clone()));
+        if self.args.standalone {
+            let info = standalone::start(
+                &self.args,
+                &self,
+                ingest.clone(),
+                cancel.clone(),
+                &mut tasks,
+            )?;
+            println!("{info}");
+        }
+        tasks.spawn(server::serve_https(self.api, api_tls, app, cancel.clone()));
+        tasks.spawn(serve_grpc(
+            self.grpc,
+            self.identity.clone(),
+            ingest,
+            cancel.clone(),
+        ));
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    id: tls::Identity,
+    ingest: IngestService,
+    cancel: CancellationToken,
+) {
+    let tls = match (std::fs::read(&id.cert), std::fs::read(&id.key)) {
+        (Ok(cert), Ok(key)) => tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "reading the serving certificate for gRPC");
+            cancel.cancel();
+            return;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map(|b| {
+            b.max_concurrent_streams(Some(8))
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .tcp_nodelay(true)
+        });
+    let mut builder = match server {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC TLS configuration");
+            cancel.cancel();
+            return;
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = builder
+        .add_service(ingest.into_server())
+        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server failed");
+        cancel.cancel();
+    }
+}

@@ -1,4 +1,8 @@
-//! Shared test support: locating `../shared/fixtures`, fake kubelets, and
-//! spawning the real binaries on 127.0.0.1.
+//! Shared test support: locating `../shared/fixtures`, a fake kubelet, the
+//! real binaries on 127.0.0.1, kubectl, and an independent quantity parser.
 
 pub mod fixtures;
+pub mod https;
+pub mod kubelet;
+pub mod procs;
+pub mod quantity;

@@ -1,5 +1,6 @@
 //! Reads the local kubelet's `/metrics/resource` over HTTPS.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,12 +13,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, PodRef};
 use crate::source::decode::{decode, DecodeStats};
 
 /// Largest payload accepted, compressed or not (bytes). A 110-pod node
 /// serves about 100 KB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest `/pods` answer accepted (bytes); full pod specs are big.
+pub const MAX_PODS_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Pod labels by pod.
+pub type PodLabels = HashMap<PodRef, BTreeMap<String, String>>;
 
 /// Failures of one scrape. None of them stops the agent.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +53,13 @@ pub enum KubeletError {
     /// No answer within the timeout.
     #[error("request to {url} timed out after {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+    /// `/pods` was not a PodList.
+    #[error("decoding {url}: {source}")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The kubelet answered with an error status.
     #[error("{url} answered {status}: {body}")]
     Status {
@@ -63,6 +77,7 @@ pub enum KubeletError {
 pub struct KubeletSource {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     uri: Uri,
+    pods_uri: Uri,
     token_file: Option<PathBuf>,
     timeout: Duration,
 }
@@ -77,13 +92,18 @@ impl KubeletSource {
         token_file: Option<PathBuf>,
         timeout: Duration,
     ) -> Result<Self, KubeletError> {
-        let url = format!("{}/metrics/resource", base_url.trim_end_matches('/'));
-        let uri: Uri = url.parse().map_err(|source| KubeletError::Url {
-            url: url.clone(),
-            source,
-        })?;
+        let parse = |path: &str| {
+            let url = format!("{}{path}", base_url.trim_end_matches('/'));
+            url.parse::<Uri>()
+                .map_err(|source| KubeletError::Url { url, source })
+        };
+        let uri = parse("/metrics/resource")?;
+        let pods_uri = parse("/pods")?;
+        // The connector sets ALPN from the enabled HTTP versions itself.
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -92,6 +112,7 @@ impl KubeletSource {
         Ok(Self {
             client,
             uri,
+            pods_uri,
             token_file,
             timeout,
         })
@@ -114,19 +135,44 @@ impl KubeletSource {
     /// Fetches and decodes one payload.
     pub async fn scrape(&self) -> Result<(Batch, DecodeStats), KubeletError> {
         let started = SystemTime::now();
-        let body = tokio::time::timeout(self.timeout, self.fetch())
-            .await
-            .map_err(|_| KubeletError::Timeout {
-                url: self.uri.to_string(),
-                timeout: self.timeout,
-            })??;
+        let body = self.fetch(&self.uri, MAX_BODY_BYTES).await?;
         let text = String::from_utf8_lossy(&body);
         Ok(decode(&text, started))
     }
 
-    async fn fetch(&self) -> Result<Vec<u8>, KubeletError> {
-        let url = self.uri.to_string();
-        let mut req = Request::get(self.uri.clone())
+    /// Labels of the pods on this node from the kubelet's `/pods` (a
+    /// core/v1 PodList). Needs `nodes/proxy` on the kubelet.
+    pub async fn pod_labels(&self) -> Result<PodLabels, KubeletError> {
+        let body = self.fetch(&self.pods_uri, MAX_PODS_BODY_BYTES).await?;
+        let list: PodList = serde_json::from_slice(&body).map_err(|source| KubeletError::Json {
+            url: self.pods_uri.to_string(),
+            source,
+        })?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|p| {
+                let key = PodRef {
+                    namespace: p.metadata.namespace,
+                    name: p.metadata.name,
+                };
+                (key, p.metadata.labels)
+            })
+            .collect())
+    }
+
+    async fn fetch(&self, uri: &Uri, limit: usize) -> Result<Vec<u8>, KubeletError> {
+        tokio::time::timeout(self.timeout, self.fetch_inner(uri, limit))
+            .await
+            .map_err(|_| KubeletError::Timeout {
+                url: uri.to_string(),
+                timeout: self.timeout,
+            })?
+    }
+
+    async fn fetch_inner(&self, uri: &Uri, limit: usize) -> Result<Vec<u8>, KubeletError> {
+        let url = uri.to_string();
+        let mut req = Request::get(uri.clone())
             .header(header::ACCEPT_ENCODING, "gzip")
             .header(
                 header::USER_AGENT,
@@ -152,7 +198,7 @@ impl KubeletSource {
             .headers()
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        let body = Limited::new(resp.into_body(), MAX_BODY_BYTES)
+        let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map_err(|e| KubeletError::Body {
@@ -173,18 +219,39 @@ impl KubeletSource {
         }
         let mut out = Vec::with_capacity(body.len() * 4);
         flate2::read::GzDecoder::new(&body[..])
-            .take(MAX_BODY_BYTES as u64 + 1)
+            .take(limit as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| KubeletError::Body {
                 url: url.clone(),
                 reason: format!("gzip: {e}"),
             })?;
-        if out.len() > MAX_BODY_BYTES {
+        if out.len() > limit {
             return Err(KubeletError::Body {
                 url,
-                reason: format!("decompressed body exceeds {MAX_BODY_BYTES} bytes"),
+                reason: format!("decompressed body exceeds {limit} bytes"),
             });
         }
         Ok(out)
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PodList {
+    #[serde(default)]
+    items: Vec<PodItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct PodItem {
+    metadata: PodMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct PodMeta {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }

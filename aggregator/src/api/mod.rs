@@ -1,0 +1,89 @@
+//! The HTTPS API: metrics.k8s.io/v1beta1, discovery and health endpoints.
+
+pub mod discovery;
+pub mod metrics;
+pub mod selector;
+pub mod status;
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{HeaderMap, StatusCode};
+
+use crate::store::Store;
+use status::ApiError;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+}
+
+const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/apis",
+            get(|h: HeaderMap| async move { discovery::apis(&h) }),
+        )
+        .route(
+            "/apis/metrics.k8s.io",
+            get(|| async { discovery::json(discovery::group()) }),
+        )
+        .route(
+            V1BETA1,
+            get(|| async { discovery::json(discovery::RESOURCE_LIST) }),
+        )
+        .route(&format!("{V1BETA1}/nodes"), get(metrics::list_nodes))
+        .route(&format!("{V1BETA1}/nodes/{{name}}"), get(metrics::get_node))
+        .route(&format!("{V1BETA1}/pods"), get(metrics::list_all_pods))
+        .route(
+            &format!("{V1BETA1}/namespaces/{{ns}}/pods"),
+            get(metrics::list_namespace_pods),
+        )
+        .route(
+            &format!("{V1BETA1}/namespaces/{{ns}}/pods/{{name}}"),
+            get(metrics::get_pod),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Response {
+    if s.store.has_data() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "[-]metric-storage-ready failed: no metrics received yet\nreadyz check failed\n",
+        )
+            .into_response()
+    }
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+    let resource = if uri.path().contains("/pods") {
+        "pods"
+    } else {
+        "nodes"
+    };
+    let verb = match method {
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => method.as_str(),
+    };
+    ApiError::MethodNotSupported {
+        verb: verb.to_owned(),
+        resource,
+    }
+}

@@ -1,0 +1,222 @@
+//! Kubernetes wire formatting of the values metrics.k8s.io serves:
+//! canonical resource quantities, Go duration strings and RFC 3339 times.
+
+use std::fmt::Write;
+
+/// CPU in canonical DecimalSI from nanocores: `"487558164n"`, `"100m"`,
+/// `"1500m"`, `"2"`, `"0"`.
+pub fn cpu_quantity(nanocores: u64) -> String {
+    let (value, scale) = fit_i64(nanocores, -9);
+    decimal_si(value, scale)
+}
+
+/// Memory in canonical BinarySI from bytes: `"732212Ki"`, `"1Gi"`, plain
+/// bytes when not a multiple of 1024, and DecimalSI below 1024 (`"1k"`), as
+/// resource.Quantity prints them.
+pub fn memory_quantity(bytes: u64) -> String {
+    let (value, scale) = fit_i64(bytes, 0);
+    if value < 1024 || scale != 0 {
+        return decimal_si(value, scale);
+    }
+    let (mut v, mut exp) = (value, 0usize);
+    while v % 1024 == 0 {
+        v /= 1024;
+        exp += 1;
+    }
+    const SUFFIX: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    format!("{v}{}", SUFFIX[exp.min(6)])
+}
+
+/// metrics-server's uint64Quantity: values above i64::MAX lose one decimal
+/// digit to fit.
+fn fit_i64(v: u64, scale: i32) -> (i64, i32) {
+    match i64::try_from(v) {
+        Ok(v) => (v, scale),
+        Err(_) => ((v / 10) as i64, scale + 1),
+    }
+}
+
+fn decimal_si(value: i64, scale: i32) -> String {
+    if value == 0 {
+        return "0".to_owned();
+    }
+    // i128: lowering the exponent to a multiple of 3 may not fit an i64.
+    let (mut v, mut exp) = (i128::from(value), scale);
+    while v % 10 == 0 {
+        v /= 10;
+        exp += 1;
+    }
+    match exp.rem_euclid(3) {
+        1 => {
+            v *= 10;
+            exp -= 1;
+        }
+        2 => {
+            v *= 100;
+            exp -= 2;
+        }
+        _ => {}
+    }
+    let suffix = match exp {
+        -9 => "n",
+        -6 => "u",
+        -3 => "m",
+        0 => "",
+        3 => "k",
+        6 => "M",
+        9 => "G",
+        12 => "T",
+        15 => "P",
+        18 => "E",
+        _ => return format!("{v}e{exp}"),
+    };
+    format!("{v}{suffix}")
+}
+
+/// Go's `time.Duration.String()`: `"15s"`, `"20.064s"`, `"1m0s"`,
+/// `"1h2m3.5s"`, `"500ms"`, `"0s"`.
+pub fn go_duration(nanos: i64) -> String {
+    let neg = nanos < 0;
+    let u = nanos.unsigned_abs();
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    if u < 1_000_000_000 {
+        let (unit, prec) = match u {
+            0 => return "0s".to_owned(),
+            1..=999 => ("ns", 0),
+            1_000..=999_999 => ("µs", 3),
+            _ => ("ms", 6),
+        };
+        let _ = write!(out, "{}{}{unit}", u / 10u64.pow(prec), frac(u, prec));
+        return out;
+    }
+    let secs = u / 1_000_000_000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if h > 0 || m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    let _ = write!(out, "{s}{}s", frac(u, 9));
+    out
+}
+
+/// `.ddd` of `v / 10^prec` without trailing zeros; empty when zero.
+fn frac(v: u64, prec: u32) -> String {
+    if prec == 0 {
+        return String::new();
+    }
+    let f = v % 10u64.pow(prec);
+    if f == 0 {
+        return String::new();
+    }
+    let digits = format!("{f:0width$}", width = prec as usize);
+    format!(".{}", digits.trim_end_matches('0'))
+}
+
+/// RFC 3339 in UTC with whole seconds, as metav1.Time marshals:
+/// `"2022-01-27T18:48:33Z"`.
+pub fn rfc3339(unix_nanos: i64) -> String {
+    let secs = unix_nanos.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quantities() {
+        let cases = [
+            (0, "0"),
+            (487_558_164, "487558164n"),
+            (100_000_000, "100m"),
+            (1_500_000_000, "1500m"),
+            (2_000_000_000, "2"),
+            (1_000, "1u"),
+            (10_000, "10u"),
+            (120_000_000_000, "120"),
+            (3_000_000_000_000, "3k"),
+            (9_559_630, "9559630n"),
+            (u64::MAX, "18446744073709551610n"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(cpu_quantity(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn memory_quantities() {
+        let cases = [
+            (0, "0"),
+            (1_616_273_408, "1578392Ki"),
+            (12_533_760, "12240Ki"),
+            (749_785_088, "732212Ki"),
+            (1 << 30, "1Gi"),
+            (1_616_273_409, "1616273409"),
+            (1_000, "1k"),
+            (500, "500"),
+            (1023, "1023"),
+            (1024, "1Ki"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(memory_quantity(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn go_durations() {
+        let s = 1_000_000_000i64;
+        let cases = [
+            (0, "0s"),
+            (15 * s, "15s"),
+            (20_064_000_000, "20.064s"),
+            (60 * s, "1m0s"),
+            (3600 * s, "1h0m0s"),
+            (3723 * s + s / 2, "1h2m3.5s"),
+            (500_000_000, "500ms"),
+            (1_500, "1.5µs"),
+            (7, "7ns"),
+            (-15 * s, "-15s"),
+            (s + 1, "1.000000001s"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(go_duration(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_643_309_313_999_999_999), "2022-01-27T18:48:33Z");
+        assert_eq!(rfc3339(1_633_253_809_720_000_000), "2021-10-03T09:36:49Z");
+        assert_eq!(rfc3339(951_782_400 * 1_000_000_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+}

@@ -1,0 +1,143 @@
+//! The gRPC `Ingest` service: one task per agent stream, each report
+//! checked, rendered and stored, and answered with an Ack. A stream serves
+//! one node: the first accepted report binds it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use metrics_proto::v1::aggregator_message::Kind;
+use metrics_proto::v1::ingest_server::{Ingest, IngestServer};
+use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
+use metrics_proto::MAX_MESSAGE_BYTES;
+
+use crate::report::to_entry;
+use crate::store::Store;
+
+/// Counts for logs and self-metrics.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub streams: AtomicU64,
+}
+
+/// The service: a plain struct over the store.
+#[derive(Clone)]
+pub struct IngestService {
+    store: Arc<Store>,
+    stats: Arc<IngestStats>,
+    expiry_periods: u32,
+    cancel: CancellationToken,
+}
+
+impl IngestService {
+    pub fn new(store: Arc<Store>, expiry_periods: u32, cancel: CancellationToken) -> Self {
+        Self {
+            store,
+            stats: Arc::default(),
+            expiry_periods,
+            cancel,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<IngestStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The tonic server wrapper with message size bounds.
+    pub fn into_server(self) -> IngestServer<Self> {
+        IngestServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Handles one report; returns the Ack to send.
+    pub fn handle(&self, report: &NodeReport, bound: &mut Option<String>) -> Ack {
+        match to_entry(
+            report,
+            bound.as_deref(),
+            Instant::now(),
+            self.expiry_periods,
+        ) {
+            Ok(entry) => {
+                if bound.is_none() {
+                    tracing::info!(node = %entry.name, "agent stream bound to node");
+                    *bound = Some(entry.name.clone());
+                }
+                self.store.insert(entry);
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                Ack {
+                    sequence: report.sequence,
+                    accepted: true,
+                    error: String::new(),
+                }
+            }
+            Err(e) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = ?bound, error = %e, "refused report");
+                Ack {
+                    sequence: report.sequence,
+                    accepted: false,
+                    error: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type ReportStream = AckStream;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<NodeReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        // Small: an agent that does not read its acks stops being read.
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        this.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("ingest", ?peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut bound = None;
+                loop {
+                    let msg = tokio::select! {
+                        _ = this.cancel.cancelled() => break,
+                        m = inbound.message() => m,
+                    };
+                    let report = match msg {
+                        Ok(Some(r)) => r,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::info!(node = ?bound, error = %e, "agent stream ended");
+                            break;
+                        }
+                    };
+                    let ack = this.handle(&report, &mut bound);
+                    let msg = AggregatorMessage {
+                        kind: Some(Kind::Ack(ack)),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break;
+                    }
+                }
+                this.stats.streams.fetch_sub(1, Ordering::Relaxed);
+            },
+            span,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,191 @@
+//! metrics.k8s.io/v1beta1 objects rendered to JSON once, at ingest. Only
+//! `creationTimestamp` (the response time) is filled in per request, so an
+//! object is split around it: `head + time + tail`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use metrics_proto::v1::{PodUsage, Usage};
+
+use crate::format::{cpu_quantity, go_duration, memory_quantity, rfc3339};
+
+/// A pre-rendered object; see the module doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    head: String,
+    tail: String,
+}
+
+impl Rendered {
+    /// Appends the object with `created` (RFC 3339) as its creationTimestamp.
+    pub fn write_to(&self, out: &mut Vec<u8>, created: &str) {
+        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(created.as_bytes());
+        out.extend_from_slice(self.tail.as_bytes());
+    }
+
+    /// Bytes this object adds to a response, minus the timestamp.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Never true for a rendered object; for clippy's `len` convention.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    // serde_json's escaping of a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+fn labels_json(out: &mut String, labels: &BTreeMap<String, String>) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push_str(",\"labels\":{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(out, k);
+        out.push(':');
+        json_str(out, v);
+    }
+    out.push('}');
+}
+
+fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64) {
+    let _ = write!(
+        out,
+        "{{\"cpu\":\"{}\",\"memory\":\"{}\"}}",
+        cpu_quantity(cpu_nanocores),
+        memory_quantity(memory_bytes)
+    );
+}
+
+fn head(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    let mut h = String::with_capacity(160);
+    let _ = write!(
+        h,
+        "{{\"kind\":\"{kind}\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",\"metadata\":{{\"name\":"
+    );
+    json_str(&mut h, name);
+    if let Some(ns) = namespace {
+        h.push_str(",\"namespace\":");
+        json_str(&mut h, ns);
+    }
+    h.push_str(",\"creationTimestamp\":\"");
+    h
+}
+
+fn times(t: &mut String, timestamp_nanos: i64, window_nanos: i64) {
+    let _ = write!(
+        t,
+        "}},\"timestamp\":\"{}\",\"window\":\"{}\"",
+        rfc3339(timestamp_nanos),
+        go_duration(window_nanos)
+    );
+}
+
+/// A NodeMetrics object.
+pub fn node_metrics(name: &str, labels: &BTreeMap<String, String>, u: &Usage) -> Rendered {
+    let mut tail = String::with_capacity(160);
+    tail.push('"');
+    labels_json(&mut tail, labels);
+    times(&mut tail, u.timestamp_unix_nanos, u.window_nanos);
+    tail.push_str(",\"usage\":");
+    usage_json(&mut tail, u.cpu_nanocores, u.memory_working_set_bytes);
+    tail.push('}');
+    Rendered {
+        head: head("NodeMetrics", None, name),
+        tail,
+    }
+}
+
+/// A PodMetrics object; containers in the order given (sorted by name).
+pub fn pod_metrics(p: &PodUsage) -> Rendered {
+    let mut tail = String::with_capacity(128 + 80 * p.containers.len());
+    tail.push('"');
+    let labels: BTreeMap<String, String> = p
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels_json(&mut tail, &labels);
+    times(&mut tail, p.timestamp_unix_nanos, p.window_nanos);
+    tail.push_str(",\"containers\":[");
+    for (i, c) in p.containers.iter().enumerate() {
+        if i > 0 {
+            tail.push(',');
+        }
+        tail.push_str("{\"name\":");
+        json_str(&mut tail, &c.name);
+        tail.push_str(",\"usage\":");
+        usage_json(&mut tail, c.cpu_nanocores, c.memory_working_set_bytes);
+        tail.push('}');
+    }
+    tail.push_str("]}");
+    Rendered {
+        head: head("PodMetrics", Some(&p.namespace), &p.name),
+        tail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_proto::v1::ContainerUsage;
+
+    fn render(r: &Rendered, created: &str) -> String {
+        let mut out = Vec::new();
+        r.write_to(&mut out, created);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn node_object_layout() {
+        let u = Usage {
+            timestamp_unix_nanos: 1_643_309_313_000_000_000,
+            window_nanos: 30_000_000_000,
+            cpu_nanocores: 487_558_164,
+            memory_working_set_bytes: 749_785_088,
+        };
+        let labels = BTreeMap::from([
+            ("b".to_string(), "2".to_string()),
+            ("a\"".to_string(), "1".to_string()),
+        ]);
+        let got = render(
+            &node_metrics("minikube", &labels, &u),
+            "2022-01-27T18:48:43Z",
+        );
+        assert_eq!(
+            got,
+            r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"minikube","creationTimestamp":"2022-01-27T18:48:43Z","labels":{"a\"":"1","b":"2"}},"timestamp":"2022-01-27T18:48:33Z","window":"30s","usage":{"cpu":"487558164n","memory":"732212Ki"}}"#
+        );
+    }
+
+    #[test]
+    fn pod_object_layout() {
+        let p = PodUsage {
+            namespace: "kube-system".into(),
+            name: "kube-scheduler-minikube".into(),
+            labels: Default::default(),
+            timestamp_unix_nanos: 1_643_311_471_000_000_000,
+            window_nanos: 30_000_000_000,
+            containers: vec![ContainerUsage {
+                name: "kube-scheduler".into(),
+                cpu_nanocores: 9_559_630,
+                memory_working_set_bytes: 22_244 * 1024,
+            }],
+        };
+        let got = render(&pod_metrics(&p), "2022-01-27T19:25:00Z");
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v["metadata"]["namespace"], "kube-system");
+        assert_eq!(v["timestamp"], "2022-01-27T19:24:31Z");
+        assert_eq!(v["containers"][0]["usage"]["cpu"], "9559630n");
+        assert_eq!(v["containers"][0]["usage"]["memory"], "22244Ki");
+        assert!(got.starts_with(r#"{"kind":"PodMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"kube-scheduler-minikube","namespace":"kube-system","creationTimestamp":"2022-01-27T19:25:00Z"},"#));
+    }
+}

@@ -1,0 +1,193 @@
+//! Checking a NodeReport from the network and turning it into a store entry
+//! (with every object rendered once).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use metrics_proto::v1::NodeReport;
+use metrics_proto::{MAX_CONTAINERS_PER_POD, MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
+
+use crate::render::{self, Rendered};
+
+/// Shortest and longest period an agent may announce.
+const PERIOD_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+/// Most labels on one object (well above what clusters use).
+const MAX_LABELS: usize = 256;
+
+/// Why a report was refused; sent back in its Ack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("protocol version {0} not supported (want {PROTOCOL_VERSION})")]
+    Version(u32),
+    #[error("invalid node name {0:?}")]
+    NodeName(String),
+    #[error("stream is bound to node {bound:?}, report is for {got:?}")]
+    WrongNode { bound: String, got: String },
+    #[error("period {0} ms outside 1s..1h")]
+    Period(u64),
+    #[error("{0} pods exceed the limit of {MAX_PODS_PER_REPORT}")]
+    TooManyPods(usize),
+    #[error("pod {pod}: {reason}")]
+    Pod { pod: String, reason: String },
+    #[error("node usage: {0}")]
+    NodeUsage(&'static str),
+    #[error("node labels: {0}")]
+    Labels(String),
+}
+
+/// One pod as stored.
+#[derive(Debug)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub timestamp_ns: i64,
+    pub rendered: Rendered,
+}
+
+/// The latest report of one node, ready to serve.
+#[derive(Debug)]
+pub struct NodeEntry {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Sample time of the node usage, ns since the epoch.
+    pub timestamp_ns: i64,
+    pub node: Option<Rendered>,
+    /// Sorted by namespace, then name.
+    pub pods: Vec<PodEntry>,
+    pub received: Instant,
+    pub expires: Instant,
+}
+
+/// True for a valid DNS-1123 subdomain (node, namespace and pod names).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+fn check_labels<'a>(
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("{} labels exceed {MAX_LABELS}", labels.len()));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 317 || v.len() > 63 {
+            return Err(format!("label {k:?} has an invalid key or value length"));
+        }
+    }
+    Ok(())
+}
+
+fn check_time(ts: i64, window: i64) -> Result<(), &'static str> {
+    if ts <= 0 {
+        return Err("timestamp must be positive");
+    }
+    if window <= 0 {
+        return Err("window must be positive");
+    }
+    Ok(())
+}
+
+/// Validates `report` (for a stream bound to `bound`, if any) and builds
+/// the entry; `expiry_periods` periods without a report expire it.
+pub fn to_entry(
+    report: &NodeReport,
+    bound: Option<&str>,
+    now: Instant,
+    expiry_periods: u32,
+) -> Result<NodeEntry, ReportError> {
+    if report.protocol_version != PROTOCOL_VERSION {
+        return Err(ReportError::Version(report.protocol_version));
+    }
+    if !is_dns_subdomain(&report.node_name) {
+        return Err(ReportError::NodeName(
+            report.node_name.chars().take(64).collect(),
+        ));
+    }
+    if let Some(b) = bound.filter(|b| *b != report.node_name) {
+        return Err(ReportError::WrongNode {
+            bound: b.to_owned(),
+            got: report.node_name.clone(),
+        });
+    }
+    if !PERIOD_MS.contains(&report.period_ms) {
+        return Err(ReportError::Period(report.period_ms));
+    }
+    if report.pods.len() > MAX_PODS_PER_REPORT {
+        return Err(ReportError::TooManyPods(report.pods.len()));
+    }
+    check_labels(report.node_labels.iter()).map_err(ReportError::Labels)?;
+    let labels: BTreeMap<String, String> = report
+        .node_labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (node, timestamp_ns) = match &report.node {
+        Some(u) => {
+            check_time(u.timestamp_unix_nanos, u.window_nanos).map_err(ReportError::NodeUsage)?;
+            (
+                Some(render::node_metrics(&report.node_name, &labels, u)),
+                u.timestamp_unix_nanos,
+            )
+        }
+        None => (None, 0),
+    };
+    let mut pods = Vec::with_capacity(report.pods.len());
+    for p in &report.pods {
+        let bad = |reason: String| ReportError::Pod {
+            pod: format!("{}/{}", p.namespace, p.name)
+                .chars()
+                .take(128)
+                .collect(),
+            reason,
+        };
+        if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {
+            return Err(bad("invalid namespace or name".into()));
+        }
+        if p.containers.is_empty() || p.containers.len() > MAX_CONTAINERS_PER_POD {
+            return Err(bad(format!("{} containers", p.containers.len())));
+        }
+        if p.containers
+            .iter()
+            .any(|c| c.name.is_empty() || c.name.len() > 253)
+        {
+            return Err(bad("invalid container name".into()));
+        }
+        check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(|e| bad(e.into()))?;
+        check_labels(p.labels.iter()).map_err(bad)?;
+        let mut sorted = p.clone();
+        sorted.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        pods.push(PodEntry {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            labels: p
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timestamp_ns: p.timestamp_unix_nanos,
+            rendered: render::pod_metrics(&sorted),
+        });
+    }
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
+    let period = Duration::from_millis(report.period_ms);
+    Ok(NodeEntry {
+        name: report.node_name.clone(),
+        labels,
+        timestamp_ns,
+        node,
+        pods,
+        received: now,
+        expires: now + period * expiry_periods,
+    })
+}

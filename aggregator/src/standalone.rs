@@ -1,0 +1,111 @@
+//! `--standalone`: an in-process agent reading this host's `/proc`, fed
+//! through the same ingest checks as remote agents, plus a kubeconfig so
+//! `kubectl` can query the server at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use metrics_agent::collect::Collector;
+use metrics_agent::source::{host::HostSource, Source};
+
+use crate::args::Args;
+use crate::ingest::IngestService;
+use crate::report::is_dns_subdomain;
+use crate::Aggregator;
+
+/// Failures setting up standalone mode.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("writing kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no usable node name (got {0:?}); set --node-name")]
+    NodeName(String),
+}
+
+/// What the user needs to query the server.
+#[derive(Debug)]
+pub struct Info {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub node: String,
+}
+
+impl fmt::Display for Info {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "metrics-aggregator serving node {} on {}; first numbers after two samples. Query it with:\n  kubectl --kubeconfig {} get --raw /apis/metrics.k8s.io/v1beta1/nodes",
+            self.node,
+            self.url,
+            self.kubeconfig.display()
+        )
+    }
+}
+
+/// This host's name, lower-cased, from `NODE_NAME` handling in clap or
+/// the kernel.
+fn host_name(proc_root: &Path) -> String {
+    std::fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// A kubeconfig for a client of `url`, trusting `ca`. The user entry only
+/// keeps kubectl from prompting; the standalone server serves anonymously.
+pub fn kubeconfig(url: &str, ca: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: metrics-aggregator\n  cluster:\n    server: {url}\n    certificate-authority: {}\ncontexts:\n- name: metrics-aggregator\n  context:\n    cluster: metrics-aggregator\n    user: anonymous\ncurrent-context: metrics-aggregator\nusers:\n- name: anonymous\n  user:\n    username: anonymous\n",
+        ca.display()
+    )
+}
+
+/// Writes the kubeconfig and spawns the in-process agent.
+pub fn start(
+    args: &Args,
+    agg: &Aggregator,
+    ingest: IngestService,
+    cancel: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Info, StandaloneError> {
+    let node = args
+        .node_name
+        .clone()
+        .unwrap_or_else(|| host_name(&args.proc_root));
+    if !is_dns_subdomain(&node) {
+        return Err(StandaloneError::NodeName(node));
+    }
+    let port = agg.api_addr().map_or(0, |a| a.port());
+    let url = format!("https://127.0.0.1:{port}");
+    let ca =
+        std::fs::canonicalize(&agg.identity().cert).unwrap_or_else(|_| agg.identity().cert.clone());
+    let path = args.write_kubeconfig.clone();
+    let err = |source| StandaloneError::Kubeconfig {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    std::fs::write(&path, kubeconfig(&url, &ca)).map_err(err)?;
+    let source = Source::Host(HostSource::new(&args.proc_root));
+    let collector = Collector::new(node.clone(), source, args.metric_resolution);
+    let mut bound = None;
+    tasks.spawn(collector.run(
+        move |report| {
+            let _ = ingest.handle(&report, &mut bound);
+        },
+        cancel,
+    ));
+    Ok(Info {
+        url,
+        kubeconfig: std::fs::canonicalize(&path).unwrap_or(path),
+        node,
+    })
+}

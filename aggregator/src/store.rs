@@ -1,0 +1,133 @@
+//! The latest report of every node this aggregator receives, keyed by node
+//! name. Reads never block ingest: entries are immutable `Arc`s swapped
+//! whole on each report, and expired ones vanish from answers at once and
+//! from memory at the next sweep.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{NodeEntry, PodEntry};
+
+/// Node name → latest entry.
+#[derive(Debug, Default)]
+pub struct Store {
+    nodes: DashMap<String, Arc<NodeEntry>>,
+    has_data: AtomicBool,
+}
+
+/// A pod found by a query: its node entry and its index there.
+#[derive(Debug, Clone)]
+pub struct PodHit {
+    entry: Arc<NodeEntry>,
+    index: usize,
+}
+
+impl PodHit {
+    pub fn pod(&self) -> &PodEntry {
+        &self.entry.pods[self.index]
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the node's entry.
+    pub fn insert(&self, entry: NodeEntry) {
+        if entry.node.is_some() || !entry.pods.is_empty() {
+            self.has_data.store(true, Ordering::Relaxed);
+        }
+        self.nodes.insert(entry.name.clone(), Arc::new(entry));
+    }
+
+    /// True once any report with usage has arrived.
+    pub fn has_data(&self) -> bool {
+        self.has_data.load(Ordering::Relaxed)
+    }
+
+    /// Number of nodes held, expired ones included until the next sweep.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Live entry of one node.
+    pub fn node(&self, name: &str, now: Instant) -> Option<Arc<NodeEntry>> {
+        self.nodes
+            .get(name)
+            .map(|e| Arc::clone(e.value()))
+            .filter(|e| e.expires > now)
+    }
+
+    /// Live node entries with node usage, sorted by name.
+    pub fn nodes(&self, now: Instant) -> Vec<Arc<NodeEntry>> {
+        let mut out: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|e| e.expires > now && e.node.is_some())
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Live pods, optionally of one namespace, sorted by namespace and
+    /// name; a pod reported by two nodes (moved) keeps its freshest copy.
+    pub fn pods(&self, namespace: Option<&str>, now: Instant) -> Vec<PodHit> {
+        let mut out = Vec::new();
+        for e in self.nodes.iter() {
+            if e.expires <= now {
+                continue;
+            }
+            let entry = e.value();
+            let range = match namespace {
+                None => 0..entry.pods.len(),
+                Some(ns) => {
+                    let start = entry.pods.partition_point(|p| p.namespace.as_str() < ns);
+                    let end = entry.pods.partition_point(|p| p.namespace.as_str() <= ns);
+                    start..end
+                }
+            };
+            out.extend(range.map(|index| PodHit {
+                entry: Arc::clone(entry),
+                index,
+            }));
+        }
+        out.sort_by(|a, b| {
+            let (a, b) = (a.pod(), b.pod());
+            (&a.namespace, &a.name, b.timestamp_ns).cmp(&(&b.namespace, &b.name, a.timestamp_ns))
+        });
+        out.dedup_by(|b, a| a.pod().namespace == b.pod().namespace && a.pod().name == b.pod().name);
+        out
+    }
+
+    /// Drops expired entries; returns how many went.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let before = self.nodes.len();
+        self.nodes.retain(|_, e| e.expires > now);
+        before - self.nodes.len()
+    }
+
+    /// Sweeps every `every` until cancelled.
+    pub async fn sweep_loop(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let gone = self.sweep(Instant::now());
+            if gone > 0 {
+                tracing::info!(expired = gone, "expired nodes without recent reports");
+            }
+        }
+    }
+}

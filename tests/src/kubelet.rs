@@ -1,0 +1,291 @@
+//! A fake kubelet for tests: HTTPS on 127.0.0.1 with a self-signed
+//! certificate, serving `/metrics/resource` in the kubelet's [STABLE] text
+//! format. Counters advance in real time at configured rates, so an agent
+//! that computes rates correctly reports exactly those rates.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One container's steady behaviour.
+#[derive(Debug, Clone)]
+pub struct FakeContainer {
+    pub name: String,
+    /// CPU use in cores (1.0 = one core).
+    pub cores: f64,
+    /// Constant working set, bytes.
+    pub memory: u64,
+}
+
+/// One pod on the fake node.
+#[derive(Debug, Clone)]
+pub struct FakePod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub containers: Vec<FakeContainer>,
+}
+
+/// What the fake node reports.
+#[derive(Debug, Clone)]
+pub struct FakeNode {
+    pub cores: f64,
+    pub memory: u64,
+    pub pods: Vec<FakePod>,
+}
+
+/// A running fake kubelet; stops when dropped.
+pub struct FakeKubelet {
+    pub addr: SocketAddr,
+    /// PEM of its self-signed certificate, for `--kubelet-certificate-authority`.
+    pub ca_file: PathBuf,
+    /// Bearer token it requires.
+    pub token: String,
+    scrapes: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl FakeKubelet {
+    /// Number of authorised `/metrics/resource` requests served.
+    pub fn scrapes(&self) -> u64 {
+        self.scrapes.load(Ordering::Relaxed)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct State {
+    node: FakeNode,
+    t0: f64,
+    token: String,
+    scrapes: Arc<AtomicU64>,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The payload at `now` (seconds since the epoch): cumulative CPU is
+/// `1000 + cores × (now − t0)` core-seconds, timestamps are `now` in ms.
+pub fn render(node: &FakeNode, t0: f64, now: f64) -> String {
+    let ts = (now * 1000.0) as i64;
+    let elapsed = now - t0;
+    let mut out = String::new();
+    let fam = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}");
+    };
+    fam(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the container in core-seconds",
+    );
+    for p in &node.pods {
+        for c in &p.containers {
+            let _ = writeln!(
+                out,
+                "container_cpu_usage_seconds_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ts}",
+                c.name, p.namespace, p.name, 1000.0 + c.cores * elapsed
+            );
+        }
+    }
+    fam(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "gauge",
+        "Current working set of the container in bytes",
+    );
+    for p in &node.pods {
+        for c in &p.containers {
+            let _ = writeln!(
+                out,
+                "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ts}",
+                c.name, p.namespace, p.name, c.memory
+            );
+        }
+    }
+    fam(
+        &mut out,
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since unix epoch in seconds",
+    );
+    for p in &node.pods {
+        for c in &p.containers {
+            let _ = writeln!(
+                out,
+                "container_start_time_seconds{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ts}",
+                c.name, p.namespace, p.name, t0 - 3600.0
+            );
+        }
+    }
+    fam(
+        &mut out,
+        "node_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the node in core-seconds",
+    );
+    let _ = writeln!(
+        out,
+        "node_cpu_usage_seconds_total {} {ts}",
+        5000.0 + node.cores * elapsed
+    );
+    fam(
+        &mut out,
+        "node_memory_working_set_bytes",
+        "gauge",
+        "Current working set of the node in bytes",
+    );
+    let _ = writeln!(out, "node_memory_working_set_bytes {} {ts}", node.memory);
+    fam(
+        &mut out,
+        "scrape_error",
+        "gauge",
+        "1 if there was an error while getting container metrics, 0 otherwise",
+    );
+    out.push_str("scrape_error 0\n");
+    out
+}
+
+/// The kubelet's `/pods` answer (a core/v1 PodList) for the fake node.
+pub fn pod_list(node: &FakeNode) -> String {
+    let items: Vec<serde_json::Value> = node
+        .pods
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                "spec": {"containers": p.containers.iter().map(|c| serde_json::json!({"name": c.name})).collect::<Vec<_>>()},
+                "status": {"phase": "Running"}
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+        .to_string()
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {}", state.token)) {
+        return reply(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let gzip = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let body = match req.uri().path() {
+        "/metrics/resource" => {
+            state.scrapes.fetch_add(1, Ordering::Relaxed);
+            render(&state.node, state.t0, now_secs())
+        }
+        "/pods" => pod_list(&state.node),
+        _ => return reply(StatusCode::NOT_FOUND, "404 page not found"),
+    };
+    if !gzip {
+        return reply(StatusCode::OK, body);
+    }
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let compressed = enc.write_all(body.as_bytes()).and_then(|_| enc.finish());
+    match compressed {
+        Ok(bytes) => {
+            let mut r = reply(StatusCode::OK, bytes);
+            r.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                http::HeaderValue::from_static("gzip"),
+            );
+            r
+        }
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Starts a fake kubelet on 127.0.0.1:0 writing its CA into `dir`.
+pub async fn start(node: FakeNode, token: &str, dir: &Path) -> anyhow::Result<FakeKubelet> {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    let ca_file = dir.join(format!("kubelet-{}.crt", rand_suffix()));
+    std::fs::write(&ca_file, cert.cert.pem())?;
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(State {
+        node,
+        t0: now_secs(),
+        token: token.to_owned(),
+        scrapes: Arc::clone(&scrapes),
+    });
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, state) = (acceptor.clone(), Arc::clone(&state));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(FakeKubelet {
+        addr,
+        ca_file,
+        token: token.to_owned(),
+        scrapes,
+        task,
+    })
+}
+
+fn rand_suffix() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    u64::from(std::process::id()) * 1000 + N.fetch_add(1, Ordering::Relaxed)
+}

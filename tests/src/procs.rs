@@ -1,0 +1,202 @@
+//! Spawning the real `metrics-aggregator` and `metrics-agent` binaries on
+//! 127.0.0.1, and running the real `kubectl` against them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Directory of the binaries built with the same profile as this test.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+/// Builds both binaries once per test process and returns the path of `name`.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let dir = bin_dir();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "metrics-agent",
+            "-p",
+            "metrics-aggregator",
+            "--bins",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build exited with {s}")),
+            Err(e) => Err(format!("running cargo: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        panic!("building the binaries failed: {e}");
+    }
+    dir.join(name)
+}
+
+/// A child process that is killed when dropped; its stderr goes to a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// The process's log so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGKILL and waits.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn spawn(bin: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let log_file = std::fs::File::create(log)?;
+    Command::new(binary(bin))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {bin}"))
+}
+
+/// A running aggregator and what it takes to reach it.
+pub struct AggregatorProc {
+    pub proc: Proc,
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    /// Its serving certificate (self-signed).
+    pub ca: PathBuf,
+    /// A kubeconfig for kubectl pointing at its API.
+    pub kubeconfig: PathBuf,
+}
+
+impl AggregatorProc {
+    pub fn grpc_url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+    pub fn api_url(&self) -> String {
+        format!("https://{}", self.api)
+    }
+}
+
+fn parse_addr(line: &str, key: &str) -> anyhow::Result<SocketAddr> {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .ok_or_else(|| anyhow!("no {key} in {line:?}"))?;
+    Ok(v.parse()?)
+}
+
+/// Starts an anonymous loopback aggregator in `dir` with `extra` flags.
+pub async fn start_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<AggregatorProc> {
+    let cert_dir = dir.join("certs");
+    let mut args: Vec<String> = [
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        "--grpc-port=0",
+        "--insecure-allow-anonymous",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--cert-dir={}", cert_dir.display()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let log = dir.join("aggregator.log");
+    let mut child = spawn("metrics-aggregator", &args, &log)?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("metrics-aggregator listening") {
+                return Ok(line);
+            }
+        }
+        bail!(
+            "aggregator exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })
+    .await
+    .context("aggregator did not report its ports")??;
+    let api = parse_addr(&line, "api=")?;
+    let grpc = parse_addr(&line, "grpc=")?;
+    let ca = cert_dir.join("apiserver.crt");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, kubeconfig_text(&format!("https://{api}"), &ca))?;
+    Ok(AggregatorProc {
+        proc: Proc { child, log },
+        api,
+        grpc,
+        ca,
+        kubeconfig,
+    })
+}
+
+/// A kubeconfig trusting `ca` for `server`.
+pub fn kubeconfig_text(server: &str, ca: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: u\ncurrent-context: t\nusers:\n- name: u\n  user:\n    username: test\n",
+        ca.display()
+    )
+}
+
+/// Starts an agent for `node` with `args` (flags beyond the node name).
+pub fn start_agent(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<Proc> {
+    let log = dir.join(format!("agent-{node}.log"));
+    let mut all = vec![format!("--node-name={node}")];
+    all.extend(args.iter().cloned());
+    let child = spawn("metrics-agent", &all, &log)?;
+    Ok(Proc { child, log })
+}
+
+/// Output of one kubectl run.
+#[derive(Debug)]
+pub struct KubectlOut {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `kubectl` with `kubeconfig`. Panics when kubectl is not
+/// installed: `.ci/run` installs it, and these tests must not skip.
+pub async fn kubectl(kubeconfig: &Path, args: &[&str]) -> KubectlOut {
+    let out = Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) => KubectlOut {
+            success: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Err(e) => panic!("kubectl is required for this test (install kubernetes-client): {e}"),
+    }
+}
