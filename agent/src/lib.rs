@@ -99,7 +99,7 @@ impl Agent {
                         args.pod_labels_refresh,
                     ));
                 }
-                Source::Kubelet(kubelet)
+                Source::Kubelet(Box::new(kubelet))
             }
         };
         let mut targets = Vec::with_capacity(args.aggregators.len());

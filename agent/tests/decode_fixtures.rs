@@ -1,5 +1,7 @@
 //! Decoding real kubelet payloads gives metrics-server's expected points.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -1,5 +1,7 @@
 //! metrics-server's two-point rules, one case per rule.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 

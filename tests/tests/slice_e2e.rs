@@ -1,6 +1,8 @@
 //! The whole path on 127.0.0.1: two fake kubelets → two real metrics-agent
 //! processes → gRPC over TLS → one real metrics-aggregator → real kubectl.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

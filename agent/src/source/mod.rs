@@ -10,7 +10,7 @@ use crate::batch::Batch;
 /// A configured source of samples.
 #[derive(Clone)]
 pub enum Source {
-    Kubelet(kubelet::KubeletSource),
+    Kubelet(Box<kubelet::KubeletSource>),
     Host(host::HostSource),
 }
 

@@ -134,7 +134,7 @@ fn closing_brace(text: &str) -> Option<usize> {
 /// Parses one non-comment, non-blank line.
 pub fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
+        .find(['{', ' ', '\t'])
         .ok_or("no value")?;
     let name = &line[..name_end];
     if !is_metric_name(name) {
