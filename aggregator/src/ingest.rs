@@ -123,6 +123,8 @@ impl Ingest for IngestService {
                         Ok(None) => break,
                         Err(e) => {
                             tracing::info!(node = ?bound, error = %e, "agent stream ended");
+                            // Tell the agent why (e.g. an oversized message).
+                            let _ = tx.send(Err(e)).await;
                             break;
                         }
                     };

@@ -131,3 +131,92 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::to_entry;
+    use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
+
+    fn report(node: &str, pods: &[(&str, &str, i64)]) -> NodeReport {
+        NodeReport {
+            protocol_version: metrics_proto::PROTOCOL_VERSION,
+            node_name: node.into(),
+            period_ms: 1_000,
+            node: Some(Usage {
+                timestamp_unix_nanos: 1,
+                window_nanos: 1,
+                cpu_nanocores: 1,
+                memory_working_set_bytes: 1,
+            }),
+            pods: pods
+                .iter()
+                .map(|(ns, name, ts)| PodUsage {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    timestamp_unix_nanos: *ts,
+                    window_nanos: 1,
+                    containers: vec![ContainerUsage {
+                        name: "c".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn names(hits: &[PodHit]) -> Vec<String> {
+        hits.iter()
+            .map(|h| {
+                format!(
+                    "{}/{}@{}",
+                    h.pod().namespace,
+                    h.pod().name,
+                    h.pod().timestamp_ns
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_expire_after_their_periods() {
+        let store = Store::new();
+        let t0 = Instant::now();
+        store.insert(to_entry(&report("n1", &[]), None, t0, 3).unwrap());
+        assert!(store
+            .node("n1", t0 + Duration::from_millis(2_999))
+            .is_some());
+        assert!(store.node("n1", t0 + Duration::from_secs(3)).is_none());
+        assert_eq!(store.nodes(t0 + Duration::from_secs(3)).len(), 0);
+        assert_eq!(store.sweep(t0 + Duration::from_secs(2)), 0);
+        assert_eq!(store.sweep(t0 + Duration::from_secs(3)), 1);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn pods_sorted_by_namespace_then_name_and_freshest_wins() {
+        let store = Store::new();
+        let t0 = Instant::now();
+        store.insert(
+            to_entry(
+                &report("n1", &[("b", "x", 5), ("a", "z", 5), ("a", "y", 5)]),
+                None,
+                t0,
+                3,
+            )
+            .unwrap(),
+        );
+        // The pod moved: n2 has a fresher copy of b/x.
+        store
+            .insert(to_entry(&report("n2", &[("b", "x", 9), ("c", "w", 1)]), None, t0, 3).unwrap());
+        assert_eq!(
+            names(&store.pods(None, t0)),
+            ["a/y@5", "a/z@5", "b/x@9", "c/w@1"]
+        );
+        assert_eq!(names(&store.pods(Some("a"), t0)), ["a/y@5", "a/z@5"]);
+        assert_eq!(names(&store.pods(Some("b"), t0)), ["b/x@9"]);
+        assert!(store.pods(Some("zz"), t0).is_empty());
+    }
+}

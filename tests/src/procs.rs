@@ -71,13 +71,15 @@ impl Proc {
     }
 }
 
-fn spawn(bin: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
+/// Spawns `bin`; stdout is piped only when the caller reads it.
+fn spawn(bin: &str, args: &[String], log: &Path, stdout: Stdio) -> anyhow::Result<Child> {
     let log_file = std::fs::File::create(log)?;
     Command::new(binary(bin))
         .args(args)
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
@@ -127,7 +129,7 @@ pub async fn start_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<Aggr
     args.push(format!("--cert-dir={}", cert_dir.display()));
     args.extend(extra.iter().map(|s| s.to_string()));
     let log = dir.join("aggregator.log");
-    let mut child = spawn("metrics-aggregator", &args, &log)?;
+    let mut child = spawn("metrics-aggregator", &args, &log, Stdio::piped())?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), async {
@@ -143,6 +145,8 @@ pub async fn start_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<Aggr
     })
     .await
     .context("aggregator did not report its ports")??;
+    // Keep reading so later output never meets a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let api = parse_addr(&line, "api=")?;
     let grpc = parse_addr(&line, "grpc=")?;
     let ca = cert_dir.join("apiserver.crt");
@@ -170,7 +174,7 @@ pub fn start_agent(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<Pr
     let log = dir.join(format!("agent-{node}.log"));
     let mut all = vec![format!("--node-name={node}")];
     all.extend(args.iter().cloned());
-    let child = spawn("metrics-agent", &all, &log)?;
+    let child = spawn("metrics-agent", &all, &log, Stdio::null())?;
     Ok(Proc { child, log })
 }
 

@@ -144,6 +144,26 @@ async fn start_cluster() -> Cluster {
         agents.push(start_agent(dir.path(), name, &args).expect("agent"));
         kubelets.push(k);
     }
+    // A third node whose kubelet refuses the agent's token: it must never
+    // show up, and must not disturb the others.
+    let broken = kubelet::start(nodes()[0].1.clone(), "right-token", dir.path())
+        .await
+        .expect("kubelet");
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "wrong-token").expect("token");
+    let args = vec![
+        format!("--kubelet-url={}", broken.url()),
+        format!(
+            "--kubelet-certificate-authority={}",
+            broken.ca_file.display()
+        ),
+        format!("--kubelet-token-file={}", wrong.display()),
+        format!("--aggregator={}", agg.grpc_url()),
+        format!("--aggregator-ca-file={}", agg.ca.display()),
+        "--metric-resolution=1s".into(),
+    ];
+    agents.push(start_agent(dir.path(), "node-broken", &args).expect("agent"));
+    kubelets.push(broken);
     Cluster {
         agg,
         _agents: agents,
@@ -418,6 +438,15 @@ async fn whole_path_through_kubectl() {
             .contains("nodemetrics.metrics.k8s.io \"nope\" not found"),
         "{}",
         kc.stderr
+    );
+
+    // The broken node is absent and its agent says why.
+    let (code, _) = cl.get(&format!("{V1}/nodes/node-broken")).await;
+    assert_eq!(code, 404);
+    let broken_log = cl._agents[2].log_text();
+    assert!(
+        broken_log.contains("401"),
+        "agent log should name the kubelet's 401: {broken_log}"
     );
 
     // Health.

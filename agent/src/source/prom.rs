@@ -133,9 +133,7 @@ fn closing_brace(text: &str) -> Option<usize> {
 
 /// Parses one non-comment, non-blank line.
 pub fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
-    let name_end = line
-        .find(['{', ' ', '\t'])
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ', '\t']).ok_or("no value")?;
     let name = &line[..name_end];
     if !is_metric_name(name) {
         return Err("invalid metric name");

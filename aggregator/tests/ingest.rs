@@ -1,0 +1,190 @@
+//! The gRPC ingest service over a real socket: bad reports are refused with
+//! a reason and change nothing, a hostile stream is cut off without
+//! affecting other agents.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+
+use metrics_aggregator::ingest::IngestService;
+use metrics_aggregator::store::Store;
+use metrics_proto::v1::aggregator_message::Kind;
+use metrics_proto::v1::ingest_client::IngestClient;
+use metrics_proto::v1::{Ack, ContainerUsage, NodeReport, PodUsage, Usage};
+use metrics_proto::PROTOCOL_VERSION;
+
+const T: i64 = 1_700_000_000_000_000_000;
+
+fn report(node: &str, pods: usize) -> NodeReport {
+    NodeReport {
+        protocol_version: PROTOCOL_VERSION,
+        node_name: node.into(),
+        sequence: 0,
+        period_ms: 1_000,
+        node_labels: Default::default(),
+        node: Some(Usage {
+            timestamp_unix_nanos: T,
+            window_nanos: 1_000_000_000,
+            cpu_nanocores: 5,
+            memory_working_set_bytes: 1024,
+        }),
+        pods: (0..pods)
+            .map(|i| PodUsage {
+                namespace: "ns".into(),
+                name: format!("p{i}"),
+                labels: Default::default(),
+                timestamp_unix_nanos: T,
+                window_nanos: 1_000_000_000,
+                containers: vec![ContainerUsage {
+                    name: "c".into(),
+                    cpu_nanocores: 1,
+                    memory_working_set_bytes: 1,
+                }],
+            })
+            .collect(),
+        source: "test".into(),
+    }
+}
+
+async fn serve() -> (Arc<Store>, Channel, CancellationToken) {
+    let store = Arc::new(Store::new());
+    let cancel = CancellationToken::new();
+    let svc = IngestService::new(Arc::clone(&store), 3, cancel.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        Server::builder()
+            .add_service(svc.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+            .await
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (store, channel, cancel)
+}
+
+struct Stream {
+    tx: mpsc::Sender<NodeReport>,
+    acks: tonic::Streaming<metrics_proto::v1::AggregatorMessage>,
+    seq: u64,
+}
+
+impl Stream {
+    async fn open(channel: &Channel) -> Self {
+        let (tx, rx) = mpsc::channel(4);
+        let acks = IngestClient::new(channel.clone())
+            .max_encoding_message_size(64 * 1024 * 1024)
+            .report(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Self { tx, acks, seq: 0 }
+    }
+
+    async fn send(&mut self, mut r: NodeReport) -> Result<Ack, tonic::Status> {
+        self.seq += 1;
+        r.sequence = self.seq;
+        self.tx
+            .send(r)
+            .await
+            .map_err(|_| tonic::Status::cancelled("closed"))?;
+        match tokio::time::timeout(Duration::from_secs(5), self.acks.message()).await {
+            Ok(Ok(Some(m))) => match m.kind {
+                Some(Kind::Ack(a)) => Ok(a),
+                None => Err(tonic::Status::internal("empty message")),
+            },
+            Ok(Ok(None)) => Err(tonic::Status::cancelled("stream ended")),
+            Ok(Err(s)) => Err(s),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no ack")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn valid_report_is_stored_and_acked() {
+    let (store, channel, _c) = serve().await;
+    let mut s = Stream::open(&channel).await;
+    let ack = s.send(report("node-1", 3)).await.unwrap();
+    assert_eq!(
+        (ack.sequence, ack.accepted, ack.error.as_str()),
+        (1, true, "")
+    );
+    assert_eq!(store.nodes(Instant::now()).len(), 1);
+    assert_eq!(store.pods(Some("ns"), Instant::now()).len(), 3);
+}
+
+#[tokio::test]
+async fn invalid_reports_are_refused_and_change_nothing() {
+    let (store, channel, _c) = serve().await;
+    let mut s = Stream::open(&channel).await;
+    let mut bad_version = report("node-1", 1);
+    bad_version.protocol_version = 99;
+    let mut bad_period = report("node-1", 1);
+    bad_period.period_ms = 10;
+    let mut bad_window = report("node-1", 1);
+    bad_window.pods[0].window_nanos = 0;
+    let mut bad_pod = report("node-1", 1);
+    bad_pod.pods[0].name = "Not_A_Name".into();
+    let cases = [
+        (bad_version, "protocol version 99"),
+        (report("Bad Node!", 1), "invalid node name"),
+        (bad_period, "period 10 ms"),
+        (bad_window, "window must be positive"),
+        (bad_pod, "invalid namespace or name"),
+        (report("node-1", 2_001), "2001 pods exceed"),
+    ];
+    for (r, want) in cases {
+        let ack = s.send(r).await.unwrap();
+        assert!(!ack.accepted);
+        assert!(
+            ack.error.contains(want),
+            "{} should contain {want}",
+            ack.error
+        );
+    }
+    assert!(store.is_empty(), "refused reports must not be stored");
+    // The stream still works for a good report.
+    assert!(s.send(report("node-1", 1)).await.unwrap().accepted);
+}
+
+#[tokio::test]
+async fn a_stream_reports_for_one_node_only() {
+    let (store, channel, _c) = serve().await;
+    let mut s = Stream::open(&channel).await;
+    assert!(s.send(report("node-1", 1)).await.unwrap().accepted);
+    let ack = s.send(report("node-2", 1)).await.unwrap();
+    assert!(!ack.accepted);
+    assert!(
+        ack.error.contains("bound to node \"node-1\""),
+        "{}",
+        ack.error
+    );
+    assert!(store.node("node-2", Instant::now()).is_none());
+}
+
+#[tokio::test]
+async fn oversized_message_ends_only_that_stream() {
+    let (store, channel, _c) = serve().await;
+    let mut good = Stream::open(&channel).await;
+    assert!(good.send(report("node-1", 1)).await.unwrap().accepted);
+    let mut hostile = Stream::open(&channel).await;
+    let mut big = report("node-2", 1);
+    big.source = "x".repeat(5 * 1024 * 1024);
+    let err = hostile.send(big).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert!(store.node("node-2", Instant::now()).is_none());
+    // The other agent's stream is unaffected.
+    let ack = good.send(report("node-1", 2)).await.unwrap();
+    assert!(ack.accepted);
+    assert_eq!(store.pods(None, Instant::now()).len(), 2);
+}
