@@ -1,5 +1,6 @@
 //! Command-line flags of `metrics-agent`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,6 +86,10 @@ pub struct Args {
     /// Do not verify the aggregator's serving certificate.
     #[arg(long, env = "AGGREGATOR_INSECURE_TLS")]
     pub aggregator_insecure_tls: bool,
+
+    /// Serve /metrics and /healthz over plain HTTP on this address (off when unset).
+    #[arg(long, env = "METRICS_BIND_ADDRESS")]
+    pub metrics_bind_address: Option<SocketAddr>,
 
     /// Sampling and reporting period (1s or more).
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "METRIC_RESOLUTION")]

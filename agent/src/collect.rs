@@ -1,6 +1,7 @@
 //! One period of the agent: read the source, fold the batch into the rate
 //! store, and build the report to send.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_proto::v1::NodeReport;
@@ -8,17 +9,9 @@ use metrics_proto::PROTOCOL_VERSION;
 use tokio_util::sync::CancellationToken;
 
 use crate::labels::LabelCache;
+use crate::metrics::AgentMetrics;
 use crate::rates::RateStore;
 use crate::source::Source;
-
-/// Running totals of what the agent dropped or failed, for logs.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counters {
-    pub source_errors: u64,
-    pub malformed_lines: u64,
-    pub invalid_samples: u64,
-    pub incomplete_containers: u64,
-}
 
 /// Samples one node and turns samples into reports.
 pub struct Collector {
@@ -26,19 +19,24 @@ pub struct Collector {
     source: Source,
     rates: RateStore,
     period: Duration,
-    counters: Counters,
+    metrics: Arc<AgentMetrics>,
     failing: bool,
     labels: Option<LabelCache>,
 }
 
 impl Collector {
-    pub fn new(node_name: String, source: Source, period: Duration) -> Self {
+    pub fn new(
+        node_name: String,
+        source: Source,
+        period: Duration,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
         Self {
             node_name,
             source,
             rates: RateStore::new(period),
             period,
-            counters: Counters::default(),
+            metrics,
             failing: false,
             labels: None,
         }
@@ -50,18 +48,13 @@ impl Collector {
         self
     }
 
-    /// Totals so far.
-    pub fn counters(&self) -> Counters {
-        self.counters
-    }
-
     /// Reads the source once and returns the report for this period. A
     /// failed read is logged (once per outage) and yields `None`.
     pub async fn collect(&mut self) -> Option<NodeReport> {
         let (batch, stats) = match self.source.read().await {
             Ok(r) => r,
             Err(e) => {
-                self.counters.source_errors += 1;
+                self.metrics.read(false);
                 if !self.failing {
                     tracing::warn!(source = self.source.name(), error = %e, "reading source failed");
                 }
@@ -80,9 +73,8 @@ impl Collector {
                 "dropped unusable samples from source"
             );
         }
-        self.counters.malformed_lines += stats.malformed_lines;
-        self.counters.invalid_samples += stats.invalid_samples;
-        self.counters.incomplete_containers += stats.incomplete_containers;
+        self.metrics.read(true);
+        self.metrics.decoded(&stats);
         self.rates.store(&batch);
         let mut pods = self.rates.pod_usages();
         if let Some(cache) = &mut self.labels {
@@ -97,6 +89,10 @@ impl Collector {
                 }
             }
         }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        self.metrics
+            .last_report
+            .set(now.map_or(0, |d| d.as_secs() as i64));
         Some(NodeReport {
             protocol_version: PROTOCOL_VERSION,
             node_name: self.node_name.clone(),

@@ -6,6 +6,7 @@ pub mod args;
 pub mod batch;
 pub mod collect;
 pub mod labels;
+pub mod metrics;
 pub mod rates;
 pub mod source;
 pub mod tls;
@@ -62,6 +63,8 @@ fn verify<'a>(
 pub struct Agent {
     pub collector: Collector,
     pub targets: Vec<Target>,
+    pub metrics: Arc<metrics::AgentMetrics>,
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Agent {
@@ -119,22 +122,47 @@ impl Agent {
             };
             targets.push(Target::new(url, tls)?);
         }
-        let mut collector = Collector::new(args.node_name.clone(), source, args.metric_resolution);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(metrics::AgentMetrics::register(&mut registry));
+        let mut collector = Collector::new(
+            args.node_name.clone(),
+            source,
+            args.metric_resolution,
+            Arc::clone(&metrics),
+        );
         if let Some(cache) = labels {
             collector = collector.with_labels(cache);
         }
-        Ok(Self { collector, targets })
+        Ok(Self {
+            collector,
+            targets,
+            metrics,
+            registry: Arc::new(registry),
+        })
     }
 
     /// Runs until `cancel` fires: one collector loop and one sender per
     /// aggregator, connected by a watch channel holding the newest report.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// `metrics`, when given, serves `/metrics` and `/healthz`.
+    pub async fn run(self, metrics: Option<tokio::net::TcpListener>, cancel: CancellationToken) {
         let (tx, rx) = watch::channel(None);
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = metrics {
+            tasks.spawn(metrics::serve(
+                listener,
+                Arc::clone(&self.registry),
+                cancel.clone(),
+            ));
+        }
         for target in self.targets {
             let span = tracing::info_span!("sender", aggregator = target.url());
             tasks.spawn(tracing::Instrument::instrument(
-                transport::run_sender(target, rx.clone(), cancel.clone()),
+                transport::run_sender(
+                    target,
+                    rx.clone(),
+                    Arc::clone(&self.metrics),
+                    cancel.clone(),
+                ),
                 span,
             ));
         }

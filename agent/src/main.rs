@@ -31,6 +31,16 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(EXIT_CONFIG);
             }
         };
+        let metrics = match args.metrics_bind_address {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("metrics-agent: binding --metrics-bind-address {addr}: {e}");
+                    std::process::exit(1);
+                }
+            },
+            None => None,
+        };
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -39,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             stop.cancel();
         });
         tracing::info!(node = %args.node_name, source = ?args.source, resolution = ?args.metric_resolution, "metrics-agent started");
-        agent.run(cancel).await;
+        agent.run(metrics, cancel).await;
     });
     Ok(())
 }

@@ -19,6 +19,8 @@ use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::NodeReport;
 use metrics_proto::MAX_MESSAGE_BYTES;
 
+use crate::metrics::AgentMetrics;
+
 /// The newest report, shared by every sender.
 pub type ReportRx = watch::Receiver<Option<Arc<NodeReport>>>;
 
@@ -156,14 +158,20 @@ struct StreamEnd {
 }
 
 /// Keeps one aggregator fed until `cancel` fires.
-pub async fn run_sender(target: Target, mut reports: ReportRx, cancel: CancellationToken) {
+pub async fn run_sender(
+    target: Target,
+    mut reports: ReportRx,
+    metrics: Arc<AgentMetrics>,
+    cancel: CancellationToken,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut jitter = Jitter::seeded();
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = stream_once(&target, &mut reports, &cancel) => r,
+            r = stream_once(&target, &mut reports, &metrics, &cancel) => r,
         };
+        metrics.stream(target.url(), result.is_ok());
         match result {
             Ok(end) => {
                 if end.acked {
@@ -188,6 +196,7 @@ pub async fn run_sender(target: Target, mut reports: ReportRx, cancel: Cancellat
 async fn stream_once(
     target: &Target,
     reports: &mut ReportRx,
+    metrics: &AgentMetrics,
     cancel: &CancellationToken,
 ) -> Result<StreamEnd, TransportError> {
     let channel = target.connect().await?;
@@ -231,11 +240,17 @@ async fn stream_once(
             msg = inbound.message() => match msg.map_err(stream_err)? {
                 None => return Ok(end),
                 Some(m) => match m.kind {
-                    Some(Kind::Ack(ack)) if ack.accepted => end.acked = true,
-                    Some(Kind::Ack(ack)) => tracing::warn!(
-                        aggregator = target.url(), sequence = ack.sequence, error = %ack.error,
-                        "aggregator refused report"
-                    ),
+                    Some(Kind::Ack(ack)) => {
+                        metrics.ack(target.url(), ack.accepted);
+                        if ack.accepted {
+                            end.acked = true;
+                        } else {
+                            tracing::warn!(
+                                aggregator = target.url(), sequence = ack.sequence, error = %ack.error,
+                                "aggregator refused report"
+                            );
+                        }
+                    }
                     None => {}
                 },
             },

@@ -3,7 +3,6 @@
 //! one node: the first accepted report binds it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,38 +17,32 @@ use metrics_proto::v1::ingest_server::{Ingest, IngestServer};
 use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
+use crate::metrics::AggregatorMetrics;
 use crate::report::to_entry;
 use crate::store::Store;
-
-/// Counts for logs and self-metrics.
-#[derive(Debug, Default)]
-pub struct IngestStats {
-    pub accepted: AtomicU64,
-    pub refused: AtomicU64,
-    pub streams: AtomicU64,
-}
 
 /// The service: a plain struct over the store.
 #[derive(Clone)]
 pub struct IngestService {
     store: Arc<Store>,
-    stats: Arc<IngestStats>,
+    metrics: Arc<AggregatorMetrics>,
     expiry_periods: u32,
     cancel: CancellationToken,
 }
 
 impl IngestService {
-    pub fn new(store: Arc<Store>, expiry_periods: u32, cancel: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<AggregatorMetrics>,
+        expiry_periods: u32,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             store,
-            stats: Arc::default(),
+            metrics,
             expiry_periods,
             cancel,
         }
-    }
-
-    pub fn stats(&self) -> Arc<IngestStats> {
-        Arc::clone(&self.stats)
     }
 
     /// The tonic server wrapper with message size bounds.
@@ -73,7 +66,7 @@ impl IngestService {
                     *bound = Some(entry.name.clone());
                 }
                 self.store.insert(entry);
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.report(true);
                 Ack {
                     sequence: report.sequence,
                     accepted: true,
@@ -81,7 +74,7 @@ impl IngestService {
                 }
             }
             Err(e) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.metrics.report(false);
                 tracing::warn!(node = ?bound, error = %e, "refused report");
                 Ack {
                     sequence: report.sequence,
@@ -108,7 +101,7 @@ impl Ingest for IngestService {
         // Small: an agent that does not read its acks stops being read.
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
-        this.stats.streams.fetch_add(1, Ordering::Relaxed);
+        this.metrics.streams.inc();
         let span = tracing::info_span!("ingest", ?peer);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -136,7 +129,7 @@ impl Ingest for IngestService {
                         break;
                     }
                 }
-                this.stats.streams.fetch_sub(1, Ordering::Relaxed);
+                this.metrics.streams.dec();
             },
             span,
         ));

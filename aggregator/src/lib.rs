@@ -5,6 +5,7 @@ pub mod api;
 pub mod args;
 pub mod format;
 pub mod ingest;
+pub mod metrics;
 pub mod render;
 pub mod report;
 pub mod server;
@@ -108,14 +109,19 @@ impl Aggregator {
 
     /// Serves until `cancel` fires, then drains.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), StartError> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(metrics::AggregatorMetrics::register(&mut registry));
         let ingest = IngestService::new(
             Arc::clone(&self.store),
+            Arc::clone(&metrics),
             self.args.node_expiry_periods,
             cancel.clone(),
         );
         let api_tls = tls::server_config(&self.identity, &[b"h2", b"http/1.1"])?;
         let app = api::router(api::AppState {
             store: Arc::clone(&self.store),
+            metrics,
+            registry: Arc::new(registry),
         });
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(Arc::clone(&self.store).sweep_loop(Duration::from_secs(5), cancel.clone()));

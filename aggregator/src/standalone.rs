@@ -4,11 +4,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use metrics_agent::collect::Collector;
+use metrics_agent::metrics::AgentMetrics;
 use metrics_agent::source::{host::HostSource, Source};
 
 use crate::args::Args;
@@ -95,7 +97,8 @@ pub fn start(
     }
     std::fs::write(&path, kubeconfig(&url, &ca)).map_err(err)?;
     let source = Source::Host(HostSource::new(&args.proc_root));
-    let collector = Collector::new(node.clone(), source, args.metric_resolution);
+    let metrics = Arc::new(AgentMetrics::default());
+    let collector = Collector::new(node.clone(), source, args.metric_resolution, metrics);
     let mut bound = None;
     tasks.spawn(collector.run(
         move |report| {

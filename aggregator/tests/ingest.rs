@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Server};
 
 use metrics_aggregator::ingest::IngestService;
+use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::store::Store;
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
@@ -55,7 +56,8 @@ fn report(node: &str, pods: usize) -> NodeReport {
 async fn serve() -> (Arc<Store>, Channel, CancellationToken) {
     let store = Arc::new(Store::new());
     let cancel = CancellationToken::new();
-    let svc = IngestService::new(Arc::clone(&store), 3, cancel.clone());
+    let metrics = Arc::new(AggregatorMetrics::default());
+    let svc = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = cancel.clone();

@@ -47,6 +47,8 @@ pub struct FakeNode {
     pub cores: f64,
     pub memory: u64,
     pub pods: Vec<FakePod>,
+    /// Raw lines appended to every payload (e.g. malformed ones).
+    pub extra_lines: Vec<String>,
 }
 
 /// A running fake kubelet; stops when dropped.
@@ -169,6 +171,10 @@ pub fn render(node: &FakeNode, t0: f64, now: f64) -> String {
         "1 if there was an error while getting container metrics, 0 otherwise",
     );
     out.push_str("scrape_error 0\n");
+    for l in &node.extra_lines {
+        out.push_str(l);
+        out.push('\n');
+    }
     out
 }
 

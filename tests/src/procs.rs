@@ -117,16 +117,17 @@ fn parse_addr(line: &str, key: &str) -> anyhow::Result<SocketAddr> {
 /// Starts an anonymous loopback aggregator in `dir` with `extra` flags.
 pub async fn start_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<AggregatorProc> {
     let cert_dir = dir.join("certs");
-    let mut args: Vec<String> = [
-        "--bind-address=127.0.0.1",
-        "--secure-port=0",
-        "--grpc-port=0",
-        "--insecure-allow-anonymous",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!("--cert-dir={}", cert_dir.display()));
+    let mut args: Vec<String> = vec![
+        "--bind-address=127.0.0.1".into(),
+        "--insecure-allow-anonymous".into(),
+        format!("--cert-dir={}", cert_dir.display()),
+    ];
+    // OS-chosen ports unless the caller names them.
+    for flag in ["--secure-port", "--grpc-port"] {
+        if !extra.iter().any(|e| e.starts_with(flag)) {
+            args.push(format!("{flag}=0"));
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let log = dir.join("aggregator.log");
     let mut child = spawn("metrics-aggregator", &args, &log, Stdio::piped())?;
@@ -203,4 +204,23 @@ pub async fn kubectl(kubeconfig: &Path, args: &[&str]) -> KubectlOut {
         },
         Err(e) => panic!("kubectl is required for this test (install kubernetes-client): {e}"),
     }
+}
+
+/// Plain-HTTP GET of `path` on `addr` (the agent's metrics port).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Address the agent logged for its metrics server.
+pub fn agent_metrics_addr(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("serving agent metrics"))?;
+    let start = line.find("Some(")? + 5;
+    let end = start + line[start..].find(')')?;
+    line[start..end].parse().ok()
 }

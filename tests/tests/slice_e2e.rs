@@ -43,6 +43,7 @@ fn nodes() -> Vec<(&'static str, FakeNode)> {
             FakeNode {
                 cores: 1.5,
                 memory: 2048 * MIB,
+                extra_lines: vec![],
                 pods: vec![
                     pod(
                         "team-a",
@@ -68,6 +69,12 @@ fn nodes() -> Vec<(&'static str, FakeNode)> {
             FakeNode {
                 cores: 0.75,
                 memory: 1024 * MIB + 512,
+                // Bad input must cost only itself.
+                extra_lines: vec![
+                    "container_cpu_usage_seconds_total{container=\"bad\",namespace=\"team-b\",pod=\"web-1\" 1".into(),
+                    "container_memory_working_set_bytes{container=\"nolabels\"} 5".into(),
+                    "container_cpu_usage_seconds_total{container=\"app\",namespace=\"team-b\",pod=\"nan\"} NaN".into(),
+                ],
                 pods: vec![
                     pod(
                         "team-b",
@@ -140,6 +147,7 @@ async fn start_cluster() -> Cluster {
             format!("--aggregator={}", agg.grpc_url()),
             format!("--aggregator-ca-file={}", agg.ca.display()),
             "--metric-resolution=1s".into(),
+            "--metrics-bind-address=127.0.0.1:0".into(),
         ];
         agents.push(start_agent(dir.path(), name, &args).expect("agent"));
         kubelets.push(k);
@@ -161,6 +169,7 @@ async fn start_cluster() -> Cluster {
         format!("--aggregator={}", agg.grpc_url()),
         format!("--aggregator-ca-file={}", agg.ca.display()),
         "--metric-resolution=1s".into(),
+        "--metrics-bind-address=127.0.0.1:0".into(),
     ];
     agents.push(start_agent(dir.path(), "node-broken", &args).expect("agent"));
     kubelets.push(broken);
@@ -447,6 +456,42 @@ async fn whole_path_through_kubectl() {
     assert!(
         broken_log.contains("401"),
         "agent log should name the kubelet's 401: {broken_log}"
+    );
+
+    // Self-metrics: the aggregator counts accepted reports; node-b's agent
+    // counts what it dropped; the broken agent counts failed reads.
+    let (code, text) = cl.get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(text.contains("metrics_aggregator_nodes 2"), "{text}");
+    let accepted = text
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics_aggregator_reports_total{result=\"accepted\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(accepted.is_some_and(|n| n >= 4), "{text}");
+    let scrape = |i: usize| {
+        let log = cl._agents[i].log_text();
+        let addr = metrics_e2e::procs::agent_metrics_addr(&log)
+            .unwrap_or_else(|| panic!("no metrics address in {log}"));
+        async move {
+            metrics_e2e::procs::http_get(addr, "/metrics")
+                .await
+                .expect("agent metrics")
+        }
+    };
+    let b = scrape(1).await;
+    assert!(
+        b.contains("metrics_agent_dropped_total{reason=\"malformed_line\"}"),
+        "{b}"
+    );
+    assert!(
+        b.contains("metrics_agent_dropped_total{reason=\"invalid_sample\"}"),
+        "{b}"
+    );
+    assert!(b.contains("metrics_agent_acks_total{aggregator="), "{b}");
+    let broken = scrape(2).await;
+    assert!(
+        broken.contains("metrics_agent_source_reads_total{result=\"error\"}"),
+        "{broken}"
     );
 
     // Health.

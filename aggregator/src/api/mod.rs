@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, StatusCode};
 
+use crate::metrics::AggregatorMetrics;
 use crate::store::Store;
 use status::ApiError;
 
@@ -19,6 +20,8 @@ use status::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    pub metrics: Arc<AggregatorMetrics>,
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";
@@ -52,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(self_metrics))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -67,6 +71,17 @@ async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Resp
         )
             .into_response()
     }
+}
+
+async fn self_metrics(axum::extract::State(s): axum::extract::State<AppState>) -> Response {
+    s.metrics
+        .nodes
+        .set(i64::try_from(s.store.len()).unwrap_or(i64::MAX));
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode(&s.registry),
+    )
+        .into_response()
 }
 
 async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {

@@ -1,0 +1,61 @@
+//! The aggregator's own metrics, registered in a registry made at start-up
+//! and handed down (no globals), served at `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// `result` label of report counters.
+pub type ResultLabel = [(&'static str, &'static str); 1];
+
+/// Metrics of ingest and the store.
+#[derive(Debug, Default)]
+pub struct AggregatorMetrics {
+    /// Reports received, by `result` (`accepted`, `refused`).
+    pub reports: Family<ResultLabel, Counter>,
+    /// Agent streams currently open.
+    pub streams: Gauge,
+    /// Nodes held (set when scraped).
+    pub nodes: Gauge,
+}
+
+impl AggregatorMetrics {
+    /// Creates the metrics and registers them under `metrics_aggregator_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let sub = registry.sub_registry_with_prefix("metrics_aggregator");
+        sub.register(
+            "reports",
+            "Node reports received from agents, by result",
+            m.reports.clone(),
+        );
+        sub.register(
+            "agent_streams",
+            "Agent streams currently open",
+            m.streams.clone(),
+        );
+        sub.register(
+            "nodes",
+            "Nodes with data in the store, expired ones until swept",
+            m.nodes.clone(),
+        );
+        m
+    }
+
+    pub fn report(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "refused" };
+        self.reports.get_or_create(&[("result", result)]).inc();
+    }
+}
+
+/// Renders `registry` in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// Content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

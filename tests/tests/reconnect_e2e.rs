@@ -1,0 +1,92 @@
+//! An agent survives its aggregator: after a SIGKILL and a restart on the
+//! same port, the agent reconnects by itself and the node is served again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use metrics_e2e::https;
+use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
+use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
+
+async fn node_served(agg: &AggregatorProc, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let url = format!("{}/apis/metrics.k8s.io/v1beta1/nodes/node-r", agg.api_url());
+        if let Ok((code, _, _)) = https::get(&url, &agg.ca, &[]).await {
+            if code == 200 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reconnects_after_aggregator_restart() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agg = start_aggregator(dir.path(), &[]).await.unwrap();
+    let node = FakeNode {
+        cores: 0.5,
+        memory: 1 << 30,
+        pods: vec![FakePod {
+            namespace: "ns".into(),
+            name: "p".into(),
+            labels: Default::default(),
+            containers: vec![FakeContainer {
+                name: "c".into(),
+                cores: 0.1,
+                memory: 1 << 20,
+            }],
+        }],
+        extra_lines: vec![],
+    };
+    let k = kubelet::start(node, "t", dir.path()).await.unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let _agent = start_agent(
+        dir.path(),
+        "node-r",
+        &[
+            format!("--kubelet-url={}", k.url()),
+            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
+            format!("--kubelet-token-file={}", token.display()),
+            format!("--aggregator={}", agg.grpc_url()),
+            format!("--aggregator-ca-file={}", agg.ca.display()),
+            "--metric-resolution=1s".into(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        node_served(&agg, Duration::from_secs(30)).await,
+        "{}",
+        agg.proc.log_text()
+    );
+
+    let (api_port, grpc_port) = (agg.api.port(), agg.grpc.port());
+    agg.proc.kill().await;
+    // Same ports and certificate directory: the agent's URL and CA stay valid.
+    let restarted = start_aggregator(
+        dir.path(),
+        &[
+            &format!("--secure-port={api_port}"),
+            &format!("--grpc-port={grpc_port}"),
+        ],
+    )
+    .await
+    .unwrap();
+    let restart = Instant::now();
+    assert!(
+        node_served(&restarted, Duration::from_secs(30)).await,
+        "agent did not come back: {}",
+        restarted.proc.log_text()
+    );
+    // Backoff is capped; a few seconds of outage means a quick return.
+    assert!(
+        restart.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        restart.elapsed()
+    );
+}
