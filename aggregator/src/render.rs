@@ -104,19 +104,16 @@ pub fn node_metrics(name: &str, labels: &BTreeMap<String, String>, u: &Usage) ->
     }
 }
 
-/// A PodMetrics object; containers in the order given (sorted by name).
-pub fn pod_metrics(p: &PodUsage) -> Rendered {
+/// A PodMetrics object for `p` with `labels`; containers sorted by name.
+pub fn pod_metrics(p: &PodUsage, labels: &BTreeMap<String, String>) -> Rendered {
     let mut tail = String::with_capacity(128 + 80 * p.containers.len());
     tail.push('"');
-    let labels: BTreeMap<String, String> = p
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels_json(&mut tail, &labels);
+    labels_json(&mut tail, labels);
     times(&mut tail, p.timestamp_unix_nanos, p.window_nanos);
     tail.push_str(",\"containers\":[");
-    for (i, c) in p.containers.iter().enumerate() {
+    let mut containers: Vec<_> = p.containers.iter().collect();
+    containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    for (i, c) in containers.into_iter().enumerate() {
         if i > 0 {
             tail.push(',');
         }
@@ -180,7 +177,7 @@ mod tests {
                 memory_working_set_bytes: 22_244 * 1024,
             }],
         };
-        let got = render(&pod_metrics(&p), "2022-01-27T19:25:00Z");
+        let got = render(&pod_metrics(&p, &BTreeMap::new()), "2022-01-27T19:25:00Z");
         let v: serde_json::Value = serde_json::from_str(&got).unwrap();
         assert_eq!(v["metadata"]["namespace"], "kube-system");
         assert_eq!(v["timestamp"], "2022-01-27T19:24:31Z");

@@ -164,18 +164,17 @@ pub fn to_entry(
         }
         check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(|e| bad(e.into()))?;
         check_labels(p.labels.iter()).map_err(bad)?;
-        let mut sorted = p.clone();
-        sorted.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        let labels: BTreeMap<String, String> = p
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         pods.push(PodEntry {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
-            labels: p
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            rendered: render::pod_metrics(p, &labels),
+            labels,
             timestamp_ns: p.timestamp_unix_nanos,
-            rendered: render::pod_metrics(&sorted),
         });
     }
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

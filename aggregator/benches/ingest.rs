@@ -1,0 +1,89 @@
+//! Cost of one node report on the aggregator (protobuf decode, validation,
+//! rendering, store insert) and of the namespace query an HPA makes.
+//! Run: `cargo bench -p metrics-aggregator --bench ingest`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use divan::Bencher;
+use metrics_aggregator::report::to_entry;
+use metrics_aggregator::store::Store;
+use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
+use prost::Message;
+
+fn main() {
+    divan::main();
+}
+
+/// A realistic report: `pods` pods × 2 containers, 4 labels each.
+fn report(node: usize, pods: usize) -> NodeReport {
+    let u = |i: u64| Usage {
+        timestamp_unix_nanos: 1_700_000_000_000_000_000,
+        window_nanos: 15_000_000_000,
+        cpu_nanocores: 123_456_789 + i,
+        memory_working_set_bytes: 734_003_200 + i * 4096,
+    };
+    NodeReport {
+        protocol_version: metrics_proto::PROTOCOL_VERSION,
+        node_name: format!("node-{node:05}.cluster.example"),
+        sequence: 1,
+        period_ms: 15_000,
+        node_labels: (0..8)
+            .map(|i| (format!("node.kubernetes.io/label-{i}"), format!("v{i}")))
+            .collect(),
+        node: Some(u(0)),
+        pods: (0..pods)
+            .map(|p| PodUsage {
+                namespace: format!("team-{}", (node * pods + p) % 50),
+                name: format!("app-{node}-{p}-7d9f8c6b5-x2z4q"),
+                labels: [
+                    ("app", format!("app-{}", p % 10)),
+                    ("pod-template-hash", "7d9f8c6b5".into()),
+                    ("tier", "web".into()),
+                    ("team", format!("t{}", p % 5)),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                timestamp_unix_nanos: 1_700_000_000_000_000_000,
+                window_nanos: 15_000_000_000,
+                containers: ["app", "istio-proxy"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ContainerUsage {
+                        name: c.to_string(),
+                        cpu_nanocores: 12_345_678 * (i as u64 + 1),
+                        memory_working_set_bytes: 52_428_800 + p as u64,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        source: "kubelet".into(),
+    }
+}
+
+#[divan::bench(args = [30, 110])]
+fn ingest_report(bencher: Bencher, pods: usize) {
+    let bytes = report(1, pods).encode_to_vec();
+    let store = Store::new();
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes.len()))
+        .bench(|| {
+            let r = NodeReport::decode(divan::black_box(&bytes[..])).unwrap();
+            let e = to_entry(&r, None, Instant::now(), 3).unwrap();
+            store.insert(e);
+        });
+}
+
+/// The HPA's query shape: one namespace of a 1,000-node × 30-pod store.
+#[divan::bench]
+fn namespace_query_1000_nodes(bencher: Bencher) {
+    let store = Arc::new(Store::new());
+    let now = Instant::now();
+    for n in 0..1_000 {
+        store.insert(to_entry(&report(n, 30), None, now, 1_000).unwrap());
+    }
+    bencher.bench(|| store.pods(Some(divan::black_box("team-7")), now).len());
+}
