@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use metrics_proto::runtime::{encode_metrics, METRICS_CONTENT_TYPE};
+
 use crate::source::decode::DecodeStats;
 
 type Label1 = [(&'static str, &'static str); 1];
@@ -105,14 +107,6 @@ impl AgentMetrics {
     }
 }
 
-/// Renders `registry` in the OpenMetrics text format.
-pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    out
-}
-
 /// Serves `/metrics` and `/healthz` on `listener` until cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -126,11 +120,8 @@ pub async fn serve(
                 let registry = Arc::clone(&registry);
                 async move {
                     (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        encode(&registry),
+                        [(http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+                        encode_metrics(&registry),
                     )
                 }
             }),

@@ -11,14 +11,7 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() -> anyhow::Result<()> {
     metrics_proto::tls::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    metrics_proto::runtime::init_logging();
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -39,23 +32,10 @@ fn main() -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            metrics_proto::runtime::shutdown_signal().await;
             tracing::info!("shutting down");
             stop.cancel();
         });
-        #[cfg(unix)]
-        {
-            let stop = cancel.clone();
-            if let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                tokio::spawn(async move {
-                    term.recv().await;
-                    tracing::info!("shutting down");
-                    stop.cancel();
-                });
-            }
-        }
         agg.run(cancel).await.map_err(anyhow::Error::from)
     })
 }

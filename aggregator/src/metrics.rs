@@ -48,14 +48,3 @@ impl AggregatorMetrics {
         self.reports.get_or_create(&[("result", result)]).inc();
     }
 }
-
-/// Renders `registry` in the OpenMetrics text format.
-pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    out
-}
-
-/// Content type of [`encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

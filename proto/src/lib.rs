@@ -3,6 +3,7 @@
 //! agree on.
 
 pub mod duration;
+pub mod runtime;
 pub mod tls;
 
 /// Generated from `proto/metrics.proto` (package `metrics.v1`).

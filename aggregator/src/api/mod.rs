@@ -78,8 +78,11 @@ async fn self_metrics(axum::extract::State(s): axum::extract::State<AppState>) -
         .nodes
         .set(i64::try_from(s.store.len()).unwrap_or(i64::MAX));
     (
-        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::encode(&s.registry),
+        [(
+            http::header::CONTENT_TYPE,
+            metrics_proto::runtime::METRICS_CONTENT_TYPE,
+        )],
+        metrics_proto::runtime::encode_metrics(&s.registry),
     )
         .into_response()
 }
