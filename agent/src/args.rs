@@ -13,6 +13,10 @@ use metrics_proto::duration::parse_duration;
 pub enum SourceKind {
     /// The kubelet's /metrics/resource: node and every container.
     Kubelet,
+    /// cgroup files and /proc read directly; pods mapped through the kubelet's /pods.
+    Cgroup,
+    /// The kubelet, falling back to cgroups in any cycle it fails or returns zeros.
+    Auto,
     /// The host's /proc: the node only.
     Proc,
 }
@@ -58,7 +62,8 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, env = "KUBELET_REQUEST_TIMEOUT")]
     pub kubelet_request_timeout: Option<Duration>,
 
-    /// Add pod labels read from the kubelet's /pods (needs nodes/proxy on the kubelet).
+    /// Add pod labels read from the kubelet's /pods (needs nodes/proxy on the kubelet;
+    /// always on with --source=cgroup or auto, which map cgroups through /pods).
     #[arg(long, env = "KUBELET_POD_LABELS")]
     pub kubelet_pod_labels: bool,
 
@@ -66,7 +71,11 @@ pub struct Args {
     #[arg(long, default_value = "60s", value_parser = parse_duration, env = "POD_LABELS_REFRESH")]
     pub pod_labels_refresh: Duration,
 
-    /// Root of the host's procfs (for --source=proc).
+    /// Where the host's cgroup hierarchy is mounted (--source=cgroup or auto).
+    #[arg(long, default_value = "/sys/fs/cgroup", env = "CGROUP_ROOT")]
+    pub cgroup_root: PathBuf,
+
+    /// Root of the host's procfs (--source=proc, and node figures the root cgroup lacks).
     #[arg(long, default_value = "/proc", env = "PROC_ROOT")]
     pub proc_root: PathBuf,
 
@@ -128,7 +137,7 @@ impl Args {
                 "--aggregator-insecure-tls or --aggregator-ca-file",
             ));
         }
-        if self.source == SourceKind::Kubelet {
+        if self.source != SourceKind::Proc {
             self.kubelet_url()?;
         }
         Ok(())

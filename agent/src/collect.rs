@@ -8,8 +8,8 @@ use metrics_proto::v1::NodeReport;
 use metrics_proto::PROTOCOL_VERSION;
 use tokio_util::sync::CancellationToken;
 
-use crate::labels::LabelCache;
 use crate::metrics::AgentMetrics;
+use crate::pods::{PodCache, PodIndex};
 use crate::rates::RateStore;
 use crate::source::Source;
 
@@ -21,7 +21,7 @@ pub struct Collector {
     period: Duration,
     metrics: Arc<AgentMetrics>,
     failing: bool,
-    labels: Option<LabelCache>,
+    pods: Option<PodCache>,
 }
 
 impl Collector {
@@ -38,20 +38,25 @@ impl Collector {
             period,
             metrics,
             failing: false,
-            labels: None,
+            pods: None,
         }
     }
 
-    /// Adds pod labels from `cache` to every report.
-    pub fn with_labels(mut self, cache: LabelCache) -> Self {
-        self.labels = Some(cache);
+    /// Uses `cache` to map cgroups to pods and to label every pod.
+    pub fn with_pods(mut self, cache: PodCache) -> Self {
+        self.pods = Some(cache);
         self
     }
 
     /// Reads the source once and returns the report for this period. A
     /// failed read is logged (once per outage) and yields `None`.
     pub async fn collect(&mut self) -> Option<NodeReport> {
-        let (batch, stats) = match self.source.read().await {
+        let empty = PodIndex::default();
+        if let Some(cache) = self.pods.as_mut().filter(|_| self.source.needs_pods()) {
+            cache.refresh(false).await;
+        }
+        let index = self.pods.as_ref().map_or(&empty, |c| c.index());
+        let (batch, stats) = match self.source.read(index).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.read(false);
@@ -77,14 +82,17 @@ impl Collector {
         self.metrics.decoded(&stats);
         self.rates.store(&batch);
         let mut pods = self.rates.pod_usages();
-        if let Some(cache) = &mut self.labels {
-            cache.update(&batch).await;
+        if let Some(cache) = &mut self.pods {
+            let unknown =
+                stats.unmapped_cgroups > 0 || batch.pods.keys().any(|p| !cache.index().knows(p));
+            cache.refresh(unknown).await;
+            let index = cache.index();
             for p in &mut pods {
                 let key = crate::batch::PodRef {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
                 };
-                if let Some(l) = cache.labels().get(&key) {
+                if let Some(l) = index.labels(&key) {
                     p.labels = l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 }
             }

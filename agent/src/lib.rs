@@ -5,8 +5,8 @@
 pub mod args;
 pub mod batch;
 pub mod collect;
-pub mod labels;
 pub mod metrics;
+pub mod pods;
 pub mod rates;
 pub mod source;
 pub mod tls;
@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{Args, SourceKind};
 use crate::collect::Collector;
+use crate::pods::PodCache;
+use crate::source::cgroup::CgroupSource;
 use crate::source::{host::HostSource, kubelet::KubeletSource, Source};
 use crate::tls::Verify;
 use crate::transport::Target;
@@ -38,6 +40,8 @@ pub enum SetupError {
     Kubelet(#[from] source::kubelet::KubeletError),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    #[error(transparent)]
+    Cgroup(#[from] source::cgroup::CgroupError),
     #[error("{what}: no CA to verify it; set {flag} or its --*-insecure-tls flag")]
     NoCa {
         what: &'static str,
@@ -59,6 +63,34 @@ fn verify<'a>(
     }
 }
 
+/// The kubelet client the flags describe.
+fn kubelet_source(args: &Args, in_cluster_ca: Option<&Path>) -> Result<KubeletSource, SetupError> {
+    let url = args.kubelet_url()?;
+    let tls = if url.starts_with("https://") {
+        let v = verify(
+            args.kubelet_insecure_tls,
+            args.kubelet_certificate_authority.as_deref(),
+            in_cluster_ca,
+            "kubelet",
+            "--kubelet-certificate-authority",
+        )?;
+        tls::client_config(v, &[])?
+    } else {
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    };
+    let token = Some(args.kubelet_token_file.clone());
+    Ok(KubeletSource::new(
+        &url,
+        tls,
+        token,
+        args.kubelet_timeout(),
+    )?)
+}
+
 /// Everything the agent needs, built and checked from the flags.
 pub struct Agent {
     pub collector: Collector,
@@ -73,38 +105,24 @@ impl Agent {
         args.validate()?;
         let in_cluster_ca = PathBuf::from(IN_CLUSTER_CA);
         let in_cluster_ca = in_cluster_ca.exists().then_some(in_cluster_ca.as_path());
-        let mut labels = None;
-        let source = match args.source {
-            SourceKind::Proc => Source::Host(HostSource::new(&args.proc_root)),
-            SourceKind::Kubelet => {
-                let url = args.kubelet_url()?;
-                let tls = if url.starts_with("https://") {
-                    let v = verify(
-                        args.kubelet_insecure_tls,
-                        args.kubelet_certificate_authority.as_deref(),
-                        in_cluster_ca,
-                        "kubelet",
-                        "--kubelet-certificate-authority",
-                    )?;
-                    tls::client_config(v, &[])?
-                } else {
-                    Arc::new(
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth(),
-                    )
-                };
-                let token = Some(args.kubelet_token_file.clone());
-                let kubelet = KubeletSource::new(&url, tls, token, args.kubelet_timeout())?;
-                if args.kubelet_pod_labels {
-                    labels = Some(labels::LabelCache::new(
-                        kubelet.clone(),
-                        args.pod_labels_refresh,
-                    ));
-                }
-                Source::Kubelet(Box::new(kubelet))
-            }
+        let kubelet = match args.source {
+            SourceKind::Proc => None,
+            _ => Some(kubelet_source(args, in_cluster_ca)?),
         };
+        let cgroup = || CgroupSource::new(&args.cgroup_root, &args.proc_root);
+        let source = match (args.source, &kubelet) {
+            (SourceKind::Kubelet, Some(k)) => Source::Kubelet(Box::new(k.clone())),
+            (SourceKind::Cgroup, _) => Source::Cgroup(cgroup()?),
+            (SourceKind::Auto, Some(k)) => Source::Auto {
+                kubelet: Box::new(k.clone()),
+                cgroup: cgroup()?,
+                on_fallback: false,
+            },
+            _ => Source::Host(HostSource::new(&args.proc_root)),
+        };
+        let pods = kubelet
+            .filter(|_| args.kubelet_pod_labels || source.needs_pods())
+            .map(|k| PodCache::new(k, args.pod_labels_refresh));
         let mut targets = Vec::with_capacity(args.aggregators.len());
         for url in &args.aggregators {
             let tls = if url.starts_with("https://") {
@@ -130,8 +148,8 @@ impl Agent {
             args.metric_resolution,
             Arc::clone(&metrics),
         );
-        if let Some(cache) = labels {
-            collector = collector.with_labels(cache);
+        if let Some(cache) = pods {
+            collector = collector.with_pods(cache);
         }
         Ok(Self {
             collector,

@@ -79,6 +79,7 @@ impl AgentMetrics {
             ("invalid_sample", s.invalid_samples),
             ("incomplete_container", s.incomplete_containers),
             ("incomplete_node", s.incomplete_node),
+            ("unmapped_cgroup", s.unmapped_cgroups),
         ] {
             if n > 0 {
                 self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);

@@ -4,6 +4,7 @@
 
 pub mod duration;
 pub mod runtime;
+pub mod time;
 pub mod tls;
 
 /// Generated from `proto/metrics.proto` (package `metrics.v1`).

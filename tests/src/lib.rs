@@ -1,6 +1,7 @@
 //! Shared test support: locating `../shared/fixtures`, a fake kubelet, the
 //! real binaries on 127.0.0.1, kubectl, and an independent quantity parser.
 
+pub mod cgroupfs;
 pub mod fixtures;
 pub mod https;
 pub mod kubelet;

@@ -24,6 +24,8 @@ pub struct DecodeStats {
     pub incomplete_containers: u64,
     /// 1 when the node point was dropped (no timestamp, zero CPU or memory).
     pub incomplete_node: u64,
+    /// Pod cgroups whose UID matched no known pod (cgroup source).
+    pub unmapped_cgroups: u64,
 }
 
 /// Partial point while series are collected.

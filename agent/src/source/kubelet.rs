@@ -1,6 +1,6 @@
 //! Reads the local kubelet's `/metrics/resource` over HTTPS.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::batch::{Batch, PodRef};
+use crate::pods::{ContainerInfo, PodInfo};
+use crate::source::cgroup::layout::status_container_id;
 use crate::source::decode::{decode, DecodeStats};
 
 /// Largest payload accepted, compressed or not (bytes). A 110-pod node
@@ -22,9 +24,6 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest `/pods` answer accepted (bytes); full pod specs are big.
 pub const MAX_PODS_BODY_BYTES: usize = 64 * 1024 * 1024;
-
-/// Pod labels by pod.
-pub type PodLabels = HashMap<PodRef, BTreeMap<String, String>>;
 
 /// Failures of one scrape. None of them stops the agent.
 #[derive(Debug, thiserror::Error)]
@@ -140,25 +139,14 @@ impl KubeletSource {
         Ok(decode(&text, started))
     }
 
-    /// Labels of the pods on this node from the kubelet's `/pods` (a
-    /// core/v1 PodList). Needs `nodes/proxy` on the kubelet.
-    pub async fn pod_labels(&self) -> Result<PodLabels, KubeletError> {
+    /// The pods on this node from the kubelet's `/pods` (a core/v1
+    /// PodList). Needs `nodes/proxy` on the kubelet.
+    pub async fn pods(&self) -> Result<Vec<PodInfo>, KubeletError> {
         let body = self.fetch(&self.pods_uri, MAX_PODS_BODY_BYTES).await?;
-        let list: PodList = serde_json::from_slice(&body).map_err(|source| KubeletError::Json {
+        parse_pod_list(&body).map_err(|source| KubeletError::Json {
             url: self.pods_uri.to_string(),
             source,
-        })?;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|p| {
-                let key = PodRef {
-                    namespace: p.metadata.namespace,
-                    name: p.metadata.name,
-                };
-                (key, p.metadata.labels)
-            })
-            .collect())
+        })
     }
 
     async fn fetch(&self, uri: &Uri, limit: usize) -> Result<Vec<u8>, KubeletError> {
@@ -235,6 +223,45 @@ impl KubeletSource {
     }
 }
 
+/// Decodes a core/v1 PodList into what the agent needs.
+pub fn parse_pod_list(body: &[u8]) -> Result<Vec<PodInfo>, serde_json::Error> {
+    let list: PodList = serde_json::from_slice(body)?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|p| {
+            let statuses = p
+                .status
+                .container_statuses
+                .into_iter()
+                .chain(p.status.init_container_statuses);
+            PodInfo {
+                uid: p.metadata.uid,
+                pod: PodRef {
+                    namespace: p.metadata.namespace,
+                    name: p.metadata.name,
+                },
+                labels: p.metadata.labels,
+                containers: statuses
+                    .filter_map(|c| {
+                        let id = status_container_id(c.container_id.as_deref()?)?.to_owned();
+                        let started_ns = c
+                            .state
+                            .and_then(|s| s.running)
+                            .and_then(|r| r.started_at)
+                            .and_then(|t| metrics_proto::time::parse_rfc3339(&t));
+                        Some(ContainerInfo {
+                            id,
+                            name: c.name,
+                            started_ns,
+                        })
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
 #[derive(serde::Deserialize)]
 struct PodList {
     #[serde(default)]
@@ -244,14 +271,47 @@ struct PodList {
 #[derive(serde::Deserialize)]
 struct PodItem {
     metadata: PodMeta,
+    #[serde(default)]
+    status: PodStatus,
 }
 
 #[derive(serde::Deserialize)]
 struct PodMeta {
+    #[serde(default)]
+    uid: String,
     #[serde(default)]
     namespace: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodStatus {
+    #[serde(default)]
+    container_statuses: Vec<ContainerStatus>,
+    #[serde(default)]
+    init_container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatus {
+    name: String,
+    #[serde(rename = "containerID")]
+    container_id: Option<String>,
+    state: Option<ContainerState>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContainerState {
+    running: Option<Running>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Running {
+    started_at: Option<String>,
 }
