@@ -1,0 +1,190 @@
+//! The cgroup source against the real kernel: a kubepods-like hierarchy
+//! under the machine's /sys/fs/cgroup, one process burning a CPU in it.
+//! Needs root and a kernel that lets it create cgroups; where the kernel
+//! refuses, the test prints `SKIPPED: <the kernel's error>` and passes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use metrics_agent::batch::PodRef;
+use metrics_agent::pods::PodIndex;
+use metrics_agent::rates::RateStore;
+use metrics_agent::source::cgroup::{CgroupSource, Hierarchy};
+use metrics_agent::source::kubelet::parse_pod_list;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Removes the directories it created, deepest first, when dropped.
+struct Created(Vec<PathBuf>);
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn mkdirs(base: &Path, rel: &Path, created: &mut Created) -> std::io::Result<PathBuf> {
+    let mut cur = base.to_path_buf();
+    for part in rel.components() {
+        cur.push(part);
+        if !cur.exists() {
+            std::fs::create_dir(&cur)?;
+            created.0.push(cur.clone());
+        }
+    }
+    Ok(cur)
+}
+
+/// Enables cpu and memory accounting down to `rel` on cgroup v2.
+fn enable_v2_controllers(root: &Path, rel: &Path) {
+    let mut cur = root.to_path_buf();
+    let _ = std::fs::write(cur.join("cgroup.subtree_control"), "+cpu +memory");
+    for part in rel
+        .components()
+        .take(rel.components().count().saturating_sub(1))
+    {
+        cur.push(part);
+        let _ = std::fs::write(cur.join("cgroup.subtree_control"), "+cpu +memory");
+    }
+}
+
+fn kernel_working_set(h: &Hierarchy, rel: &Path) -> u64 {
+    let num = |p: PathBuf| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let key = |p: PathBuf, k: &str| {
+        metrics_agent::source::cgroup::read::keyed(&std::fs::read_to_string(p).unwrap(), k).unwrap()
+    };
+    match h {
+        Hierarchy::V2 { root } => {
+            let d = root.join(rel);
+            num(d.join("memory.current"))
+                .saturating_sub(key(d.join("memory.stat"), "inactive_file"))
+        }
+        Hierarchy::V1 { memory, .. } => {
+            let d = memory.join(rel);
+            num(d.join("memory.usage_in_bytes"))
+                .saturating_sub(key(d.join("memory.stat"), "total_inactive_file"))
+        }
+    }
+}
+
+#[test]
+fn burner_in_a_real_cgroup_reads_one_core() {
+    let Ok(source) = CgroupSource::new(Path::new(ROOT), Path::new("/proc")) else {
+        println!("SKIPPED: no cgroup hierarchy under {ROOT}");
+        return;
+    };
+    let hierarchy = source.hierarchy().clone();
+    let uid = format!(
+        "0000{:04x}-0000-4000-8000-{:012x}",
+        std::process::id() & 0xffff,
+        std::process::id()
+    );
+    let cid = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xbeef);
+    let rel = PathBuf::from(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+        uid.replace('-', "_")
+    ));
+    let bases: Vec<PathBuf> = match &hierarchy {
+        Hierarchy::V2 { root } => vec![root.clone()],
+        Hierarchy::V1 {
+            cpuacct, memory, ..
+        } => vec![cpuacct.clone(), memory.clone()],
+    };
+    let mut created = Created(Vec::new());
+    let mut leaves = Vec::new();
+    for base in &bases {
+        match mkdirs(base, &rel, &mut created) {
+            Ok(d) => leaves.push(d),
+            Err(e) => {
+                println!("SKIPPED: {e} (creating a cgroup under {})", base.display());
+                return;
+            }
+        }
+    }
+    if let Hierarchy::V2 { root } = &hierarchy {
+        enable_v2_controllers(root, &rel);
+    }
+
+    // Waits until it has been moved, then allocates (so the memory is
+    // charged to the new cgroup) and spins.
+    let mut burner = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "read _; x=$(head -c 4000000 /dev/zero | tr '\\0' a); while :; do :; done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = burner.id().to_string();
+    for leaf in &leaves {
+        if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), &pid) {
+            let _ = burner.kill();
+            let _ = burner.wait();
+            println!("SKIPPED: {e} (moving a process into {})", leaf.display());
+            return;
+        }
+    }
+
+    {
+        use std::io::Write;
+        let mut stdin = burner.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+    }
+
+    let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
+        "metadata": {"uid": uid, "namespace": "kernel-test", "name": "burner"},
+        "status": {"containerStatuses": [{"name": "burn", "containerID": format!("containerd://{cid}"),
+            "state": {"running": {"startedAt": "2020-01-01T00:00:00Z"}}}]}
+    }]});
+    let index = PodIndex::new(parse_pod_list(list.to_string().as_bytes()).unwrap());
+    let mut rates = RateStore::new(Duration::from_secs(2));
+    let pod = PodRef {
+        namespace: "kernel-test".into(),
+        name: "burner".into(),
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (first, _) = source.sample(&index).unwrap();
+    rates.store(&first);
+    std::thread::sleep(Duration::from_secs(2));
+    let (second, _) = source.sample(&index).unwrap();
+    let kernel_ws = kernel_working_set(&hierarchy, &rel);
+    rates.store(&second);
+
+    let _ = burner.kill();
+    let _ = burner.wait();
+
+    let usage = rates.pod_usages();
+    let u = usage
+        .iter()
+        .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+        .expect("burner pod reported");
+    let cores = u.containers[0].cpu_nanocores as f64 / 1e9;
+    println!("hierarchy {}: burner at {cores:.3} cores", hierarchy.name());
+    assert!(
+        (0.8..=1.05).contains(&cores),
+        "a busy loop should read about one core, got {cores}"
+    );
+    // Cross-check against the kernel's own counter over the same samples.
+    let c1 = first.pods[&pod]["burn"];
+    let c2 = second.pods[&pod]["burn"];
+    let kernel_rate = (c2.cpu_ns - c1.cpu_ns) as f64 / (c2.timestamp_ns - c1.timestamp_ns) as f64;
+    assert!(
+        (cores - kernel_rate).abs() < 0.001,
+        "{cores} vs kernel {kernel_rate}"
+    );
+    let ws = c2.memory_bytes as f64;
+    assert!(
+        ws > 0.0 && (ws - kernel_ws as f64).abs() <= kernel_ws as f64 * 0.01,
+        "working set {ws} vs kernel {kernel_ws}"
+    );
+}
