@@ -45,6 +45,15 @@ pub struct FakeCgroups {
     pub layout: Layout,
     pub driver: Driver,
     pub runtime: Runtime,
+    templates: Templates,
+}
+
+/// The kernel-format files values are written into, read once.
+#[derive(Debug, Clone)]
+struct Templates {
+    cpu_stat: String,
+    memory_stat_v2: String,
+    memory_stat_v1: String,
 }
 
 /// Replaces the values of `keys` in a flat-keyed template, keeping every
@@ -86,6 +95,11 @@ impl FakeCgroups {
             layout,
             driver,
             runtime,
+            templates: Templates {
+                cpu_stat: fixture("cgroup-v2/cpu.stat"),
+                memory_stat_v2: fixture("cgroup-v2/memory.stat"),
+                memory_stat_v1: fixture("cgroup-v1/memory.stat.keys-synthetic"),
+            },
         };
         match layout {
             Layout::V2 => write_atomic(
@@ -120,17 +134,14 @@ impl FakeCgroups {
             Layout::V2 => {
                 write_atomic(
                     &cpu.join("cpu.stat"),
-                    &with_values(
-                        &fixture("cgroup-v2/cpu.stat"),
-                        &[("usage_usec", cpu_ns / 1000)],
-                    ),
+                    &with_values(&self.templates.cpu_stat, &[("usage_usec", cpu_ns / 1000)]),
                 );
                 // anon + file − inactive_file = working_set
                 let inactive = 5_307_346_944;
                 let file = inactive + 1_179_316_224;
                 let anon = working_set.saturating_sub(file - inactive);
                 let stat = with_values(
-                    &fixture("cgroup-v2/memory.stat"),
+                    &self.templates.memory_stat_v2,
                     &[
                         ("anon", anon),
                         ("file", file),
@@ -152,7 +163,7 @@ impl FakeCgroups {
             &format!("{}\n", working_set + inactive),
         );
         let stat = with_values(
-            &fixture("cgroup-v1/memory.stat.keys-synthetic"),
+            &self.templates.memory_stat_v1,
             &[("total_inactive_file", inactive)],
         );
         write_atomic(&mem.join("memory.stat"), &stat);
@@ -212,10 +223,7 @@ impl FakeCgroups {
                 let dir = cpu.join(rel);
                 write_atomic(
                     &dir.join("cpu.stat"),
-                    &with_values(
-                        &fixture("cgroup-v2/cpu.stat"),
-                        &[("usage_usec", cpu_ns / 1000)],
-                    ),
+                    &with_values(&self.templates.cpu_stat, &[("usage_usec", cpu_ns / 1000)]),
                 );
                 let inactive = 4096 * 7;
                 write_atomic(
@@ -223,7 +231,7 @@ impl FakeCgroups {
                     &format!("{}\n", working_set + inactive),
                 );
                 let stat = with_values(
-                    &fixture("cgroup-v2/memory.stat"),
+                    &self.templates.memory_stat_v2,
                     &[("inactive_file", inactive)],
                 );
                 write_atomic(&dir.join("memory.stat"), &stat);

@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 pub struct FakeContainer {
     pub name: String,
+    /// Runtime ID (64 hex digits) shown in the pod status.
+    pub id: String,
     /// CPU use in cores (1.0 = one core).
     pub cores: f64,
     /// Constant working set, bytes.
@@ -35,6 +37,7 @@ pub struct FakeContainer {
 /// One pod on the fake node.
 #[derive(Debug, Clone)]
 pub struct FakePod {
+    pub uid: String,
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -86,7 +89,8 @@ struct State {
     scrapes: Arc<AtomicU64>,
 }
 
-fn now_secs() -> f64 {
+/// Seconds since the epoch.
+pub fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -178,16 +182,24 @@ pub fn render(node: &FakeNode, t0: f64, now: f64) -> String {
     out
 }
 
-/// The kubelet's `/pods` answer (a core/v1 PodList) for the fake node.
-pub fn pod_list(node: &FakeNode) -> String {
+/// The kubelet's `/pods` answer (a core/v1 PodList) for the fake node;
+/// containers started at `t0 − 3600` s, as in [`render`].
+pub fn pod_list(node: &FakeNode, t0: f64) -> String {
     let items: Vec<serde_json::Value> = node
         .pods
         .iter()
         .map(|p| {
             serde_json::json!({
-                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid, "labels": p.labels},
                 "spec": {"containers": p.containers.iter().map(|c| serde_json::json!({"name": c.name})).collect::<Vec<_>>()},
-                "status": {"phase": "Running"}
+                "status": {
+                    "phase": "Running",
+                    "containerStatuses": p.containers.iter().map(|c| serde_json::json!({
+                        "name": c.name,
+                        "containerID": format!("containerd://{}", c.id),
+                        "state": {"running": {"startedAt": metrics_proto::time::format_rfc3339(((t0 - 3600.0) * 1e9) as i64)}},
+                    })).collect::<Vec<_>>()
+                }
             })
         })
         .collect();
@@ -219,7 +231,7 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             state.scrapes.fetch_add(1, Ordering::Relaxed);
             render(&state.node, state.t0, now_secs())
         }
-        "/pods" => pod_list(&state.node),
+        "/pods" => pod_list(&state.node, state.t0),
         _ => return reply(StatusCode::NOT_FOUND, "404 page not found"),
     };
     if !gzip {
@@ -240,8 +252,40 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+/// A stable 64-hex-digit container ID for a name.
+pub fn container_id(seed: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}").repeat(4)
+}
+
+/// A stable pod UID for a name.
+pub fn pod_uid(seed: &str) -> String {
+    let h = container_id(seed);
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
 /// Starts a fake kubelet on 127.0.0.1:0 writing its CA into `dir`.
 pub async fn start(node: FakeNode, token: &str, dir: &Path) -> anyhow::Result<FakeKubelet> {
+    start_at(node, token, dir, now_secs()).await
+}
+
+/// Like [`start`], with counters anchored at `t0` (seconds since the epoch).
+pub async fn start_at(
+    node: FakeNode,
+    token: &str,
+    dir: &Path,
+    t0: f64,
+) -> anyhow::Result<FakeKubelet> {
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
     let ca_file = dir.join(format!("kubelet-{}.crt", rand_suffix()));
@@ -258,7 +302,7 @@ pub async fn start(node: FakeNode, token: &str, dir: &Path) -> anyhow::Result<Fa
     let scrapes = Arc::new(AtomicU64::new(0));
     let state = Arc::new(State {
         node,
-        t0: now_secs(),
+        t0,
         token: token.to_owned(),
         scrapes: Arc::clone(&scrapes),
     });

@@ -32,11 +32,13 @@ async fn agent_reconnects_after_aggregator_restart() {
         cores: 0.5,
         memory: 1 << 30,
         pods: vec![FakePod {
+            uid: kubelet::pod_uid("ns/p"),
             namespace: "ns".into(),
             name: "p".into(),
             labels: Default::default(),
             containers: vec![FakeContainer {
                 name: "c".into(),
+                id: kubelet::container_id("c"),
                 cores: 0.1,
                 memory: 1 << 20,
             }],

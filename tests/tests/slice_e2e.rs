@@ -19,6 +19,7 @@ const MIB: u64 = 1024 * 1024;
 fn c(name: &str, cores: f64, memory: u64) -> FakeContainer {
     FakeContainer {
         name: name.into(),
+        id: kubelet::container_id(name),
         cores,
         memory,
     }
@@ -26,6 +27,7 @@ fn c(name: &str, cores: f64, memory: u64) -> FakeContainer {
 
 fn pod(ns: &str, name: &str, labels: &[(&str, &str)], containers: Vec<FakeContainer>) -> FakePod {
     FakePod {
+        uid: kubelet::pod_uid(&format!("{ns}/{name}")),
         namespace: ns.into(),
         name: name.into(),
         labels: labels
