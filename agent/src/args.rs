@@ -21,23 +21,10 @@ pub enum SourceKind {
     Proc,
 }
 
-/// Reads one node's resource usage and streams it to metrics-aggregator.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "metrics-agent", version)]
-pub struct Args {
-    /// Name of the Node this agent reports for.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
-
-    /// Where to read samples.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "kubelet",
-        env = "METRICS_AGENT_SOURCE"
-    )]
-    pub source: SourceKind,
-
+/// How to reach the node's kubelet and kernel files; shared by
+/// `metrics-agent` and `metrics-aggregator --standalone`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
     /// Base URL of the kubelet; default https://$NODE_IP:10250.
     #[arg(long, env = "KUBELET_URL")]
     pub kubelet_url: Option<String>,
@@ -78,6 +65,27 @@ pub struct Args {
     /// Root of the host's procfs (--source=proc, and node figures the root cgroup lacks).
     #[arg(long, default_value = "/proc", env = "PROC_ROOT")]
     pub proc_root: PathBuf,
+}
+
+/// Reads one node's resource usage and streams it to metrics-aggregator.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "metrics-agent", version)]
+pub struct Args {
+    /// Name of the Node this agent reports for.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Where to read samples.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "kubelet",
+        env = "METRICS_AGENT_SOURCE"
+    )]
+    pub source: SourceKind,
+
+    #[command(flatten)]
+    pub host: HostArgs,
 
     /// Aggregator gRPC URL (https://HOST:PORT); repeat for several.
     #[arg(
@@ -127,7 +135,7 @@ impl Args {
         if self.node_name.trim().is_empty() {
             return Err(ArgsError::NodeName);
         }
-        if self.kubelet_insecure_tls && self.kubelet_certificate_authority.is_some() {
+        if self.host.kubelet_insecure_tls && self.host.kubelet_certificate_authority.is_some() {
             return Err(ArgsError::Conflict(
                 "--kubelet-insecure-tls or --kubelet-certificate-authority",
             ));
@@ -138,11 +146,13 @@ impl Args {
             ));
         }
         if self.source != SourceKind::Proc {
-            self.kubelet_url()?;
+            self.host.kubelet_url()?;
         }
         Ok(())
     }
+}
 
+impl HostArgs {
     /// The kubelet base URL, from the flag or `NODE_IP`.
     pub fn kubelet_url(&self) -> Result<String, ArgsError> {
         if let Some(u) = &self.kubelet_url {
@@ -155,12 +165,9 @@ impl Args {
         }
     }
 
-    /// Timeout of one kubelet request.
-    pub fn kubelet_timeout(&self) -> Duration {
-        self.kubelet_request_timeout.unwrap_or_else(|| {
-            self.metric_resolution
-                .mul_f64(0.9)
-                .min(Duration::from_secs(10))
-        })
+    /// Timeout of one kubelet request at sampling period `resolution`.
+    pub fn kubelet_timeout(&self, resolution: Duration) -> Duration {
+        self.kubelet_request_timeout
+            .unwrap_or_else(|| resolution.mul_f64(0.9).min(Duration::from_secs(10)))
     }
 }

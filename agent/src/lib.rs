@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Args, SourceKind};
+use crate::args::{Args, HostArgs, SourceKind};
 use crate::collect::Collector;
 use crate::pods::PodCache;
 use crate::source::cgroup::CgroupSource;
@@ -64,7 +64,12 @@ fn verify<'a>(
 }
 
 /// The kubelet client the flags describe.
-fn kubelet_source(args: &Args, in_cluster_ca: Option<&Path>) -> Result<KubeletSource, SetupError> {
+pub fn kubelet_source(
+    args: &HostArgs,
+    resolution: std::time::Duration,
+) -> Result<KubeletSource, SetupError> {
+    let in_cluster_ca = PathBuf::from(IN_CLUSTER_CA);
+    let in_cluster_ca = in_cluster_ca.exists().then_some(in_cluster_ca.as_path());
     let url = args.kubelet_url()?;
     let tls = if url.starts_with("https://") {
         let v = verify(
@@ -87,7 +92,7 @@ fn kubelet_source(args: &Args, in_cluster_ca: Option<&Path>) -> Result<KubeletSo
         &url,
         tls,
         token,
-        args.kubelet_timeout(),
+        args.kubelet_timeout(resolution),
     )?)
 }
 
@@ -103,13 +108,12 @@ impl Agent {
     /// Validates the flags and builds sources and targets; no network I/O.
     pub fn from_args(args: &Args) -> Result<Self, SetupError> {
         args.validate()?;
-        let in_cluster_ca = PathBuf::from(IN_CLUSTER_CA);
-        let in_cluster_ca = in_cluster_ca.exists().then_some(in_cluster_ca.as_path());
+        let host = &args.host;
         let kubelet = match args.source {
             SourceKind::Proc => None,
-            _ => Some(kubelet_source(args, in_cluster_ca)?),
+            _ => Some(kubelet_source(host, args.metric_resolution)?),
         };
-        let cgroup = || CgroupSource::new(&args.cgroup_root, &args.proc_root);
+        let cgroup = || CgroupSource::new(&host.cgroup_root, &host.proc_root);
         let source = match (args.source, &kubelet) {
             (SourceKind::Kubelet, Some(k)) => Source::Kubelet(Box::new(k.clone())),
             (SourceKind::Cgroup, _) => Source::Cgroup(cgroup()?),
@@ -118,11 +122,11 @@ impl Agent {
                 cgroup: cgroup()?,
                 on_fallback: false,
             },
-            _ => Source::Host(HostSource::new(&args.proc_root)),
+            _ => Source::Host(HostSource::new(&host.proc_root)),
         };
         let pods = kubelet
-            .filter(|_| args.kubelet_pod_labels || source.needs_pods())
-            .map(|k| PodCache::new(k, args.pod_labels_refresh));
+            .filter(|_| host.kubelet_pod_labels || source.needs_pods())
+            .map(|k| PodCache::new(k, host.pod_labels_refresh));
         let mut targets = Vec::with_capacity(args.aggregators.len());
         for url in &args.aggregators {
             let tls = if url.starts_with("https://") {

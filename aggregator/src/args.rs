@@ -65,9 +65,10 @@ pub struct Args {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// Root of this host's procfs (--standalone).
-    #[arg(long, default_value = "/proc", env = "PROC_ROOT")]
-    pub proc_root: PathBuf,
+    /// How --standalone reads this host: the kubelet (with cgroup fallback) when
+    /// --kubelet-url or NODE_IP is set, else cgroups, else /proc.
+    #[command(flatten, next_help_heading = "Standalone host source")]
+    pub host: metrics_agent::args::HostArgs,
 
     /// Where --standalone writes a kubeconfig pointing at this server.
     #[arg(

@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use metrics_agent::collect::Collector;
 use metrics_agent::metrics::AgentMetrics;
+use metrics_agent::pods::PodCache;
+use metrics_agent::source::cgroup::CgroupSource;
+use metrics_agent::source::kubelet::KubeletSource;
 use metrics_agent::source::{host::HostSource, Source};
 
 use crate::args::Args;
@@ -68,6 +71,40 @@ pub fn kubeconfig(url: &str, ca: &Path) -> String {
     )
 }
 
+/// The best source this host offers: the kubelet with cgroup fallback when a
+/// kubelet is configured, else the cgroup tree, else `/proc`.
+fn host_source(args: &Args) -> (Source, Option<KubeletSource>) {
+    let host = &args.host;
+    let kubelet = match host.kubelet_url() {
+        Ok(_) => match metrics_agent::kubelet_source(host, args.metric_resolution) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "not using the kubelet");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let cgroup = match CgroupSource::new(&host.cgroup_root, &host.proc_root) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::info!(error = %e, "not using cgroups");
+            None
+        }
+    };
+    let source = match (kubelet.clone(), cgroup) {
+        (Some(k), Some(c)) => Source::Auto {
+            kubelet: Box::new(k),
+            cgroup: c,
+            on_fallback: false,
+        },
+        (Some(k), None) => Source::Kubelet(Box::new(k)),
+        (None, Some(c)) => Source::Cgroup(c),
+        (None, None) => Source::Host(HostSource::new(&host.proc_root)),
+    };
+    (source, kubelet)
+}
+
 /// Writes the kubeconfig and spawns the in-process agent.
 pub fn start(
     args: &Args,
@@ -79,7 +116,7 @@ pub fn start(
     let node = args
         .node_name
         .clone()
-        .unwrap_or_else(|| host_name(&args.proc_root));
+        .unwrap_or_else(|| host_name(&args.host.proc_root));
     if !is_dns_subdomain(&node) {
         return Err(StandaloneError::NodeName(node));
     }
@@ -96,9 +133,13 @@ pub fn start(
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     std::fs::write(&path, kubeconfig(&url, &ca)).map_err(err)?;
-    let source = Source::Host(HostSource::new(&args.proc_root));
+    let (source, kubelet) = host_source(args);
+    tracing::info!(source = source.name(), "standalone agent source");
     let metrics = Arc::new(AgentMetrics::default());
-    let collector = Collector::new(node.clone(), source, args.metric_resolution, metrics);
+    let mut collector = Collector::new(node.clone(), source, args.metric_resolution, metrics);
+    if let Some(k) = kubelet {
+        collector = collector.with_pods(PodCache::new(k, args.host.pod_labels_refresh));
+    }
     let mut bound = None;
     tasks.spawn(collector.run(
         move |report| {

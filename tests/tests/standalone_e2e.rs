@@ -3,23 +3,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Runtime};
+use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
 use metrics_e2e::procs::{binary, kubectl};
 use metrics_e2e::quantity;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_serves_this_host() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `--standalone` with `extra` flags in `dir`; returns the process
+/// and the kubeconfig path it printed.
+async fn start_standalone(dir: &Path, extra: &[String]) -> (tokio::process::Child, PathBuf) {
     let mut child = tokio::process::Command::new(binary("metrics-aggregator"))
         .args([
             "--standalone",
             "--metric-resolution=1s",
             "--node-name=this-host",
         ])
-        .current_dir(dir.path())
+        .args(extra)
+        .env_remove("NODE_IP")
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -27,7 +32,7 @@ async fn standalone_serves_this_host() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let kubeconfig = tokio::time::timeout(Duration::from_secs(60), async {
+    let kubeconfig: String = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.trim().strip_prefix("kubectl --kubeconfig ") {
                 return rest.split_whitespace().next().unwrap().to_string();
@@ -37,37 +42,56 @@ async fn standalone_serves_this_host() {
     })
     .await
     .expect("standalone printed its command");
-    assert!(std::path::Path::new(&kubeconfig).starts_with(dir.path().canonicalize().unwrap()));
+    // Keep draining stdout so the server never writes into a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, PathBuf::from(kubeconfig))
+}
 
+/// GETs `path` through kubectl until it succeeds (at most ~10 s).
+async fn raw_until_ok(
+    kubeconfig: &Path,
+    path: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let mut last = String::new();
     for _ in 0..40 {
-        let out = kubectl(
-            std::path::Path::new(&kubeconfig),
-            &[
-                "get",
-                "--raw",
-                "/apis/metrics.k8s.io/v1beta1/nodes/this-host",
-            ],
-        )
-        .await;
+        let out = kubectl(kubeconfig, &["get", "--raw", path]).await;
         if out.success {
             let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-            assert_eq!(v["metadata"]["name"], "this-host");
-            let mem = quantity::parse(v["usage"]["memory"].as_str().unwrap()).unwrap();
-            let total = procfs_mem_total();
-            assert!(mem > 0.0 && mem < total, "working set {mem} of {total}");
-            let cpu = quantity::parse(v["usage"]["cpu"].as_str().unwrap()).unwrap();
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-            assert!(
-                (0.0..=cores * 1.05).contains(&cpu),
-                "cpu {cpu} cores on {cores}"
-            );
-            return;
+            if ready(&v) {
+                return v;
+            }
+            last = out.stdout;
+        } else {
+            last = out.stderr;
         }
-        last = out.stderr;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    panic!("no node metrics from standalone: {last}");
+    panic!("{path} never ready: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_serves_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, kubeconfig) = start_standalone(dir.path(), &[]).await;
+    assert!(kubeconfig.starts_with(dir.path().canonicalize().unwrap()));
+
+    let v = raw_until_ok(
+        &kubeconfig,
+        "/apis/metrics.k8s.io/v1beta1/nodes/this-host",
+        |_| true,
+    )
+    .await;
+    assert_eq!(v["metadata"]["name"], "this-host");
+    let mem = quantity::parse(v["usage"]["memory"].as_str().unwrap()).unwrap();
+    let total = procfs_mem_total();
+    assert!(mem > 0.0 && mem < total, "working set {mem} of {total}");
+    let cpu = quantity::parse(v["usage"]["cpu"].as_str().unwrap()).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(
+        (0.0..=cores * 1.05).contains(&cpu),
+        "cpu {cpu} cores on {cores}"
+    );
 }
 
 /// MemTotal in bytes, read independently of the code under test.
@@ -79,4 +103,88 @@ fn procfs_mem_total() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kb * 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_on_a_node_shows_its_pods() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let node = FakeNode {
+        cores: 0.5,
+        memory: 1 << 31,
+        pods: vec![FakePod {
+            uid: kubelet::pod_uid("kube-system/coredns"),
+            namespace: "kube-system".into(),
+            name: "coredns".into(),
+            labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
+            containers: vec![FakeContainer {
+                name: "coredns".into(),
+                id: kubelet::container_id("coredns"),
+                cores: 0.02,
+                memory: 12_533_760,
+            }],
+        }],
+        extra_lines: vec![],
+    };
+    let k = kubelet::start(node, "tok", dir.path()).await.unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok").unwrap();
+    let tree = FakeCgroups::new(
+        &dir.path().join("cg"),
+        Layout::V2,
+        Driver::Systemd,
+        Runtime::Containerd,
+    );
+    let (_child, kubeconfig) = start_standalone(
+        dir.path(),
+        &[
+            format!("--kubelet-url={}", k.url()),
+            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
+            format!("--kubelet-token-file={}", token.display()),
+            format!("--cgroup-root={}", tree.root.display()),
+        ],
+    )
+    .await;
+    let pods = raw_until_ok(&kubeconfig, "/apis/metrics.k8s.io/v1beta1/pods", |v| {
+        v["items"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(pods["items"][0]["metadata"]["name"], "coredns");
+    assert_eq!(
+        pods["items"][0]["metadata"]["labels"]["k8s-app"],
+        "kube-dns"
+    );
+    assert_eq!(
+        pods["items"][0]["containers"][0]["usage"]["memory"],
+        "12240Ki"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_reads_the_cgroup_tree_without_a_kubelet() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = FakeCgroups::new(
+        &dir.path().join("cg"),
+        Layout::V1,
+        Driver::Cgroupfs,
+        Runtime::Docker,
+    );
+    tree.set_node(10_000_000_000, 3 << 30);
+    let (_child, kubeconfig) = start_standalone(
+        dir.path(),
+        &[format!("--cgroup-root={}", tree.root.display())],
+    )
+    .await;
+    // The counter does not move, so usage appears once two samples exist.
+    let node = raw_until_ok(
+        &kubeconfig,
+        "/apis/metrics.k8s.io/v1beta1/nodes/this-host",
+        |_| true,
+    )
+    .await;
+    assert_eq!(
+        node["usage"]["memory"], "3Gi",
+        "the tree's root working set, not /proc's"
+    );
+    assert_eq!(node["usage"]["cpu"], "0");
 }
