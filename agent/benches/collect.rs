@@ -36,3 +36,48 @@ fn decode_and_rates_70_pods(bencher: Bencher) {
         (rates.node_usage(), rates.pod_usages().len())
     });
 }
+
+/// One cgroup sample of a 110-pod node (220 containers, cgroup v2, systemd,
+/// containerd) in a temp dir, mapped through a pod index.
+#[divan::bench]
+fn cgroup_sample_110_pods(bencher: Bencher) {
+    use metrics_agent::pods::PodIndex;
+    use metrics_agent::source::cgroup::CgroupSource;
+    use metrics_agent::source::kubelet::parse_pod_list;
+    use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
+    use metrics_e2e::kubelet::{container_id, pod_list, pod_uid, FakeContainer, FakeNode, FakePod};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = FakeNode {
+        cores: 1.0,
+        memory: 4 << 30,
+        pods: (0..110)
+            .map(|i| FakePod {
+                uid: pod_uid(&format!("p{i}")),
+                namespace: format!("ns-{}", i % 10),
+                name: format!("app-{i}"),
+                labels: Default::default(),
+                containers: ["main", "sidecar"]
+                    .iter()
+                    .map(|c| FakeContainer {
+                        name: c.to_string(),
+                        id: container_id(&format!("{i}/{c}")),
+                        cores: 0.01,
+                        memory: 64 << 20,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        extra_lines: vec![],
+    };
+    let tree = FakeCgroups::new(dir.path(), Layout::V2, Driver::Systemd, Runtime::Containerd);
+    for p in &node.pods {
+        let pod = tree.pod_rel(Qos::Burstable, &p.uid);
+        for c in &p.containers {
+            tree.set(&tree.container_rel(&pod, &c.id), 5_000_000_000, c.memory);
+        }
+    }
+    let index = PodIndex::new(parse_pod_list(pod_list(&node, 0.0).as_bytes()).unwrap());
+    let source = CgroupSource::new(dir.path(), std::path::Path::new("/proc")).unwrap();
+    bencher.bench_local(|| source.sample(&index).unwrap().0.containers());
+}

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,6 +62,7 @@ pub struct FakeKubelet {
     /// Bearer token it requires.
     pub token: String,
     scrapes: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -73,6 +74,12 @@ impl FakeKubelet {
 
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// While set, `/metrics/resource` answers 503 (`/pods` keeps working),
+    /// as a kubelet whose stats provider is broken does.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
     }
 }
 
@@ -87,6 +94,7 @@ struct State {
     t0: f64,
     token: String,
     scrapes: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
 }
 
 /// Seconds since the epoch.
@@ -227,6 +235,12 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
     let body = match req.uri().path() {
+        "/metrics/resource" if state.failing.load(Ordering::Relaxed) => {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stats provider unavailable",
+            );
+        }
         "/metrics/resource" => {
             state.scrapes.fetch_add(1, Ordering::Relaxed);
             render(&state.node, state.t0, now_secs())
@@ -300,11 +314,13 @@ pub async fn start_at(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let scrapes = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
     let state = Arc::new(State {
         node,
         t0,
         token: token.to_owned(),
         scrapes: Arc::clone(&scrapes),
+        failing: Arc::clone(&failing),
     });
     let task = tokio::spawn(async move {
         loop {
@@ -331,6 +347,7 @@ pub async fn start_at(
         ca_file,
         token: token.to_owned(),
         scrapes,
+        failing,
         task,
     })
 }

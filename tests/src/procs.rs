@@ -14,11 +14,13 @@ use tokio::process::{Child, Command};
 /// Directory of the binaries built with the same profile as this test.
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
+    // target/<profile>/deps/<test> or target/<profile>/<harness> → target/<profile>
+    let dir = exe.parent().unwrap_or(Path::new("target/debug"));
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Builds both binaries once per test process and returns the path of `name`.

@@ -1,0 +1,144 @@
+//! Load harness: CPU and memory of a real `metrics-agent` reading a
+//! 110-pod node from cgroups at several resolutions. Everything runs on
+//! 127.0.0.1 and in a temp dir; every run is bounded and stops itself.
+//!
+//! `cargo run --release -p metrics-e2e --bin agent-cpu -- [PODS] [SECONDS_PER_RESOLUTION...]`
+//! (defaults: 110 pods; 30 s at 1s, 60 s at 5s, 120 s at 15s; a 0 skips a
+//! resolution). `SOURCE=kubelet` measures the kubelet source instead.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
+use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
+use metrics_e2e::procs::{start_agent, start_aggregator};
+
+/// Total on-CPU time of every thread of `pid`, ns.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn node(pods: usize) -> FakeNode {
+    FakeNode {
+        cores: 1.0,
+        memory: 4 << 30,
+        pods: (0..pods)
+            .map(|i| {
+                let name = format!("app-{i}");
+                FakePod {
+                    uid: kubelet::pod_uid(&name),
+                    namespace: format!("ns-{}", i % 10),
+                    name: name.clone(),
+                    labels: [("app".to_string(), name.clone())].into(),
+                    containers: ["main", "sidecar"]
+                        .iter()
+                        .map(|c| FakeContainer {
+                            name: c.to_string(),
+                            id: kubelet::container_id(&format!("{name}/{c}")),
+                            cores: 0.01,
+                            memory: 64 << 20,
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+        extra_lines: vec![],
+    }
+}
+
+fn build_tree(root: &Path, spec: &FakeNode) -> FakeCgroups {
+    let tree = FakeCgroups::new(root, Layout::V2, Driver::Systemd, Runtime::Containerd);
+    tree.set_node(1_000_000_000_000, 2 << 30);
+    for p in &spec.pods {
+        let pod = tree.pod_rel(Qos::Burstable, &p.uid);
+        tree.set(&pod, 10_000_000_000, 128 << 20);
+        for c in &p.containers {
+            tree.set(&tree.container_rel(&pod, &c.id), 5_000_000_000, c.memory);
+        }
+    }
+    tree
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    metrics_proto::tls::install_crypto_provider();
+    let mut args = std::env::args().skip(1);
+    let pods: usize = args.next().map_or(Ok(110), |a| a.parse())?;
+    let secs: Vec<u64> = args.map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let plan: Vec<(u64, u64)> = [1, 5, 15]
+        .into_iter()
+        .zip(if secs.is_empty() {
+            vec![30, 60, 120]
+        } else {
+            secs
+        })
+        .collect();
+
+    let dir = tempfile::tempdir()?;
+    let spec = node(pods);
+    let tree = build_tree(&dir.path().join("cg"), &spec);
+    let k = kubelet::start(spec, "tok", dir.path()).await?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok")?;
+    let agg = start_aggregator(dir.path(), &[]).await?;
+    println!(
+        "pods={pods} containers={} source=cgroup (v2, systemd, containerd)",
+        pods * 2
+    );
+    println!("resolution  measured_s  agent_mcpu  cpu_per_period_us  rss_mib");
+    for (resolution, seconds) in plan.into_iter().filter(|(_, s)| *s > 0) {
+        let mut agent = start_agent(
+            dir.path(),
+            &format!("bench-{resolution}s"),
+            &[
+                format!("--source={source}"),
+                format!("--cgroup-root={}", tree.root.display()),
+                format!("--kubelet-url={}", k.url()),
+                format!("--kubelet-certificate-authority={}", k.ca_file.display()),
+                format!("--kubelet-token-file={}", token.display()),
+                format!("--aggregator={}", agg.grpc_url()),
+                format!("--aggregator-ca-file={}", agg.ca.display()),
+                format!("--metric-resolution={resolution}s"),
+            ],
+        )?;
+        let pid = agent
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("agent exited"))?;
+        // Warm up: connection, first /pods fetch, two samples.
+        tokio::time::sleep(Duration::from_secs(resolution * 2 + 1)).await;
+        let (c0, t0) = (cpu_ns(pid), Instant::now());
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let (c1, elapsed) = (cpu_ns(pid), t0.elapsed().as_secs_f64());
+        let used = (c1 - c0) as f64;
+        let periods = elapsed / resolution as f64;
+        println!(
+            "{:>9}s  {:>10.1}  {:>10.3}  {:>17.0}  {:>7.1}",
+            resolution,
+            elapsed,
+            used / elapsed / 1e6,
+            used / periods / 1e3,
+            rss_kib(pid) as f64 / 1024.0
+        );
+        agent.kill().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `--source=auto`: while the kubelet's stats fail, the agent serves the
+//! node from cgroups; when the kubelet recovers, it switches back. The two
+//! sources are told apart by giving them different memory figures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
+use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
+use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
+use metrics_e2e::{https, quantity};
+
+const KUBELET_MEM: u64 = 3 << 30;
+const CGROUP_MEM: u64 = 5 << 30;
+
+async fn node_memory(agg: &AggregatorProc) -> Option<u64> {
+    let url = format!(
+        "{}/apis/metrics.k8s.io/v1beta1/nodes/auto-node",
+        agg.api_url()
+    );
+    let (code, _, body) = https::get(&url, &agg.ca, &[]).await.ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    quantity::bytes(v["usage"]["memory"].as_str()?)
+}
+
+async fn wait_for_memory(agg: &AggregatorProc, want: u64) -> bool {
+    for _ in 0..60 {
+        if node_memory(agg).await == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_cgroups_and_returns() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = FakePod {
+        uid: kubelet::pod_uid("ns/web"),
+        namespace: "ns".into(),
+        name: "web".into(),
+        labels: Default::default(),
+        containers: vec![FakeContainer {
+            name: "app".into(),
+            id: kubelet::container_id("web/app"),
+            cores: 0.1,
+            memory: 64 << 20,
+        }],
+    };
+    let spec = FakeNode {
+        cores: 0.5,
+        memory: KUBELET_MEM,
+        pods: vec![pod.clone()],
+        extra_lines: vec![],
+    };
+    let k = kubelet::start(spec, "tok", dir.path()).await.unwrap();
+    k.set_failing(true);
+    let tree = FakeCgroups::new(
+        &dir.path().join("cg"),
+        Layout::V2,
+        Driver::Systemd,
+        Runtime::Containerd,
+    );
+    tree.set_node(1_000_000_000_000, CGROUP_MEM);
+    let pod_rel = tree.pod_rel(Qos::Burstable, &pod.uid);
+    tree.set(
+        &tree.container_rel(&pod_rel, &pod.containers[0].id),
+        9_000_000_000,
+        64 << 20,
+    );
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok").unwrap();
+    let agg = start_aggregator(dir.path(), &[]).await.unwrap();
+    let agent = start_agent(
+        dir.path(),
+        "auto-node",
+        &[
+            "--source=auto".into(),
+            format!("--cgroup-root={}", tree.root.display()),
+            format!("--kubelet-url={}", k.url()),
+            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
+            format!("--kubelet-token-file={}", token.display()),
+            format!("--aggregator={}", agg.grpc_url()),
+            format!("--aggregator-ca-file={}", agg.ca.display()),
+            "--metric-resolution=1s".into(),
+        ],
+    )
+    .unwrap();
+
+    assert!(
+        wait_for_memory(&agg, CGROUP_MEM).await,
+        "cgroup figures while the kubelet fails: {}",
+        agent.log_text()
+    );
+    let pods_url = format!(
+        "{}/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods/web",
+        agg.api_url()
+    );
+    let (code, _, _) = https::get(&pods_url, &agg.ca, &[]).await.unwrap();
+    assert_eq!(
+        code, 200,
+        "the pod is mapped through /pods and served from its cgroup"
+    );
+
+    k.set_failing(false);
+    assert!(
+        wait_for_memory(&agg, KUBELET_MEM).await,
+        "kubelet figures after recovery: {}",
+        agent.log_text()
+    );
+
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("reading cgroups until it recovers").count(),
+        1,
+        "switch logged once: {log}"
+    );
+    assert_eq!(
+        log.matches("switching back from cgroups").count(),
+        1,
+        "return logged once: {log}"
+    );
+}
