@@ -99,8 +99,9 @@ async fn main() -> anyhow::Result<()> {
     let token = dir.path().join("token");
     std::fs::write(&token, "tok")?;
     let agg = start_aggregator(dir.path(), &[]).await?;
+    let source = std::env::var("SOURCE").unwrap_or_else(|_| "cgroup".into());
     println!(
-        "pods={pods} containers={} source=cgroup (v2, systemd, containerd)",
+        "pods={pods} containers={} source={source} (cgroup tree: v2, systemd, containerd)",
         pods * 2
     );
     println!("resolution  measured_s  agent_mcpu  cpu_per_period_us  rss_mib");
