@@ -3,6 +3,7 @@
 //! agree on.
 
 pub mod duration;
+pub mod ring;
 pub mod runtime;
 pub mod time;
 pub mod tls;
