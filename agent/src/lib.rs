@@ -142,7 +142,7 @@ impl Agent {
                 tracing::warn!(aggregator = %url, "sending reports without TLS");
                 None
             };
-            targets.push(Target::new(url, tls)?);
+            targets.push(Target::new(url, tls).map_err(transport::TransportError::from)?);
         }
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(metrics::AgentMetrics::register(&mut registry));

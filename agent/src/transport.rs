@@ -6,13 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
@@ -26,14 +22,13 @@ pub type ReportRx = watch::Receiver<Option<Arc<NodeReport>>>;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of one connection attempt or stream.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The aggregator URL is not usable.
-    #[error("invalid aggregator URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    #[error(transparent)]
+    Url(#[from] metrics_proto::channel::UrlError),
     /// TCP, TLS or HTTP/2 setup failed.
     #[error("connecting to {url}: {source}")]
     Connect {
@@ -51,106 +46,7 @@ pub enum TransportError {
 }
 
 /// Where and how to reach one aggregator.
-#[derive(Clone)]
-pub struct Target {
-    url: String,
-    endpoint: Endpoint,
-    host: String,
-    port: u16,
-    tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl Target {
-    /// `url` is `https://HOST:PORT` (TLS with `tls`) or `http://HOST:PORT`.
-    pub fn new(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self, TransportError> {
-        let bad = |reason: &str| TransportError::Url {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        let secure = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad("scheme must be https or http")),
-        };
-        let host = uri.host().ok_or_else(|| bad("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let tls = match (secure, tls) {
-            (true, Some(tls)) => Some(tls),
-            (true, None) => return Err(bad("https needs a TLS configuration")),
-            (false, _) => None,
-        };
-        // tonic sees plain HTTP/2; TLS, when wanted, is done by our connector.
-        let endpoint = Endpoint::from_shared(format!(
-            "http://{}",
-            uri.authority().map_or("", |a| a.as_str())
-        ))
-        .map_err(|e| bad(&e.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true);
-        Ok(Self {
-            url: url.to_owned(),
-            endpoint,
-            host,
-            port,
-            tls,
-        })
-    }
-
-    /// The URL as given.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    async fn connect(&self) -> Result<Channel, TransportError> {
-        let (host, port) = (self.host.clone(), self.port);
-        let err = |source| TransportError::Connect {
-            url: self.url.clone(),
-            source,
-        };
-        match &self.tls {
-            None => self
-                .endpoint
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let (host, port) = (host.clone(), port);
-                    async move {
-                        let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                        tcp.set_nodelay(true)?;
-                        Ok::<_, std::io::Error>(TokioIo::new(tcp))
-                    }
-                }))
-                .await
-                .map_err(err),
-            Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(tls.clone());
-                self.endpoint
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let (host, port, connector) = (host.clone(), port, connector.clone());
-                        async move {
-                            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                                .map_err(|e| {
-                                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
-                                })?;
-                            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                            tcp.set_nodelay(true)?;
-                            let tls = connector.connect(name, tcp).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(tls))
-                        }
-                    }))
-                    .await
-                    .map_err(err)
-            }
-        }
-    }
-}
+pub type Target = metrics_proto::channel::Dialer;
 
 /// Outcome of one stream, to decide on backoff.
 struct StreamEnd {
@@ -199,13 +95,19 @@ async fn stream_once(
     metrics: &AgentMetrics,
     cancel: &CancellationToken,
 ) -> Result<StreamEnd, TransportError> {
-    let channel = target.connect().await?;
+    let channel = target
+        .connect()
+        .await
+        .map_err(|source| TransportError::Connect {
+            url: target.url().to_owned(),
+            source,
+        })?;
     let mut client = IngestClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<NodeReport>(2);
     let stream_err = |source| TransportError::Stream {
-        url: target.url.clone(),
+        url: target.url().to_owned(),
         source,
     };
     let mut sequence = 0u64;

@@ -53,6 +53,32 @@ pub struct Args {
     #[arg(long, default_value_t = 3, env = "NODE_EXPIRY_PERIODS")]
     pub node_expiry_periods: u32,
 
+    /// This replica's ID among --peers (default: $POD_NAME, else the host name).
+    #[arg(long, env = "SHARD_ID")]
+    pub shard_id: Option<String>,
+
+    /// Every replica, this one included, as ID=https://HOST:GRPCPORT (comma-separated);
+    /// empty: this replica answers alone.
+    #[arg(long, env = "PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<PeerArg>,
+
+    /// How many replicas own each node.
+    #[arg(long, default_value_t = 2, env = "REPLICATION_FACTOR")]
+    pub replication_factor: usize,
+
+    /// Deadline of one peer query.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PEER_TIMEOUT")]
+    pub peer_timeout: Duration,
+
+    /// CA that signs the peers' serving certificates (default: this replica's certificate,
+    /// for replicas sharing one).
+    #[arg(long, env = "PEER_CA_FILE")]
+    pub peer_ca_file: Option<PathBuf>,
+
+    /// Do not verify peers' certificates.
+    #[arg(long, env = "PEER_INSECURE_TLS")]
+    pub peer_insecure_tls: bool,
+
     /// Run an in-process agent for this host, serve on 127.0.0.1 anonymously, and write a kubeconfig.
     #[arg(long)]
     pub standalone: bool,
@@ -79,6 +105,27 @@ pub struct Args {
     pub write_kubeconfig: PathBuf,
 }
 
+/// One `--peers` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerArg {
+    pub id: String,
+    pub url: String,
+}
+
+fn parse_peer(s: &str) -> Result<PeerArg, String> {
+    match s.split_once('=') {
+        Some((id, url))
+            if !id.is_empty() && (url.starts_with("https://") || url.starts_with("http://")) =>
+        {
+            Ok(PeerArg {
+                id: id.to_owned(),
+                url: url.to_owned(),
+            })
+        }
+        _ => Err(format!("{s:?} is not ID=https://HOST:PORT")),
+    }
+}
+
 /// A flag combination that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
@@ -90,6 +137,10 @@ pub enum ArgsError {
     Resolution(Duration),
     #[error("--node-expiry-periods must be at least 2")]
     Expiry,
+    #[error("--shard-id {0:?} is not among --peers")]
+    NotAPeer(String),
+    #[error("--replication-factor must be at least 1")]
+    Replication,
 }
 
 impl Args {
@@ -113,7 +164,26 @@ impl Args {
         if self.node_expiry_periods < 2 {
             return Err(ArgsError::Expiry);
         }
+        if self.replication_factor == 0 {
+            return Err(ArgsError::Replication);
+        }
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.shard_id()) {
+            return Err(ArgsError::NotAPeer(self.shard_id()));
+        }
         Ok(())
+    }
+
+    /// This replica's ID.
+    pub fn shard_id(&self) -> String {
+        self.shard_id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .unwrap_or_else(|| "metrics-aggregator".to_owned())
     }
 
     /// API port to bind.

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod args;
+pub mod cluster;
 pub mod format;
 pub mod ingest;
 pub mod metrics;
+pub mod query;
 pub mod render;
 pub mod report;
 pub mod server;
@@ -39,12 +41,22 @@ pub enum StartError {
     },
     #[error(transparent)]
     Standalone(#[from] standalone::StandaloneError),
+    #[error("peer TLS: {0}")]
+    PeerTls(#[from] metrics_proto::tls::TlsError),
+    #[error(transparent)]
+    PeerUrl(#[from] metrics_proto::channel::UrlError),
 }
 
 impl StartError {
     /// True for configuration mistakes (exit 64), false for runtime failures.
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Args(_) | StartError::Serving(_))
+        matches!(
+            self,
+            StartError::Args(_)
+                | StartError::Serving(_)
+                | StartError::PeerTls(_)
+                | StartError::PeerUrl(_)
+        )
     }
 }
 
@@ -107,6 +119,39 @@ impl Aggregator {
         &self.identity
     }
 
+    /// The cluster from `--peers`, or a cluster of one.
+    fn cluster(
+        &self,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<cluster::Cluster, StartError> {
+        let a = &self.args;
+        if a.peers.is_empty() {
+            return Ok(cluster::Cluster::single(Arc::clone(&self.store)));
+        }
+        let ca = a
+            .peer_ca_file
+            .clone()
+            .unwrap_or_else(|| self.identity.cert.clone());
+        let tls = if a.peer_insecure_tls {
+            metrics_agent::tls::client_config(metrics_agent::tls::Verify::Insecure, &[b"h2"])?
+        } else {
+            metrics_agent::tls::client_config(metrics_agent::tls::Verify::CaFile(&ca), &[b"h2"])?
+        };
+        let mut peers = Vec::with_capacity(a.peers.len());
+        for p in &a.peers {
+            let dialer = metrics_proto::channel::Dialer::new(&p.url, Some(Arc::clone(&tls)))?;
+            peers.push((p.id.clone(), dialer));
+        }
+        Ok(cluster::Cluster::new(
+            a.shard_id(),
+            peers,
+            a.replication_factor,
+            a.peer_timeout,
+            Arc::clone(&self.store),
+            registry,
+        ))
+    }
+
     /// Serves until `cancel` fires, then drains.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), StartError> {
         let mut registry = prometheus_client::registry::Registry::default();
@@ -118,8 +163,10 @@ impl Aggregator {
             cancel.clone(),
         );
         let api_tls = tls::server_config(&self.identity, &[b"h2", b"http/1.1"])?;
+        let cluster = Arc::new(self.cluster(&mut registry)?);
         let app = api::router(api::AppState {
             store: Arc::clone(&self.store),
+            cluster,
             metrics,
             registry: Arc::new(registry),
         });
@@ -136,10 +183,12 @@ impl Aggregator {
             println!("{info}");
         }
         tasks.spawn(server::serve_https(self.api, api_tls, app, cancel.clone()));
+        let peer = cluster::PeerService::new(Arc::clone(&self.store));
         tasks.spawn(serve_grpc(
             self.grpc,
             self.identity.clone(),
             ingest,
+            peer,
             cancel.clone(),
         ));
         while tasks.join_next().await.is_some() {}
@@ -151,6 +200,7 @@ async fn serve_grpc(
     listener: TcpListener,
     id: tls::Identity,
     ingest: IngestService,
+    peer: cluster::PeerService,
     cancel: CancellationToken,
 ) {
     let tls = match (std::fs::read(&id.cert), std::fs::read(&id.key)) {
@@ -181,6 +231,7 @@ async fn serve_grpc(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = builder
         .add_service(ingest.into_server())
+        .add_service(peer.into_server())
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await;
     if let Err(e) = result {

@@ -4,19 +4,36 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 use metrics_proto::v1::{PodUsage, Usage};
 
 use crate::format::{cpu_quantity, go_duration, memory_quantity, rfc3339};
 
-/// A pre-rendered object; see the module doc.
+/// A pre-rendered object; see the module doc. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    head: String,
-    tail: String,
+    head: Arc<str>,
+    tail: Arc<str>,
 }
 
 impl Rendered {
+    /// From the JSON before and after the creationTimestamp value.
+    pub fn from_parts(head: &str, tail: &str) -> Self {
+        Self {
+            head: head.into(),
+            tail: tail.into(),
+        }
+    }
+
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    pub fn tail(&self) -> &str {
+        &self.tail
+    }
+
     /// Appends the object with `created` (RFC 3339) as its creationTimestamp.
     pub fn write_to(&self, out: &mut Vec<u8>, created: &str) {
         out.extend_from_slice(self.head.as_bytes());
@@ -98,10 +115,7 @@ pub fn node_metrics(name: &str, labels: &BTreeMap<String, String>, u: &Usage) ->
     tail.push_str(",\"usage\":");
     usage_json(&mut tail, u.cpu_nanocores, u.memory_working_set_bytes);
     tail.push('}');
-    Rendered {
-        head: head("NodeMetrics", None, name),
-        tail,
-    }
+    Rendered::from_parts(&head("NodeMetrics", None, name), &tail)
 }
 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
@@ -124,10 +138,7 @@ pub fn pod_metrics(p: &PodUsage, labels: &BTreeMap<String, String>) -> Rendered 
         tail.push('}');
     }
     tail.push_str("]}");
-    Rendered {
-        head: head("PodMetrics", Some(&p.namespace), &p.name),
-        tail,
-    }
+    Rendered::from_parts(&head("PodMetrics", Some(&p.namespace), &p.name), &tail)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! generated gRPC types plus the few constants and helpers both sides must
 //! agree on.
 
+pub mod channel;
 pub mod duration;
 pub mod ring;
 pub mod runtime;

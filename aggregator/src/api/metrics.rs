@@ -1,40 +1,69 @@
-//! NodeMetrics and PodMetrics handlers: get, list, selectors.
+//! NodeMetrics and PodMetrics handlers: get, list, selectors. Every answer
+//! comes from the cluster (this replica plus its peers), merged.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
 use crate::api::discovery::json;
-use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::ApiError;
 use crate::api::AppState;
 use crate::format::rfc3339;
-use crate::render::Rendered;
+use crate::query::{Hit, Kind, Query};
 
-/// The query parameters a list understands.
+/// The query parameters the API understands.
 #[derive(Debug, Default)]
-pub struct ListQuery {
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
-    pub watch: bool,
+struct Params {
+    labels: String,
+    fields: String,
+    watch: bool,
 }
 
-impl ListQuery {
+impl Params {
     /// Parses a raw (form-encoded) query string.
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let mut q = ListQuery::default();
+    fn parse(raw: Option<&str>) -> Self {
+        let mut p = Params::default();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match k.as_ref() {
-                "labelSelector" => q.labels = LabelSelector::parse(&v)?,
-                "fieldSelector" => q.fields = FieldSelector::parse(&v)?,
+                "labelSelector" => p.labels = v.into_owned(),
+                "fieldSelector" => p.fields = v.into_owned(),
                 "watch" => {
-                    q.watch = matches!(v.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True")
+                    p.watch = matches!(v.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True")
                 }
                 _ => {}
             }
         }
-        Ok(q)
+        p
+    }
+
+    /// The query for `kind`; watch is refused before anything is parsed.
+    fn query(
+        self,
+        kind: Kind,
+        namespace: Option<String>,
+        name: Option<String>,
+    ) -> Result<Query, ApiError> {
+        if self.watch {
+            return Err(ApiError::MethodNotSupported {
+                verb: "watch".into(),
+                resource: resource(kind),
+            });
+        }
+        Ok(Query::new(
+            kind,
+            namespace,
+            name,
+            &self.labels,
+            &self.fields,
+        )?)
+    }
+}
+
+fn resource(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Nodes => "nodes",
+        Kind::Pods => "pods",
     }
 }
 
@@ -42,39 +71,69 @@ fn now_rfc3339() -> String {
     rfc3339(metrics_agent::source::decode::unix_nanos(SystemTime::now()))
 }
 
-fn list_body<'a>(kind: &str, items: impl Iterator<Item = &'a Rendered> + Clone) -> Vec<u8> {
+fn list_body(kind: &str, hits: &[Hit]) -> Vec<u8> {
     let created = now_rfc3339();
-    let size: usize = items.clone().map(|r| r.len() + created.len() + 1).sum();
+    let size: usize = hits
+        .iter()
+        .map(|h| h.rendered.len() + created.len() + 1)
+        .sum();
     let mut out = Vec::with_capacity(size + 96);
     out.extend_from_slice(b"{\"kind\":\"");
     out.extend_from_slice(kind.as_bytes());
     out.extend_from_slice(
         b"\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",\"metadata\":{},\"items\":[",
     );
-    for (i, r) in items.enumerate() {
+    for (i, h) in hits.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        r.write_to(&mut out, &created);
+        h.rendered.write_to(&mut out, &created);
     }
     out.extend_from_slice(b"]}");
     out
 }
 
-fn one(r: &Rendered) -> Response {
-    let mut out = Vec::with_capacity(r.len() + 24);
-    r.write_to(&mut out, &now_rfc3339());
-    json(out)
+async fn list(
+    s: &AppState,
+    kind: Kind,
+    namespace: Option<String>,
+    raw: Option<&str>,
+) -> Result<Response, ApiError> {
+    let q = Params::parse(raw).query(kind, namespace, None)?;
+    let hits = s.cluster.gather(&q).await;
+    let list_kind = match kind {
+        Kind::Nodes => "NodeMetricsList",
+        Kind::Pods => "PodMetricsList",
+    };
+    Ok(json(list_body(list_kind, &hits)))
 }
 
-fn no_watch(q: &ListQuery, resource: &'static str) -> Result<(), ApiError> {
-    if q.watch {
-        return Err(ApiError::MethodNotSupported {
-            verb: "watch".into(),
-            resource,
-        });
+async fn get(
+    s: &AppState,
+    kind: Kind,
+    namespace: Option<String>,
+    name: String,
+    raw: Option<&str>,
+) -> Result<Response, ApiError> {
+    let q = Params::parse(raw).query(kind, namespace.clone(), Some(name.clone()))?;
+    let hits = s.cluster.gather(&q).await;
+    match hits.first() {
+        Some(h) => {
+            let mut out = Vec::with_capacity(h.rendered.len() + 24);
+            h.rendered.write_to(&mut out, &now_rfc3339());
+            Ok(json(out))
+        }
+        None => Err(ApiError::NotFound {
+            resource: match kind {
+                Kind::Nodes => "nodemetrics",
+                Kind::Pods => "podmetrics",
+            },
+            name: match namespace {
+                Some(ns) => format!("{ns}/{name}"),
+                None => name,
+            },
+        }),
     }
-    Ok(())
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/nodes`.
@@ -82,14 +141,7 @@ pub async fn list_nodes(
     State(s): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = ListQuery::parse(raw.as_deref())?;
-    no_watch(&q, "nodes")?;
-    let nodes = s.store.nodes(Instant::now());
-    let items = nodes
-        .iter()
-        .filter(|n| q.fields.matches("", &n.name) && q.labels.matches(&n.labels))
-        .filter_map(|n| n.node.as_ref());
-    Ok(json(list_body("NodeMetricsList", items)))
+    list(&s, Kind::Nodes, None, raw.as_deref()).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/nodes/{name}`.
@@ -98,31 +150,7 @@ pub async fn get_node(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    no_watch(&ListQuery::parse(raw.as_deref())?, "nodes")?;
-    let entry = s.store.node(&name, Instant::now());
-    match entry.as_ref().and_then(|e| e.node.as_ref()) {
-        Some(r) => Ok(one(r)),
-        None => Err(ApiError::NotFound {
-            resource: "nodemetrics",
-            name,
-        }),
-    }
-}
-
-fn list_pods(
-    s: &AppState,
-    namespace: Option<&str>,
-    raw: Option<&str>,
-) -> Result<Response, ApiError> {
-    let q = ListQuery::parse(raw)?;
-    no_watch(&q, "pods")?;
-    let hits = s.store.pods(namespace, Instant::now());
-    let items = hits
-        .iter()
-        .map(|h| h.pod())
-        .filter(|p| q.fields.matches(&p.namespace, &p.name) && q.labels.matches(&p.labels))
-        .map(|p| &p.rendered);
-    Ok(json(list_body("PodMetricsList", items)))
+    get(&s, Kind::Nodes, None, name, raw.as_deref()).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/pods`.
@@ -130,7 +158,7 @@ pub async fn list_all_pods(
     State(s): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    list_pods(&s, None, raw.as_deref())
+    list(&s, Kind::Pods, None, raw.as_deref()).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods`.
@@ -139,7 +167,7 @@ pub async fn list_namespace_pods(
     Path(ns): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    list_pods(&s, Some(&ns), raw.as_deref())
+    list(&s, Kind::Pods, Some(ns), raw.as_deref()).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}`.
@@ -148,13 +176,5 @@ pub async fn get_pod(
     Path((ns, name)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    no_watch(&ListQuery::parse(raw.as_deref())?, "pods")?;
-    let hits = s.store.pods(Some(&ns), Instant::now());
-    match hits.iter().find(|h| h.pod().name == name) {
-        Some(h) => Ok(one(&h.pod().rendered)),
-        None => Err(ApiError::NotFound {
-            resource: "podmetrics",
-            name: format!("{ns}/{name}"),
-        }),
-    }
+    get(&s, Kind::Pods, Some(ns), name, raw.as_deref()).await
 }

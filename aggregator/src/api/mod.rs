@@ -20,6 +20,7 @@ use status::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub metrics: Arc<AggregatorMetrics>,
     pub registry: Arc<prometheus_client::registry::Registry>,
 }
