@@ -152,7 +152,11 @@ pub async fn start_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<Aggr
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let api = parse_addr(&line, "api=")?;
     let grpc = parse_addr(&line, "grpc=")?;
-    let ca = cert_dir.join("apiserver.crt");
+    // The serving certificate: the one given, else the generated one.
+    let ca = extra
+        .iter()
+        .find_map(|e| e.strip_prefix("--tls-cert-file="))
+        .map_or_else(|| cert_dir.join("apiserver.crt"), PathBuf::from);
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, kubeconfig_text(&format!("https://{api}"), &ca))?;
     Ok(AggregatorProc {

@@ -1,0 +1,237 @@
+//! Three aggregator replicas with R=2 and six agents on 127.0.0.1: every
+//! replica answers for the whole cluster; after one replica is SIGKILLed
+//! every survivor still answers every node, each request within the peer
+//! deadline; after a restart the replica answers again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use metrics_e2e::https;
+use metrics_e2e::kubelet::{self, FakeContainer, FakeKubelet, FakeNode, FakePod};
+use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc, Proc};
+use metrics_proto::ring;
+use serde_json::Value;
+
+const REPLICAS: usize = 3;
+const NODES: usize = 6;
+const PEER_TIMEOUT_MS: u64 = 500;
+
+/// A port the OS picked for us (freed for the replica to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn shared_cert(dir: &Path) -> (String, String) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("shared.crt"), dir.join("shared.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    (cert.display().to_string(), key.display().to_string())
+}
+
+struct Replicas {
+    dir: std::path::PathBuf,
+    ids: Vec<String>,
+    grpc_ports: Vec<u16>,
+    api_ports: Vec<u16>,
+    cert: (String, String),
+}
+
+impl Replicas {
+    fn peers_flag(&self) -> String {
+        let list: Vec<String> = self
+            .ids
+            .iter()
+            .zip(&self.grpc_ports)
+            .map(|(id, p)| format!("{id}=https://127.0.0.1:{p}"))
+            .collect();
+        format!("--peers={}", list.join(","))
+    }
+
+    async fn start(&self, i: usize) -> AggregatorProc {
+        let dir = self.dir.join(&self.ids[i]);
+        std::fs::create_dir_all(&dir).unwrap();
+        start_aggregator(
+            &dir,
+            &[
+                &format!("--shard-id={}", self.ids[i]),
+                &self.peers_flag(),
+                "--replication-factor=2",
+                &format!("--peer-timeout={PEER_TIMEOUT_MS}ms"),
+                &format!("--grpc-port={}", self.grpc_ports[i]),
+                &format!("--secure-port={}", self.api_ports[i]),
+                &format!("--tls-cert-file={}", self.cert.0),
+                &format!("--tls-private-key-file={}", self.cert.1),
+            ],
+        )
+        .await
+        .unwrap()
+    }
+}
+
+async fn names(agg: &AggregatorProc, path: &str) -> Option<Vec<String>> {
+    let url = format!("{}/apis/metrics.k8s.io/v1beta1/{path}", agg.api_url());
+    let (code, _, body) = https::get(&url, &agg.ca, &[]).await.ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    Some(
+        v["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+async fn wait_full(agg: &AggregatorProc, want_nodes: &[String]) -> bool {
+    for _ in 0..120 {
+        let nodes = names(agg, "nodes").await;
+        let pods = names(agg, "pods").await.map_or(0, |p| p.len());
+        if nodes.as_deref() == Some(want_nodes) && pods == want_nodes.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = Replicas {
+        dir: dir.path().to_owned(),
+        ids: (0..REPLICAS).map(|i| format!("agg-{i}")).collect(),
+        grpc_ports: (0..REPLICAS).map(|_| free_port()).collect(),
+        api_ports: (0..REPLICAS).map(|_| free_port()).collect(),
+        cert: shared_cert(dir.path()),
+    };
+    let mut aggs = Vec::new();
+    for i in 0..REPLICAS {
+        aggs.push(replicas.start(i).await);
+    }
+
+    let node_names: Vec<String> = (0..NODES).map(|i| format!("node-{i}")).collect();
+    let mut kubelets: Vec<FakeKubelet> = Vec::new();
+    let mut agents: Vec<Proc> = Vec::new();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok").unwrap();
+    for name in &node_names {
+        let node = FakeNode {
+            cores: 0.25,
+            memory: 1 << 30,
+            pods: vec![FakePod {
+                uid: kubelet::pod_uid(name),
+                namespace: "ns".into(),
+                name: format!("pod-on-{name}"),
+                labels: Default::default(),
+                containers: vec![FakeContainer {
+                    name: "c".into(),
+                    id: kubelet::container_id(name),
+                    cores: 0.05,
+                    memory: 1 << 20,
+                }],
+            }],
+            extra_lines: vec![],
+        };
+        let k = kubelet::start(node, "tok", dir.path()).await.unwrap();
+        // Each agent reports to the node's two owners.
+        let owners = ring::owners(&replicas.ids, name, 2);
+        let mut args = vec![
+            format!("--kubelet-url={}", k.url()),
+            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
+            format!("--kubelet-token-file={}", token.display()),
+            format!("--aggregator-ca-file={}", replicas.cert.0),
+            "--metric-resolution=1s".into(),
+        ];
+        for o in owners {
+            let i = replicas.ids.iter().position(|id| id == o).unwrap();
+            args.push(format!(
+                "--aggregator=https://127.0.0.1:{}",
+                replicas.grpc_ports[i]
+            ));
+        }
+        agents.push(start_agent(dir.path(), name, &args).unwrap());
+        kubelets.push(k);
+    }
+
+    for agg in &aggs {
+        let full = wait_full(agg, &node_names).await;
+        assert!(
+            full,
+            "replica at {} lacks nodes: nodes {:?} pods {:?}\n{}",
+            agg.api_url(),
+            names(agg, "nodes").await,
+            names(agg, "pods").await,
+            agg.proc.log_text()
+        );
+    }
+    // Each replica holds only the nodes it owns: the lists above were gathered.
+    for (i, agg) in aggs.iter().enumerate() {
+        let (_, metrics_body) = {
+            let (c, _, b) = https::get(&format!("{}/metrics", agg.api_url()), &agg.ca, &[])
+                .await
+                .unwrap();
+            (c, b)
+        };
+        let owned = node_names
+            .iter()
+            .filter(|n| ring::owns(&replicas.ids, n, 2, &replicas.ids[i]))
+            .count();
+        assert!(
+            metrics_body.contains(&format!("metrics_aggregator_nodes {owned}")),
+            "{} should hold {owned} nodes: {metrics_body}",
+            replicas.ids[i]
+        );
+    }
+
+    // SIGKILL one replica: every survivor answers every node at once, and
+    // no request takes longer than the peer deadline plus slack.
+    aggs[1].proc.kill().await;
+    let deadline = Duration::from_millis(PEER_TIMEOUT_MS) + Duration::from_millis(1500);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for i in [0, 2] {
+            for path in ["nodes", "pods"] {
+                let t = Instant::now();
+                let got = names(&aggs[i], path).await.unwrap_or_default();
+                assert!(
+                    t.elapsed() < deadline,
+                    "{path} on agg-{i} took {:?}",
+                    t.elapsed()
+                );
+                assert_eq!(
+                    got.len(),
+                    NODES,
+                    "{path} on agg-{i} after the kill: {got:?}"
+                );
+            }
+            for n in &node_names {
+                let url = format!(
+                    "{}/apis/metrics.k8s.io/v1beta1/nodes/{n}",
+                    aggs[i].api_url()
+                );
+                let (code, _, _) = https::get(&url, &aggs[i].ca, &[]).await.unwrap();
+                assert_eq!(code, 200, "{n} on agg-{i} after the kill");
+            }
+        }
+    }
+
+    // Restart it on the same ports: agents reconnect and it answers again.
+    aggs[1] = replicas.start(1).await;
+    assert!(
+        wait_full(&aggs[1], &node_names).await,
+        "restarted replica: {}",
+        aggs[1].proc.log_text()
+    );
+    drop(agents);
+}
