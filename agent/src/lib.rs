@@ -8,6 +8,7 @@ pub mod collect;
 pub mod metrics;
 pub mod pods;
 pub mod rates;
+pub mod router;
 pub mod source;
 pub mod tls;
 pub mod transport;
@@ -99,7 +100,7 @@ pub fn kubelet_source(
 /// Everything the agent needs, built and checked from the flags.
 pub struct Agent {
     pub collector: Collector,
-    pub targets: Vec<Target>,
+    pub router: router::Router,
     pub metrics: Arc<metrics::AgentMetrics>,
     pub registry: Arc<prometheus_client::registry::Registry>,
 }
@@ -127,23 +128,35 @@ impl Agent {
         let pods = kubelet
             .filter(|_| host.kubelet_pod_labels || source.needs_pods())
             .map(|k| PodCache::new(k, host.pod_labels_refresh));
+        let tls = match (
+            args.aggregator_insecure_tls,
+            args.aggregator_ca_file.as_deref(),
+        ) {
+            (false, None) => None,
+            (insecure, ca) => Some(tls::client_config(
+                verify(insecure, ca, None, "aggregator", "--aggregator-ca-file")?,
+                &[b"h2"],
+            )?),
+        };
         let mut targets = Vec::with_capacity(args.aggregators.len());
         for url in &args.aggregators {
-            let tls = if url.starts_with("https://") {
-                let v = verify(
-                    args.aggregator_insecure_tls,
-                    args.aggregator_ca_file.as_deref(),
-                    None,
-                    "aggregator",
-                    "--aggregator-ca-file",
-                )?;
-                Some(tls::client_config(v, &[b"h2"])?)
+            let target_tls = if url.starts_with("https://") {
+                Some(tls.clone().ok_or(SetupError::NoCa {
+                    what: "aggregator",
+                    flag: "--aggregator-ca-file",
+                })?)
             } else {
                 tracing::warn!(aggregator = %url, "sending reports without TLS");
                 None
             };
-            targets.push(Target::new(url, tls).map_err(transport::TransportError::from)?);
+            targets.push(Target::new(url, target_tls).map_err(transport::TransportError::from)?);
         }
+        let router = router::Router {
+            node: args.node_name.clone(),
+            period: args.metric_resolution,
+            bootstrap: targets,
+            tls,
+        };
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(metrics::AgentMetrics::register(&mut registry));
         let mut collector = Collector::new(
@@ -157,14 +170,14 @@ impl Agent {
         }
         Ok(Self {
             collector,
-            targets,
+            router,
             metrics,
             registry: Arc::new(registry),
         })
     }
 
-    /// Runs until `cancel` fires: one collector loop and one sender per
-    /// aggregator, connected by a watch channel holding the newest report.
+    /// Runs until `cancel` fires: one collector loop and the router's
+    /// senders, connected by a watch channel holding the newest report.
     /// `metrics`, when given, serves `/metrics` and `/healthz`.
     pub async fn run(self, metrics: Option<tokio::net::TcpListener>, cancel: CancellationToken) {
         let (tx, rx) = watch::channel(None);
@@ -176,18 +189,14 @@ impl Agent {
                 cancel.clone(),
             ));
         }
-        for target in self.targets {
-            let span = tracing::info_span!("sender", aggregator = target.url());
-            tasks.spawn(tracing::Instrument::instrument(
-                transport::run_sender(
-                    target,
-                    rx.clone(),
-                    Arc::clone(&self.metrics),
-                    cancel.clone(),
-                ),
-                span,
-            ));
-        }
+        let (maps_tx, maps_rx) = tokio::sync::mpsc::channel(8);
+        let ctx = transport::SenderCtx {
+            reports: rx,
+            metrics: Arc::clone(&self.metrics),
+            maps: maps_tx,
+            last_ack_ms: Arc::default(),
+        };
+        tasks.spawn(self.router.run(ctx, maps_rx, cancel.clone()));
         let publish = move |r| {
             let _ = tx.send(Some(Arc::new(r)));
         };

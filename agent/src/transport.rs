@@ -3,6 +3,7 @@
 //! backoff. Reports are never queued: a sender that falls behind skips to the
 //! newest one.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +13,24 @@ use tokio_util::sync::CancellationToken;
 
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
-use metrics_proto::v1::NodeReport;
+use metrics_proto::v1::{NodeReport, ShardMap};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::metrics::AgentMetrics;
 
 /// The newest report, shared by every sender.
 pub type ReportRx = watch::Receiver<Option<Arc<NodeReport>>>;
+
+/// What every sender shares with the agent.
+#[derive(Clone)]
+pub struct SenderCtx {
+    pub reports: ReportRx,
+    pub metrics: Arc<AgentMetrics>,
+    /// Shard maps received from aggregators go here.
+    pub maps: mpsc::Sender<ShardMap>,
+    /// Unix ms of the last accepted report on any stream.
+    pub last_ack_ms: Arc<AtomicI64>,
+}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -54,20 +66,15 @@ struct StreamEnd {
 }
 
 /// Keeps one aggregator fed until `cancel` fires.
-pub async fn run_sender(
-    target: Target,
-    mut reports: ReportRx,
-    metrics: Arc<AgentMetrics>,
-    cancel: CancellationToken,
-) {
+pub async fn run_sender(target: Target, mut ctx: SenderCtx, cancel: CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     let mut jitter = Jitter::seeded();
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = stream_once(&target, &mut reports, &metrics, &cancel) => r,
+            r = stream_once(&target, &mut ctx, &cancel) => r,
         };
-        metrics.stream(target.url(), result.is_ok());
+        ctx.metrics.stream(target.url(), result.is_ok());
         match result {
             Ok(end) => {
                 if end.acked {
@@ -91,10 +98,10 @@ pub async fn run_sender(
 
 async fn stream_once(
     target: &Target,
-    reports: &mut ReportRx,
-    metrics: &AgentMetrics,
+    ctx: &mut SenderCtx,
     cancel: &CancellationToken,
 ) -> Result<StreamEnd, TransportError> {
+    let reports = &mut ctx.reports;
     let channel = target
         .connect()
         .await
@@ -142,10 +149,17 @@ async fn stream_once(
             msg = inbound.message() => match msg.map_err(stream_err)? {
                 None => return Ok(end),
                 Some(m) => match m.kind {
+                    Some(Kind::ShardMap(map)) => {
+                        let _ = ctx.maps.try_send(map);
+                    }
                     Some(Kind::Ack(ack)) => {
-                        metrics.ack(target.url(), ack.accepted);
+                        ctx.metrics.ack(target.url(), ack.accepted);
                         if ack.accepted {
                             end.acked = true;
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as i64);
+                            ctx.last_ack_ms.store(now, Ordering::Relaxed);
                         } else {
                             tracing::warn!(
                                 aggregator = target.url(), sequence = ack.sequence, error = %ack.error,

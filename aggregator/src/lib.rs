@@ -156,12 +156,25 @@ impl Aggregator {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), StartError> {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(metrics::AggregatorMetrics::register(&mut registry));
-        let ingest = IngestService::new(
+        let mut ingest = IngestService::new(
             Arc::clone(&self.store),
             Arc::clone(&metrics),
             self.args.node_expiry_periods,
             cancel.clone(),
         );
+        if !self.args.peers.is_empty() {
+            let members: Vec<(String, String)> = self
+                .args
+                .peers
+                .iter()
+                .map(|p| (p.id.clone(), p.url.clone()))
+                .collect();
+            ingest = ingest.with_shard(ingest::Shard::new(
+                self.args.shard_id(),
+                &members,
+                self.args.replication_factor,
+            ));
+        }
         let api_tls = tls::server_config(&self.identity, &[b"h2", b"http/1.1"])?;
         let cluster = Arc::new(self.cluster(&mut registry)?);
         let app = api::router(api::AppState {

@@ -33,6 +33,8 @@ pub enum ReportError {
     NodeUsage(&'static str),
     #[error("node labels: {0}")]
     Labels(String),
+    #[error("replica {shard} does not own node {node:?}; report to its owners from the shard map")]
+    NotOwner { node: String, shard: String },
 }
 
 /// One pod as stored.

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Server};
 
-use metrics_aggregator::ingest::IngestService;
+use metrics_aggregator::ingest::{IngestService, Shard};
 use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::store::Store;
 use metrics_proto::v1::aggregator_message::Kind;
@@ -54,10 +54,17 @@ fn report(node: &str, pods: usize) -> NodeReport {
 }
 
 async fn serve() -> (Arc<Store>, Channel, CancellationToken) {
+    serve_with(None).await
+}
+
+async fn serve_with(shard: Option<Shard>) -> (Arc<Store>, Channel, CancellationToken) {
     let store = Arc::new(Store::new());
     let cancel = CancellationToken::new();
     let metrics = Arc::new(AggregatorMetrics::default());
-    let svc = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
+    let mut svc = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
+    if let Some(shard) = shard {
+        svc = svc.with_shard(shard);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = cancel.clone();
@@ -103,6 +110,7 @@ impl Stream {
         match tokio::time::timeout(Duration::from_secs(5), self.acks.message()).await {
             Ok(Ok(Some(m))) => match m.kind {
                 Some(Kind::Ack(a)) => Ok(a),
+                Some(Kind::ShardMap(_)) => Err(tonic::Status::internal("unexpected shard map")),
                 None => Err(tonic::Status::internal("empty message")),
             },
             Ok(Ok(None)) => Err(tonic::Status::cancelled("stream ended")),
@@ -189,4 +197,47 @@ async fn oversized_message_ends_only_that_stream() {
     let ack = good.send(report("node-1", 2)).await.unwrap();
     assert!(ack.accepted);
     assert_eq!(store.pods(None, Instant::now()).len(), 2);
+}
+
+#[tokio::test]
+async fn a_replica_sends_the_shard_map_and_stores_only_what_it_owns() {
+    let members: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("agg-{i}"), format!("https://10.0.0.{i}:10251")))
+        .collect();
+    let ids: Vec<&str> = members.iter().map(|(id, _)| id.as_str()).collect();
+    // Find a node agg-0 owns and one it does not (R=1).
+    let mine = (0..100)
+        .map(|i| format!("node-{i}"))
+        .find(|n| metrics_proto::ring::owners(&ids, n, 1)[0] == "agg-0")
+        .unwrap();
+    let other = (0..100)
+        .map(|i| format!("node-{i}"))
+        .find(|n| metrics_proto::ring::owners(&ids, n, 1)[0] != "agg-0")
+        .unwrap();
+    let (store, channel, _c) = serve_with(Some(Shard::new("agg-0".into(), &members, 1))).await;
+
+    for (node, owned) in [(&mine, true), (&other, false)] {
+        let (tx, rx) = mpsc::channel(4);
+        let mut acks = IngestClient::new(channel.clone())
+            .report(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut r = report(node, 1);
+        r.sequence = 1;
+        tx.send(r).await.unwrap();
+        let first = acks.message().await.unwrap().unwrap().kind;
+        let Some(Kind::ShardMap(map)) = first else {
+            panic!("the map comes first: {first:?}")
+        };
+        assert_eq!(map, metrics_proto::ring::shard_map(&members, 1));
+        let Some(Kind::Ack(ack)) = acks.message().await.unwrap().unwrap().kind else {
+            panic!("then the ack")
+        };
+        assert_eq!(ack.accepted, owned, "{node}: {}", ack.error);
+        if !owned {
+            assert!(ack.error.contains("does not own node"), "{}", ack.error);
+        }
+        assert_eq!(store.node(node, Instant::now()).is_some(), owned);
+    }
 }

@@ -32,6 +32,42 @@ pub fn owners<'a, S: AsRef<str>>(members: &'a [S], key: &str, r: usize) -> Vec<&
     scored.into_iter().take(r).map(|(_, m)| m).collect()
 }
 
+/// A shard map for `members` (ID, URL) with replication `r`; its version
+/// is a content hash, so every replica with the same view sends the same map.
+pub fn shard_map(members: &[(String, String)], r: usize) -> crate::v1::ShardMap {
+    let mut sorted: Vec<&(String, String)> = members.iter().collect();
+    sorted.sort();
+    let mut text = format!("r={r}");
+    for (id, url) in &sorted {
+        text.push_str(&format!("\n{id}={url}"));
+    }
+    crate::v1::ShardMap {
+        version: xxh3_64(text.as_bytes()),
+        members: sorted
+            .into_iter()
+            .map(|(id, url)| crate::v1::Member {
+                id: id.clone(),
+                url: url.clone(),
+            })
+            .collect(),
+        replication_factor: u32::try_from(r).unwrap_or(u32::MAX),
+    }
+}
+
+/// URLs of the owners of `key` under `map`.
+pub fn owner_urls(map: &crate::v1::ShardMap, key: &str) -> Vec<String> {
+    let ids: Vec<&str> = map.members.iter().map(|m| m.id.as_str()).collect();
+    owners(&ids, key, map.replication_factor as usize)
+        .into_iter()
+        .filter_map(|id| {
+            map.members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.url.clone())
+        })
+        .collect()
+}
+
 /// Whether `member` is among the `r` owners of `key`.
 pub fn owns<S: AsRef<str>>(members: &[S], key: &str, r: usize, member: &str) -> bool {
     owners(members, key, r).contains(&member)
@@ -139,6 +175,25 @@ mod tests {
         for (member, c) in count {
             assert!((6_000..=7_400).contains(&c), "{member} holds {c}");
         }
+    }
+
+    #[test]
+    fn shard_maps_are_order_independent() {
+        let a = vec![
+            ("b".to_string(), "https://b:1".to_string()),
+            ("a".to_string(), "https://a:1".to_string()),
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        assert_eq!(shard_map(&a, 2), shard_map(&b, 2));
+        assert_ne!(shard_map(&a, 2).version, shard_map(&a, 1).version);
+        let map = shard_map(&a, 1);
+        let urls = owner_urls(&map, "node-1");
+        assert_eq!(urls.len(), 1);
+        assert_eq!(
+            urls[0],
+            format!("https://{}:1", owners(&["a", "b"], "node-1", 1)[0])
+        );
     }
 
     proptest! {

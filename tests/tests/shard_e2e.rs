@@ -1,5 +1,6 @@
-//! Three aggregator replicas with R=2 and six agents on 127.0.0.1: every
-//! replica answers for the whole cluster; after one replica is SIGKILLed
+//! Three aggregator replicas with R=2 and six agents on 127.0.0.1. Each
+//! agent knows one replica and follows the shard map to its node's owners;
+//! every replica answers for the whole cluster; after one is SIGKILLed
 //! every survivor still answers every node, each request within the peer
 //! deadline; after a restart the replica answers again.
 
@@ -144,22 +145,16 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
             extra_lines: vec![],
         };
         let k = kubelet::start(node, "tok", dir.path()).await.unwrap();
-        // Each agent reports to the node's two owners.
-        let owners = ring::owners(&replicas.ids, name, 2);
-        let mut args = vec![
+        // Each agent knows one replica only; the shard map it gets there
+        // sends it to its node's two owners.
+        let args = vec![
             format!("--kubelet-url={}", k.url()),
             format!("--kubelet-certificate-authority={}", k.ca_file.display()),
             format!("--kubelet-token-file={}", token.display()),
             format!("--aggregator-ca-file={}", replicas.cert.0),
+            format!("--aggregator=https://127.0.0.1:{}", replicas.grpc_ports[0]),
             "--metric-resolution=1s".into(),
         ];
-        for o in owners {
-            let i = replicas.ids.iter().position(|id| id == o).unwrap();
-            args.push(format!(
-                "--aggregator=https://127.0.0.1:{}",
-                replicas.grpc_ports[i]
-            ));
-        }
         agents.push(start_agent(dir.path(), name, &args).unwrap());
         kubelets.push(k);
     }
@@ -175,7 +170,8 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
             agg.proc.log_text()
         );
     }
-    // Each replica holds only the nodes it owns: the lists above were gathered.
+    // Each replica holds exactly the nodes it owns (the agents followed the
+    // map), so the full lists above were gathered from peers.
     for (i, agg) in aggs.iter().enumerate() {
         let (_, metrics_body) = {
             let (c, _, b) = https::get(&format!("{}/metrics", agg.api_url()), &agg.ca, &[])
