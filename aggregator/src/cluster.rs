@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tonic::{Request, Response, Status};
@@ -41,6 +43,11 @@ pub struct Cluster {
     deadline: Duration,
     store: Arc<Store>,
     queries: Family<PeerLabels, Counter>,
+    latency: Family<[(&'static str, String); 1], Histogram>,
+}
+
+fn latency_family() -> Family<[(&'static str, String); 1], Histogram> {
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)))
 }
 
 impl Cluster {
@@ -54,6 +61,7 @@ impl Cluster {
             deadline: Duration::from_secs(1),
             store,
             queries: Family::default(),
+            latency: latency_family(),
         }
     }
 
@@ -68,6 +76,11 @@ impl Cluster {
         registry: &mut Registry,
     ) -> Self {
         let members = peers.iter().map(|(id, _)| id.clone()).collect();
+        let urls: Vec<(String, String)> = peers
+            .iter()
+            .map(|(id, d)| (id.clone(), d.url().to_owned()))
+            .collect();
+        let map = ring::shard_map(&urls, replication);
         let peers = peers
             .into_iter()
             .filter(|(id, _)| *id != self_id)
@@ -78,13 +91,30 @@ impl Cluster {
             })
             .collect();
         let queries = Family::<PeerLabels, Counter>::default();
-        registry
-            .sub_registry_with_prefix("metrics_aggregator")
-            .register(
-                "peer_queries",
-                "Queries sent to peer replicas, by peer and result",
-                queries.clone(),
-            );
+        let latency = latency_family();
+        let map_info = Family::<[(&'static str, String); 1], Gauge>::default();
+        map_info
+            .get_or_create(&[("version", format!("{:016x}", map.version))])
+            .set(1);
+        let members_gauge = Gauge::<i64>::default();
+        members_gauge.set(i64::try_from(urls.len()).unwrap_or(i64::MAX));
+        let sub = registry.sub_registry_with_prefix("metrics_aggregator");
+        sub.register(
+            "peer_queries",
+            "Queries sent to peer replicas, by peer and result",
+            queries.clone(),
+        );
+        sub.register(
+            "peer_query_duration_seconds",
+            "Time to a peer's answer (or the deadline)",
+            latency.clone(),
+        );
+        sub.register(
+            "shard_map",
+            "The shard map in use (its version as a label)",
+            map_info,
+        );
+        sub.register("shard_members", "Replicas in the shard map", members_gauge);
         Self {
             self_id,
             members,
@@ -93,6 +123,7 @@ impl Cluster {
             deadline,
             store,
             queries,
+            latency,
         }
     }
 
@@ -120,13 +151,19 @@ impl Cluster {
             calls.spawn(async move {
                 let mut req = Request::new(req);
                 req.set_timeout(deadline);
+                let started = tokio::time::Instant::now();
                 let r = tokio::time::timeout(deadline, client.query(req)).await;
-                (id, r)
+                (id, r, started.elapsed())
             });
         }
         let mut parts = vec![q.local(&self.store, Instant::now())];
         while let Some(joined) = calls.join_next().await {
-            let Ok((id, result)) = joined else { continue };
+            let Ok((id, result, took)) = joined else {
+                continue;
+            };
+            self.latency
+                .get_or_create(&[("peer", id.clone())])
+                .observe(took.as_secs_f64());
             let outcome = match result {
                 Ok(Ok(resp)) => {
                     parts.push(

@@ -184,6 +184,14 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
             .filter(|n| ring::owns(&replicas.ids, n, 2, &replicas.ids[i]))
             .count();
         assert!(
+            metrics_body.contains("metrics_aggregator_shard_members 3"),
+            "{metrics_body}"
+        );
+        assert!(
+            metrics_body.contains("metrics_aggregator_peer_query_duration_seconds_count"),
+            "{metrics_body}"
+        );
+        assert!(
             metrics_body.contains(&format!("metrics_aggregator_nodes {owned}")),
             "{} should hold {owned} nodes: {metrics_body}",
             replicas.ids[i]
