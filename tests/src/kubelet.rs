@@ -76,6 +76,15 @@ impl FakeKubelet {
         format!("https://{}", self.addr)
     }
 
+    /// The flags that point an agent at this kubelet with `token_file`.
+    pub fn agent_flags(&self, token_file: &Path) -> Vec<String> {
+        vec![
+            format!("--kubelet-url={}", self.url()),
+            format!("--kubelet-certificate-authority={}", self.ca_file.display()),
+            format!("--kubelet-token-file={}", token_file.display()),
+        ]
+    }
+
     /// While set, `/metrics/resource` answers 503 (`/pods` keeps working),
     /// as a kubelet whose stats provider is broken does.
     pub fn set_failing(&self, failing: bool) {

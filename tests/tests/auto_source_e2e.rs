@@ -82,15 +82,16 @@ async fn auto_falls_back_to_cgroups_and_returns() {
         dir.path(),
         "auto-node",
         &[
-            "--source=auto".into(),
-            format!("--cgroup-root={}", tree.root.display()),
-            format!("--kubelet-url={}", k.url()),
-            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-            format!("--kubelet-token-file={}", token.display()),
-            format!("--aggregator={}", agg.grpc_url()),
-            format!("--aggregator-ca-file={}", agg.ca.display()),
-            "--metric-resolution=1s".into(),
-        ],
+            k.agent_flags(&token),
+            vec![
+                "--source=auto".into(),
+                format!("--cgroup-root={}", tree.root.display()),
+                format!("--aggregator={}", agg.grpc_url()),
+                format!("--aggregator-ca-file={}", agg.ca.display()),
+                "--metric-resolution=1s".into(),
+            ],
+        ]
+        .concat(),
     )
     .unwrap();
 

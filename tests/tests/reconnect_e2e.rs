@@ -52,13 +52,14 @@ async fn agent_reconnects_after_aggregator_restart() {
         dir.path(),
         "node-r",
         &[
-            format!("--kubelet-url={}", k.url()),
-            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-            format!("--kubelet-token-file={}", token.display()),
-            format!("--aggregator={}", agg.grpc_url()),
-            format!("--aggregator-ca-file={}", agg.ca.display()),
-            "--metric-resolution=1s".into(),
-        ],
+            k.agent_flags(&token),
+            vec![
+                format!("--aggregator={}", agg.grpc_url()),
+                format!("--aggregator-ca-file={}", agg.ca.display()),
+                "--metric-resolution=1s".into(),
+            ],
+        ]
+        .concat(),
     )
     .unwrap();
     assert!(

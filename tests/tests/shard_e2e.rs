@@ -147,14 +147,15 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
         let k = kubelet::start(node, "tok", dir.path()).await.unwrap();
         // Each agent knows one replica only; the shard map it gets there
         // sends it to its node's two owners.
-        let args = vec![
-            format!("--kubelet-url={}", k.url()),
-            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-            format!("--kubelet-token-file={}", token.display()),
-            format!("--aggregator-ca-file={}", replicas.cert.0),
-            format!("--aggregator=https://127.0.0.1:{}", replicas.grpc_ports[0]),
-            "--metric-resolution=1s".into(),
-        ];
+        let args = [
+            k.agent_flags(&token),
+            vec![
+                format!("--aggregator-ca-file={}", replicas.cert.0),
+                format!("--aggregator=https://127.0.0.1:{}", replicas.grpc_ports[0]),
+                "--metric-resolution=1s".into(),
+            ],
+        ]
+        .concat();
         agents.push(start_agent(dir.path(), name, &args).unwrap());
         kubelets.push(k);
     }

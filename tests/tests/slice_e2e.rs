@@ -141,16 +141,17 @@ async fn start_cluster() -> Cluster {
             .expect("kubelet");
         let token_file = dir.path().join(format!("{name}.token"));
         std::fs::write(&token_file, &token).expect("token");
-        let args = vec![
-            format!("--kubelet-url={}", k.url()),
-            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-            format!("--kubelet-token-file={}", token_file.display()),
-            "--kubelet-pod-labels".into(),
-            format!("--aggregator={}", agg.grpc_url()),
-            format!("--aggregator-ca-file={}", agg.ca.display()),
-            "--metric-resolution=1s".into(),
-            "--metrics-bind-address=127.0.0.1:0".into(),
-        ];
+        let args = [
+            k.agent_flags(&token_file),
+            vec![
+                "--kubelet-pod-labels".into(),
+                format!("--aggregator={}", agg.grpc_url()),
+                format!("--aggregator-ca-file={}", agg.ca.display()),
+                "--metric-resolution=1s".into(),
+                "--metrics-bind-address=127.0.0.1:0".into(),
+            ],
+        ]
+        .concat();
         agents.push(start_agent(dir.path(), name, &args).expect("agent"));
         kubelets.push(k);
     }
@@ -161,18 +162,16 @@ async fn start_cluster() -> Cluster {
         .expect("kubelet");
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "wrong-token").expect("token");
-    let args = vec![
-        format!("--kubelet-url={}", broken.url()),
-        format!(
-            "--kubelet-certificate-authority={}",
-            broken.ca_file.display()
-        ),
-        format!("--kubelet-token-file={}", wrong.display()),
-        format!("--aggregator={}", agg.grpc_url()),
-        format!("--aggregator-ca-file={}", agg.ca.display()),
-        "--metric-resolution=1s".into(),
-        "--metrics-bind-address=127.0.0.1:0".into(),
-    ];
+    let args = [
+        broken.agent_flags(&wrong),
+        vec![
+            format!("--aggregator={}", agg.grpc_url()),
+            format!("--aggregator-ca-file={}", agg.ca.display()),
+            "--metric-resolution=1s".into(),
+            "--metrics-bind-address=127.0.0.1:0".into(),
+        ],
+    ]
+    .concat();
     agents.push(start_agent(dir.path(), "node-broken", &args).expect("agent"));
     kubelets.push(broken);
     Cluster {

@@ -126,16 +126,17 @@ async fn kubelet_and_cgroup_sources_serve_the_same_objects() {
     let agg_kubelet = start_aggregator(&dir.path().join("a1"), &[]).await.unwrap();
     let agg_cgroup = start_aggregator(&dir.path().join("a2"), &[]).await.unwrap();
     let common = |agg: &AggregatorProc| {
-        vec![
-            format!("--kubelet-url={}", k.url()),
-            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-            format!("--kubelet-token-file={}", token.display()),
-            format!("--aggregator={}", agg.grpc_url()),
-            format!("--aggregator-ca-file={}", agg.ca.display()),
-            // Two-second windows: the tree's writer thread can lag by a few
-            // ms on a loaded machine, which a longer window dilutes.
-            "--metric-resolution=2s".into(),
+        [
+            k.agent_flags(&token),
+            vec![
+                format!("--aggregator={}", agg.grpc_url()),
+                format!("--aggregator-ca-file={}", agg.ca.display()),
+                // Two-second windows: the tree's writer thread can lag by a few
+                // ms on a loaded machine, which a longer window dilutes.
+                "--metric-resolution=2s".into(),
+            ],
         ]
+        .concat()
     };
     let mut a1 = common(&agg_kubelet);
     a1.extend(["--source=kubelet".into(), "--kubelet-pod-labels".into()]);

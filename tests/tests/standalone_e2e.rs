@@ -138,11 +138,10 @@ async fn standalone_on_a_node_shows_its_pods() {
     let (_child, kubeconfig) = start_standalone(
         dir.path(),
         &[
-            format!("--kubelet-url={}", k.url()),
-            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-            format!("--kubelet-token-file={}", token.display()),
-            format!("--cgroup-root={}", tree.root.display()),
-        ],
+            k.agent_flags(&token),
+            vec![format!("--cgroup-root={}", tree.root.display())],
+        ]
+        .concat(),
     )
     .await;
     let pods = raw_until_ok(&kubeconfig, "/apis/metrics.k8s.io/v1beta1/pods", |v| {

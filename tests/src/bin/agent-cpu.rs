@@ -110,15 +110,16 @@ async fn main() -> anyhow::Result<()> {
             dir.path(),
             &format!("bench-{resolution}s"),
             &[
-                format!("--source={source}"),
-                format!("--cgroup-root={}", tree.root.display()),
-                format!("--kubelet-url={}", k.url()),
-                format!("--kubelet-certificate-authority={}", k.ca_file.display()),
-                format!("--kubelet-token-file={}", token.display()),
-                format!("--aggregator={}", agg.grpc_url()),
-                format!("--aggregator-ca-file={}", agg.ca.display()),
-                format!("--metric-resolution={resolution}s"),
-            ],
+                k.agent_flags(&token),
+                vec![
+                    format!("--source={source}"),
+                    format!("--cgroup-root={}", tree.root.display()),
+                    format!("--aggregator={}", agg.grpc_url()),
+                    format!("--aggregator-ca-file={}", agg.ca.display()),
+                    format!("--metric-resolution={resolution}s"),
+                ],
+            ]
+            .concat(),
         )?;
         let pid = agent
             .child
