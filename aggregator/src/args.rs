@@ -62,6 +62,11 @@ pub struct Args {
     #[arg(long, env = "PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<PeerArg>,
 
+    /// A file listing the replicas like --peers (one per line or comma-separated),
+    /// re-read every 2s; a changed list changes ownership at run time.
+    #[arg(long, env = "PEERS_FILE", conflicts_with = "peers")]
+    pub peers_file: Option<PathBuf>,
+
     /// How many replicas own each node.
     #[arg(long, default_value_t = 2, env = "REPLICATION_FACTOR")]
     pub replication_factor: usize,

@@ -3,7 +3,9 @@
 //! queries. Each peer call has a deadline; a slow or dead peer costs at most
 //! that, and with R ≥ 2 its nodes are still answered by their other owner.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -15,35 +17,31 @@ use tokio::task::JoinSet;
 use tonic::{Request, Response, Status};
 
 use metrics_proto::channel::Dialer;
-use metrics_proto::ring;
 use metrics_proto::v1::peer_client::PeerClient;
 use metrics_proto::v1::peer_server::{Peer, PeerServer};
 use metrics_proto::v1::{QueryRequest, QueryResponse};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::query::{merge, Hit, Kind, Query};
+use crate::shard::{Shard, SharedShard};
 use crate::store::Store;
 
 /// Peer query outcomes, by `peer` and `result`.
 type PeerLabels = [(&'static str, String); 2];
 
-/// One other replica.
-#[derive(Clone)]
-struct PeerConn {
-    id: String,
-    client: PeerClient<tonic::transport::Channel>,
-}
-
 /// Membership and the query fan-out.
 pub struct Cluster {
-    self_id: String,
-    members: Vec<String>,
-    peers: Vec<PeerConn>,
-    replication: usize,
+    shard: Option<SharedShard>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Peer channels by URL, made on first use.
+    conns: Mutex<HashMap<String, PeerClient<tonic::transport::Channel>>>,
     deadline: Duration,
     store: Arc<Store>,
     queries: Family<PeerLabels, Counter>,
     latency: Family<[(&'static str, String); 1], Histogram>,
+    map_info: Family<[(&'static str, String); 1], Gauge>,
+    members: Gauge,
+    observed: AtomicU64,
 }
 
 fn latency_family() -> Family<[(&'static str, String); 1], Histogram> {
@@ -54,100 +52,118 @@ impl Cluster {
     /// A cluster of one: every query is answered locally.
     pub fn single(store: Arc<Store>) -> Self {
         Self {
-            self_id: String::new(),
-            members: Vec::new(),
-            peers: Vec::new(),
-            replication: 1,
+            shard: None,
+            tls: None,
+            conns: Mutex::default(),
             deadline: Duration::from_secs(1),
             store,
             queries: Family::default(),
             latency: latency_family(),
+            map_info: Family::default(),
+            members: Gauge::default(),
+            observed: AtomicU64::new(0),
         }
     }
 
-    /// `peers` are (ID, dialer) of every member, this one (`self_id`)
-    /// included; channels connect lazily.
+    /// Queries the members of `shard` (as it is at each query) over TLS
+    /// `tls`, each call bounded by `deadline`.
     pub fn new(
-        self_id: String,
-        peers: Vec<(String, Dialer)>,
-        replication: usize,
+        shard: SharedShard,
+        tls: Option<Arc<rustls::ClientConfig>>,
         deadline: Duration,
         store: Arc<Store>,
         registry: &mut Registry,
     ) -> Self {
-        let members = peers.iter().map(|(id, _)| id.clone()).collect();
-        let urls: Vec<(String, String)> = peers
-            .iter()
-            .map(|(id, d)| (id.clone(), d.url().to_owned()))
-            .collect();
-        let map = ring::shard_map(&urls, replication);
-        let peers = peers
-            .into_iter()
-            .filter(|(id, _)| *id != self_id)
-            .map(|(id, d)| PeerConn {
-                id,
-                client: PeerClient::new(d.connect_lazy())
-                    .max_decoding_message_size(64 * MAX_MESSAGE_BYTES),
-            })
-            .collect();
-        let queries = Family::<PeerLabels, Counter>::default();
-        let latency = latency_family();
-        let map_info = Family::<[(&'static str, String); 1], Gauge>::default();
-        map_info
-            .get_or_create(&[("version", format!("{:016x}", map.version))])
-            .set(1);
-        let members_gauge = Gauge::<i64>::default();
-        members_gauge.set(i64::try_from(urls.len()).unwrap_or(i64::MAX));
+        let c = Self {
+            shard: Some(shard),
+            tls,
+            ..Self::single(store)
+        };
+        let c = Self { deadline, ..c };
         let sub = registry.sub_registry_with_prefix("metrics_aggregator");
         sub.register(
             "peer_queries",
             "Queries sent to peer replicas, by peer and result",
-            queries.clone(),
+            c.queries.clone(),
         );
         sub.register(
             "peer_query_duration_seconds",
             "Time to a peer's answer (or the deadline)",
-            latency.clone(),
+            c.latency.clone(),
         );
         sub.register(
             "shard_map",
             "The shard map in use (its version as a label)",
-            map_info,
+            c.map_info.clone(),
         );
-        sub.register("shard_members", "Replicas in the shard map", members_gauge);
-        Self {
-            self_id,
-            members,
-            peers,
-            replication,
-            deadline,
-            store,
-            queries,
-            latency,
+        sub.register(
+            "shard_members",
+            "Replicas in the shard map",
+            c.members.clone(),
+        );
+        c.observe();
+        c
+    }
+
+    /// Updates the map metrics when the view changed; returns the view.
+    fn observe(&self) -> Option<Arc<Shard>> {
+        let shard = self.shard.as_ref()?.get();
+        if self.observed.swap(shard.map.version, Ordering::Relaxed) != shard.map.version {
+            self.map_info.clear();
+            self.map_info
+                .get_or_create(&[("version", format!("{:016x}", shard.map.version))])
+                .set(1);
+            self.members
+                .set(i64::try_from(shard.members.len()).unwrap_or(i64::MAX));
+        }
+        Some(shard)
+    }
+
+    fn client(&self, url: &str) -> Option<PeerClient<tonic::transport::Channel>> {
+        let mut conns = match self.conns.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(c) = conns.get(url) {
+            return Some(c.clone());
+        }
+        match Dialer::new(url, self.tls.clone()) {
+            Ok(d) => {
+                let c = PeerClient::new(d.connect_lazy())
+                    .max_decoding_message_size(64 * MAX_MESSAGE_BYTES);
+                conns.insert(url.to_owned(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot query peer");
+                None
+            }
         }
     }
 
     /// Answers `q` for the whole cluster. A GET for one node asks only its
     /// owners; everything else asks every member.
     pub async fn gather(&self, q: &Query) -> Vec<Hit> {
-        let targets: Vec<&PeerConn> = match (&q.kind, &q.name) {
-            (Kind::Nodes, Some(node)) => {
-                let owners = ring::owners(&self.members, node, self.replication);
-                self.peers
-                    .iter()
-                    .filter(|p| owners.contains(&p.id.as_str()))
-                    .collect()
-            }
-            _ => self.peers.iter().collect(),
-        };
+        let mut targets: Vec<(String, String)> = Vec::new();
+        if let Some(shard) = self.observe() {
+            let owners = match (&q.kind, &q.name) {
+                (Kind::Nodes, Some(node)) => Some(shard.owners(node)),
+                _ => None,
+            };
+            targets = shard
+                .members
+                .iter()
+                .filter(|(id, _)| *id != shard.self_id)
+                .filter(|(id, _)| owners.as_ref().is_none_or(|o| o.contains(id)))
+                .cloned()
+                .collect();
+        }
         let mut calls = JoinSet::new();
-        for p in targets {
-            let (mut client, id, req, deadline) = (
-                p.client.clone(),
-                p.id.clone(),
-                q.to_request(),
-                self.deadline,
-            );
+        for (id, url) in targets {
+            let Some(mut client) = self.client(&url) else {
+                continue;
+            };
+            let (req, deadline) = (q.to_request(), self.deadline);
             calls.spawn(async move {
                 let mut req = Request::new(req);
                 req.set_timeout(deadline);
@@ -189,11 +205,6 @@ impl Cluster {
                 .inc();
         }
         merge(parts)
-    }
-
-    /// This replica's ID ("" when alone).
-    pub fn self_id(&self) -> &str {
-        &self.self_id
     }
 }
 

@@ -14,46 +14,19 @@ use tonic::{Request, Response, Status, Streaming};
 
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_server::{Ingest, IngestServer};
-use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport, ShardMap};
+use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::metrics::AggregatorMetrics;
 use crate::report::to_entry;
+use crate::shard::SharedShard;
 use crate::store::Store;
-
-/// This replica's place in a cluster of replicas.
-#[derive(Debug, Clone)]
-pub struct Shard {
-    pub self_id: String,
-    pub member_ids: Vec<String>,
-    pub map: ShardMap,
-}
-
-impl Shard {
-    /// From (ID, URL) of every member and the replication factor.
-    pub fn new(self_id: String, members: &[(String, String)], replication: usize) -> Self {
-        Self {
-            self_id,
-            member_ids: members.iter().map(|(id, _)| id.clone()).collect(),
-            map: metrics_proto::ring::shard_map(members, replication),
-        }
-    }
-
-    fn owns(&self, node: &str) -> bool {
-        metrics_proto::ring::owns(
-            &self.member_ids,
-            node,
-            self.map.replication_factor as usize,
-            &self.self_id,
-        )
-    }
-}
 
 /// The service: a plain struct over the store.
 #[derive(Clone)]
 pub struct IngestService {
     store: Arc<Store>,
-    shard: Option<Arc<Shard>>,
+    shard: Option<SharedShard>,
     metrics: Arc<AggregatorMetrics>,
     expiry_periods: u32,
     cancel: CancellationToken,
@@ -75,9 +48,10 @@ impl IngestService {
         }
     }
 
-    /// Stores only the nodes `shard` owns and tells agents the shard map.
-    pub fn with_shard(mut self, shard: Shard) -> Self {
-        self.shard = Some(Arc::new(shard));
+    /// Stores only the nodes the current view owns and tells agents the
+    /// shard map (again whenever it changes).
+    pub fn with_shard(mut self, shard: SharedShard) -> Self {
+        self.shard = Some(shard);
         self
     }
 
@@ -96,7 +70,7 @@ impl IngestService {
             Instant::now(),
             self.expiry_periods,
         )
-        .and_then(|e| match &self.shard {
+        .and_then(|e| match self.shard.as_ref().map(SharedShard::get) {
             Some(shard) if !shard.owns(&e.name) => Err(crate::report::ReportError::NotOwner {
                 node: e.name,
                 shard: shard.self_id.clone(),
@@ -150,7 +124,7 @@ impl Ingest for IngestService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let mut bound = None;
-                let mut map_sent = false;
+                let mut map_sent: Option<u64> = None;
                 loop {
                     let msg = tokio::select! {
                         _ = this.cancel.cancelled() => break,
@@ -166,14 +140,16 @@ impl Ingest for IngestService {
                             break;
                         }
                     };
-                    if let (false, Some(shard)) = (map_sent, &this.shard) {
-                        let map = AggregatorMessage {
-                            kind: Some(Kind::ShardMap(shard.map.clone())),
-                        };
-                        if tx.send(Ok(map)).await.is_err() {
-                            break;
+                    if let Some(shard) = this.shard.as_ref().map(SharedShard::get) {
+                        if map_sent != Some(shard.map.version) {
+                            let map = AggregatorMessage {
+                                kind: Some(Kind::ShardMap(shard.map.clone())),
+                            };
+                            if tx.send(Ok(map)).await.is_err() {
+                                break;
+                            }
+                            map_sent = Some(shard.map.version);
                         }
-                        map_sent = true;
                     }
                     let ack = this.handle(&report, &mut bound);
                     let msg = AggregatorMessage {

@@ -11,6 +11,7 @@ pub mod query;
 pub mod render;
 pub mod report;
 pub mod server;
+pub mod shard;
 pub mod standalone;
 pub mod store;
 pub mod tls;
@@ -45,6 +46,8 @@ pub enum StartError {
     PeerTls(#[from] metrics_proto::tls::TlsError),
     #[error(transparent)]
     PeerUrl(#[from] metrics_proto::channel::UrlError),
+    #[error(transparent)]
+    PeersFile(#[from] shard::PeersFileError),
 }
 
 impl StartError {
@@ -67,6 +70,7 @@ pub struct Aggregator {
     grpc: TcpListener,
     identity: tls::Identity,
     store: Arc<Store>,
+    shard: Option<shard::SharedShard>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -93,6 +97,23 @@ impl Aggregator {
         )?;
         // Fail on a bad key pair before binding.
         tls::server_config(&identity, &[])?;
+        let members = match &args.peers_file {
+            Some(path) => Some(shard::read_peers_file(path, &args.shard_id())?),
+            None if !args.peers.is_empty() => Some(
+                args.peers
+                    .iter()
+                    .map(|p| (p.id.clone(), p.url.clone()))
+                    .collect(),
+            ),
+            None => None,
+        };
+        let shard = members.map(|m| {
+            shard::SharedShard::new(shard::Shard::new(
+                args.shard_id(),
+                m,
+                args.replication_factor,
+            ))
+        });
         let api = bind(SocketAddr::new(args.bind_address, args.api_port())).await?;
         let grpc = bind(SocketAddr::new(args.bind_address, args.ingest_port())).await?;
         Ok(Self {
@@ -101,6 +122,7 @@ impl Aggregator {
             grpc,
             identity,
             store: Arc::new(Store::new()),
+            shard,
         })
     }
 
@@ -125,27 +147,22 @@ impl Aggregator {
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<cluster::Cluster, StartError> {
         let a = &self.args;
-        if a.peers.is_empty() {
+        let Some(shard) = &self.shard else {
             return Ok(cluster::Cluster::single(Arc::clone(&self.store)));
-        }
+        };
         let ca = a
             .peer_ca_file
             .clone()
             .unwrap_or_else(|| self.identity.cert.clone());
-        let tls = if a.peer_insecure_tls {
-            metrics_agent::tls::client_config(metrics_agent::tls::Verify::Insecure, &[b"h2"])?
+        let verify = if a.peer_insecure_tls {
+            metrics_agent::tls::Verify::Insecure
         } else {
-            metrics_agent::tls::client_config(metrics_agent::tls::Verify::CaFile(&ca), &[b"h2"])?
+            metrics_agent::tls::Verify::CaFile(&ca)
         };
-        let mut peers = Vec::with_capacity(a.peers.len());
-        for p in &a.peers {
-            let dialer = metrics_proto::channel::Dialer::new(&p.url, Some(Arc::clone(&tls)))?;
-            peers.push((p.id.clone(), dialer));
-        }
+        let tls = metrics_agent::tls::client_config(verify, &[b"h2"])?;
         Ok(cluster::Cluster::new(
-            a.shard_id(),
-            peers,
-            a.replication_factor,
+            shard.clone(),
+            Some(tls),
             a.peer_timeout,
             Arc::clone(&self.store),
             registry,
@@ -162,18 +179,8 @@ impl Aggregator {
             self.args.node_expiry_periods,
             cancel.clone(),
         );
-        if !self.args.peers.is_empty() {
-            let members: Vec<(String, String)> = self
-                .args
-                .peers
-                .iter()
-                .map(|p| (p.id.clone(), p.url.clone()))
-                .collect();
-            ingest = ingest.with_shard(ingest::Shard::new(
-                self.args.shard_id(),
-                &members,
-                self.args.replication_factor,
-            ));
+        if let Some(shard) = &self.shard {
+            ingest = ingest.with_shard(shard.clone());
         }
         let api_tls = tls::server_config(&self.identity, &[b"h2", b"http/1.1"])?;
         let cluster = Arc::new(self.cluster(&mut registry)?);
@@ -185,6 +192,14 @@ impl Aggregator {
         });
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(Arc::clone(&self.store).sweep_loop(Duration::from_secs(5), cancel.clone()));
+        if let (Some(path), Some(shard)) = (&self.args.peers_file, &self.shard) {
+            tasks.spawn(shard::watch_peers_file(
+                path.clone(),
+                shard.clone(),
+                Duration::from_secs(2),
+                cancel.clone(),
+            ));
+        }
         if self.args.standalone {
             let info = standalone::start(
                 &self.args,

@@ -12,8 +12,9 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Server};
 
-use metrics_aggregator::ingest::{IngestService, Shard};
+use metrics_aggregator::ingest::IngestService;
 use metrics_aggregator::metrics::AggregatorMetrics;
+use metrics_aggregator::shard::{Shard, SharedShard};
 use metrics_aggregator::store::Store;
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
@@ -63,7 +64,7 @@ async fn serve_with(shard: Option<Shard>) -> (Arc<Store>, Channel, CancellationT
     let metrics = Arc::new(AggregatorMetrics::default());
     let mut svc = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
     if let Some(shard) = shard {
-        svc = svc.with_shard(shard);
+        svc = svc.with_shard(SharedShard::new(shard));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -214,7 +215,8 @@ async fn a_replica_sends_the_shard_map_and_stores_only_what_it_owns() {
         .map(|i| format!("node-{i}"))
         .find(|n| metrics_proto::ring::owners(&ids, n, 1)[0] != "agg-0")
         .unwrap();
-    let (store, channel, _c) = serve_with(Some(Shard::new("agg-0".into(), &members, 1))).await;
+    let (store, channel, _c) =
+        serve_with(Some(Shard::new("agg-0".into(), members.clone(), 1))).await;
 
     for (node, owned) in [(&mine, true), (&other, false)] {
         let (tx, rx) = mpsc::channel(4);
