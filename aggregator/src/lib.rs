@@ -98,7 +98,7 @@ impl Aggregator {
         // Fail on a bad key pair before binding.
         tls::server_config(&identity, &[])?;
         let members = match &args.peers_file {
-            Some(path) => Some(shard::read_peers_file(path, &args.shard_id())?),
+            Some(path) => Some(shard::read_peers_file(path)?),
             None if !args.peers.is_empty() => Some(
                 args.peers
                     .iter()

@@ -39,6 +39,11 @@ impl Shard {
         self.members.iter().map(|(id, _)| id.as_str()).collect()
     }
 
+    /// Whether this replica is in the set (else it is a standby).
+    pub fn is_member(&self) -> bool {
+        self.members.iter().any(|(id, _)| *id == self.self_id)
+    }
+
     /// Whether this replica owns `node`.
     pub fn owns(&self, node: &str) -> bool {
         ring::owns(&self.member_ids(), node, self.replication(), &self.self_id)
@@ -90,16 +95,13 @@ pub enum PeersFileError {
     },
     #[error("{path}: {entry:?} is not ID=https://HOST:PORT")]
     Entry { path: PathBuf, entry: String },
-    #[error("{path} does not list this replica ({id:?})")]
-    NotListed { path: PathBuf, id: String },
 }
 
 /// Members from a peers file: `ID=URL` entries separated by newlines or
-/// commas; blank lines and `#` comments are ignored.
-pub fn read_peers_file(
-    path: &Path,
-    self_id: &str,
-) -> Result<Vec<(String, String)>, PeersFileError> {
+/// commas; blank lines and `#` comments are ignored. A replica the file
+/// does not list yet is a standby: it owns nothing and still answers
+/// queries, so a new replica is listed only once it runs.
+pub fn read_peers_file(path: &Path) -> Result<Vec<(String, String)>, PeersFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| PeersFileError::Read {
         path: path.to_owned(),
         source,
@@ -127,12 +129,6 @@ pub fn read_peers_file(
             }
         }
     }
-    if !members.iter().any(|(id, _)| id == self_id) {
-        return Err(PeersFileError::NotListed {
-            path: path.to_owned(),
-            id: self_id.to_owned(),
-        });
-    }
     Ok(members)
 }
 
@@ -152,12 +148,13 @@ pub async fn watch_peers_file(
             _ = tick.tick() => {}
         }
         let current = shared.get();
-        match read_peers_file(&path, &current.self_id) {
+        match read_peers_file(&path) {
             Ok(members) if members != current.members => {
                 let next = Shard::new(current.self_id.clone(), members, current.replication());
                 tracing::info!(
                     version = next.map.version,
                     members = next.members.len(),
+                    listed = next.is_member(),
                     "replica set changed"
                 );
                 shared.set(next);
@@ -187,15 +184,14 @@ mod tests {
             "# replicas\na=https://h:1\nb=https://h:2, c=http://h:3\n\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let m = read_peers_file(&p, "b").unwrap_or_else(|e| panic!("{e}"));
+        let m = read_peers_file(&p).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(m.len(), 3);
-        assert!(matches!(
-            read_peers_file(&p, "z"),
-            Err(PeersFileError::NotListed { .. })
-        ));
+        let standby = Shard::new("z".into(), m, 1);
+        assert!(!standby.is_member());
+        assert!(!standby.owns("node-1"), "a standby owns nothing");
         std::fs::write(&p, "a=ftp://h:1\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
-            read_peers_file(&p, "a"),
+            read_peers_file(&p),
             Err(PeersFileError::Entry { .. })
         ));
     }
