@@ -231,12 +231,31 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
         }
     }
 
-    // Restart it on the same ports: agents reconnect and it answers again.
+    // Restart it on the same ports: agents reconnect, it holds its own
+    // nodes again, and it answers for the cluster.
     aggs[1] = replicas.start(1).await;
     assert!(
         wait_full(&aggs[1], &node_names).await,
         "restarted replica: {}",
         aggs[1].proc.log_text()
+    );
+    let owned = node_names
+        .iter()
+        .filter(|n| ring::owns(&replicas.ids, n, 2, &replicas.ids[1]))
+        .count();
+    let mut back = false;
+    for _ in 0..60 {
+        let url = format!("{}/metrics", aggs[1].api_url());
+        let (_, _, body) = https::get(&url, &aggs[1].ca, &[]).await.unwrap();
+        if body.contains(&format!("metrics_aggregator_nodes {owned}")) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        back,
+        "ownership of {owned} nodes returns to the restarted replica"
     );
     drop(agents);
 }
