@@ -67,20 +67,18 @@ impl Store {
             .filter(|e| e.expires > now)
     }
 
-    /// Live node entries with node usage, sorted by name.
+    /// Live node entries with node usage, in no particular order.
     pub fn nodes(&self, now: Instant) -> Vec<Arc<NodeEntry>> {
-        let mut out: Vec<_> = self
-            .nodes
+        self.nodes
             .iter()
             .filter(|e| e.expires > now && e.node.is_some())
             .map(|e| Arc::clone(e.value()))
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+            .collect()
     }
 
-    /// Live pods, optionally of one namespace, sorted by namespace and
-    /// name; a pod reported by two nodes (moved) keeps its freshest copy.
+    /// Live pods, optionally of one namespace, in no particular order; a
+    /// pod reported by two nodes (it moved) appears twice, and
+    /// `query::merge` keeps the freshest copy while it orders the answer.
     pub fn pods(&self, namespace: Option<&str>, now: Instant) -> Vec<PodHit> {
         let mut out = Vec::new();
         for e in self.nodes.iter() {
@@ -101,11 +99,6 @@ impl Store {
                 index,
             }));
         }
-        out.sort_by(|a, b| {
-            let (a, b) = (a.pod(), b.pod());
-            (&a.namespace, &a.name, b.timestamp_ns).cmp(&(&b.namespace, &b.name, a.timestamp_ns))
-        });
-        out.dedup_by(|b, a| a.pod().namespace == b.pod().namespace && a.pod().name == b.pod().name);
         out
     }
 
@@ -168,7 +161,8 @@ mod tests {
     }
 
     fn names(hits: &[PodHit]) -> Vec<String> {
-        hits.iter()
+        let mut names: Vec<String> = hits
+            .iter()
             .map(|h| {
                 format!(
                     "{}/{}@{}",
@@ -177,7 +171,9 @@ mod tests {
                     h.pod().timestamp_ns
                 )
             })
-            .collect()
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
@@ -196,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn pods_sorted_by_namespace_then_name_and_freshest_wins() {
+    fn pods_by_namespace_with_every_copy() {
         let store = Store::new();
         let t0 = Instant::now();
         store.insert(
@@ -208,15 +204,16 @@ mod tests {
             )
             .unwrap(),
         );
-        // The pod moved: n2 has a fresher copy of b/x.
+        // The pod moved: n2 has a fresher copy of b/x; both are returned
+        // (query::merge keeps the fresher).
         store
             .insert(to_entry(&report("n2", &[("b", "x", 9), ("c", "w", 1)]), None, t0, 3).unwrap());
         assert_eq!(
             names(&store.pods(None, t0)),
-            ["a/y@5", "a/z@5", "b/x@9", "c/w@1"]
+            ["a/y@5", "a/z@5", "b/x@5", "b/x@9", "c/w@1"]
         );
         assert_eq!(names(&store.pods(Some("a"), t0)), ["a/y@5", "a/z@5"]);
-        assert_eq!(names(&store.pods(Some("b"), t0)), ["b/x@9"]);
+        assert_eq!(names(&store.pods(Some("b"), t0)), ["b/x@5", "b/x@9"]);
         assert!(store.pods(Some("zz"), t0).is_empty());
     }
 }
