@@ -54,6 +54,30 @@ pub struct FakeNode {
     pub extra_lines: Vec<String>,
 }
 
+impl FakeNode {
+    /// A node using a quarter core and 1 GiB, with one pod
+    /// `ns/pod-on-<node>` whose container `c` uses 0.05 cores and 1 MiB.
+    pub fn one_pod(node: &str) -> Self {
+        FakeNode {
+            cores: 0.25,
+            memory: 1 << 30,
+            pods: vec![FakePod {
+                uid: pod_uid(node),
+                namespace: "ns".into(),
+                name: format!("pod-on-{node}"),
+                labels: BTreeMap::new(),
+                containers: vec![FakeContainer {
+                    name: "c".into(),
+                    id: container_id(node),
+                    cores: 0.05,
+                    memory: 1 << 20,
+                }],
+            }],
+            extra_lines: vec![],
+        }
+    }
+}
+
 /// A running fake kubelet; stops when dropped.
 pub struct FakeKubelet {
     pub addr: SocketAddr,

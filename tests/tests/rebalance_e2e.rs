@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use metrics_e2e::cgroupfs::write_atomic;
 use metrics_e2e::https;
-use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
+use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
 use metrics_proto::ring;
 use serde_json::Value;
@@ -106,23 +106,7 @@ async fn a_joining_replica_takes_its_nodes_without_a_gap() {
     std::fs::write(&token, "tok").unwrap();
     let mut keep = Vec::new();
     for name in &names {
-        let node = FakeNode {
-            cores: 0.2,
-            memory: 1 << 30,
-            pods: vec![FakePod {
-                uid: kubelet::pod_uid(name),
-                namespace: "ns".into(),
-                name: format!("p-{name}"),
-                labels: Default::default(),
-                containers: vec![FakeContainer {
-                    name: "c".into(),
-                    id: kubelet::container_id(name),
-                    cores: 0.01,
-                    memory: 1 << 20,
-                }],
-            }],
-            extra_lines: vec![],
-        };
+        let node = FakeNode::one_pod(name);
         let k = kubelet::start(node, "tok", dir.path()).await.unwrap();
         let args = [
             k.agent_flags(&token),

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
-use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
+use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
 
 async fn node_served(agg: &AggregatorProc, within: Duration) -> bool {
@@ -28,23 +28,7 @@ async fn agent_reconnects_after_aggregator_restart() {
     metrics_proto::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let mut agg = start_aggregator(dir.path(), &[]).await.unwrap();
-    let node = FakeNode {
-        cores: 0.5,
-        memory: 1 << 30,
-        pods: vec![FakePod {
-            uid: kubelet::pod_uid("ns/p"),
-            namespace: "ns".into(),
-            name: "p".into(),
-            labels: Default::default(),
-            containers: vec![FakeContainer {
-                name: "c".into(),
-                id: kubelet::container_id("c"),
-                cores: 0.1,
-                memory: 1 << 20,
-            }],
-        }],
-        extra_lines: vec![],
-    };
+    let node = FakeNode::one_pod("node-r");
     let k = kubelet::start(node, "t", dir.path()).await.unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "t").unwrap();

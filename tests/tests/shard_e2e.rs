@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
-use metrics_e2e::kubelet::{self, FakeContainer, FakeKubelet, FakeNode, FakePod};
+use metrics_e2e::kubelet::{self, FakeKubelet, FakeNode};
 use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc, Proc};
 use metrics_proto::ring;
 use serde_json::Value;
@@ -127,23 +127,7 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
     let token = dir.path().join("token");
     std::fs::write(&token, "tok").unwrap();
     for name in &node_names {
-        let node = FakeNode {
-            cores: 0.25,
-            memory: 1 << 30,
-            pods: vec![FakePod {
-                uid: kubelet::pod_uid(name),
-                namespace: "ns".into(),
-                name: format!("pod-on-{name}"),
-                labels: Default::default(),
-                containers: vec![FakeContainer {
-                    name: "c".into(),
-                    id: kubelet::container_id(name),
-                    cores: 0.05,
-                    memory: 1 << 20,
-                }],
-            }],
-            extra_lines: vec![],
-        };
+        let node = FakeNode::one_pod(name);
         let k = kubelet::start(node, "tok", dir.path()).await.unwrap();
         // Each agent knows one replica only; the shard map it gets there
         // sends it to its node's two owners.
