@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use metrics_e2e::fixtures::fixture;
@@ -609,5 +608,4 @@ async fn aggregator_refuses_anonymous_off_loopback() {
         Some(64),
         "no auth and no anonymous flag must not serve"
     );
-    let _ = Path::new("");
 }
