@@ -10,7 +10,6 @@ pub mod pods;
 pub mod rates;
 pub mod router;
 pub mod source;
-pub mod tls;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +23,8 @@ use crate::collect::Collector;
 use crate::pods::PodCache;
 use crate::source::cgroup::CgroupSource;
 use crate::source::{host::HostSource, kubelet::KubeletSource, Source};
-use crate::tls::Verify;
 use crate::transport::Target;
+use metrics_proto::tls::{self as tls, Verify};
 
 /// CA of the cluster as mounted into every pod.
 pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";

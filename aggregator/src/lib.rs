@@ -155,11 +155,11 @@ impl Aggregator {
             .clone()
             .unwrap_or_else(|| self.identity.cert.clone());
         let verify = if a.peer_insecure_tls {
-            metrics_agent::tls::Verify::Insecure
+            metrics_proto::tls::Verify::Insecure
         } else {
-            metrics_agent::tls::Verify::CaFile(&ca)
+            metrics_proto::tls::Verify::CaFile(&ca)
         };
-        let tls = metrics_agent::tls::client_config(verify, &[b"h2"])?;
+        let tls = metrics_proto::tls::client_config(verify, &[b"h2"])?;
         Ok(cluster::Cluster::new(
             shard.clone(),
             Some(tls),

@@ -1,6 +1,16 @@
-//! RFC 3339 times as Kubernetes writes them (UTC, whole seconds on output),
-//! shared by the agent (parsing pod status times) and the aggregator
-//! (rendering metrics.k8s.io timestamps).
+//! Time helpers both sides use: nanoseconds since the epoch, and RFC 3339
+//! as Kubernetes writes it (UTC, whole seconds on output) for the agent
+//! (parsing pod status times) and the aggregator (rendering timestamps).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the epoch of `t` (negative before 1970).
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
 
 /// `"2022-01-27T18:48:33Z"` for `unix_nanos` (fraction truncated, as
 /// metav1.Time marshals).

@@ -8,7 +8,7 @@
 //! dropped alone instead of taking its whole pod with it.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::batch::{Batch, PodRef, Point};
 use crate::source::prom::{self, Sample};
@@ -72,13 +72,7 @@ fn classify(name: &str) -> Option<(bool, Field)> {
     })
 }
 
-/// Nanoseconds since the epoch of `t` (negative before 1970).
-pub fn unix_nanos(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
-}
+pub use metrics_proto::time::unix_nanos;
 
 fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) {
     match field {

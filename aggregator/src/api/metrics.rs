@@ -68,7 +68,7 @@ fn resource(kind: Kind) -> &'static str {
 }
 
 fn now_rfc3339() -> String {
-    rfc3339(metrics_agent::source::decode::unix_nanos(SystemTime::now()))
+    rfc3339(metrics_proto::time::unix_nanos(SystemTime::now()))
 }
 
 fn list_body(kind: &str, hits: &[Hit]) -> Vec<u8> {
