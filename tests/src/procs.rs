@@ -230,3 +230,23 @@ pub fn agent_metrics_addr(log: &str) -> Option<SocketAddr> {
     let end = start + line[start..].find(')')?;
     line[start..end].parse().ok()
 }
+
+/// A port the OS picked on 127.0.0.1, freed for a process that must be
+/// told its port before it starts (replicas listing each other).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A self-signed certificate for 127.0.0.1 shared by several replicas:
+/// (certificate path, key path) in `dir`.
+pub fn shared_cert(dir: &Path) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap_or_else(|e| panic!("certificate: {e}"));
+    let (cert, key) = (dir.join("shared.crt"), dir.join("shared.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    (cert.display().to_string(), key.display().to_string())
+}

@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 use metrics_e2e::cgroupfs::write_atomic;
 use metrics_e2e::https;
 use metrics_e2e::kubelet::{self, FakeNode};
-use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
+use metrics_e2e::procs::{free_port, shared_cert, start_agent, start_aggregator, AggregatorProc};
 use metrics_proto::ring;
 use serde_json::Value;
 
 const NODES: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn peers_text(ids: &[String], ports: &[u16]) -> String {
     ids.iter()
@@ -86,13 +78,7 @@ async fn start(
 async fn a_joining_replica_takes_its_nodes_without_a_gap() {
     metrics_proto::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let cert = (
-        dir.path().join("c.crt").display().to_string(),
-        dir.path().join("c.key").display().to_string(),
-    );
-    std::fs::write(&cert.0, c.cert.pem()).unwrap();
-    std::fs::write(&cert.1, c.signing_key.serialize_pem()).unwrap();
+    let cert = shared_cert(dir.path());
     let ids: Vec<String> = (0..3).map(|i| format!("agg-{i}")).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers_file = dir.path().join("peers");

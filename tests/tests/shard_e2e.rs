@@ -6,36 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
 use metrics_e2e::kubelet::{self, FakeKubelet, FakeNode};
-use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc, Proc};
+use metrics_e2e::procs::{
+    free_port, shared_cert, start_agent, start_aggregator, AggregatorProc, Proc,
+};
 use metrics_proto::ring;
 use serde_json::Value;
 
 const REPLICAS: usize = 3;
 const NODES: usize = 6;
 const PEER_TIMEOUT_MS: u64 = 500;
-
-/// A port the OS picked for us (freed for the replica to bind).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn shared_cert(dir: &Path) -> (String, String) {
-    let c =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert, key) = (dir.join("shared.crt"), dir.join("shared.key"));
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    (cert.display().to_string(), key.display().to_string())
-}
 
 struct Replicas {
     dir: std::path::PathBuf,
