@@ -104,6 +104,11 @@ pub struct Args {
     #[arg(long, env = "AGGREGATOR_INSECURE_TLS")]
     pub aggregator_insecure_tls: bool,
 
+    /// ServiceAccount token sent to aggregators (a projected token with their audience);
+    /// re-read for every new stream, so rotation needs no restart.
+    #[arg(long, env = "AGGREGATOR_TOKEN_FILE")]
+    pub aggregator_token_file: Option<PathBuf>,
+
     /// Serve /metrics and /healthz over plain HTTP on this address (off when unset).
     #[arg(long, env = "METRICS_BIND_ADDRESS")]
     pub metrics_bind_address: Option<SocketAddr>,

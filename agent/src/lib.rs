@@ -102,6 +102,8 @@ pub struct Agent {
     pub router: router::Router,
     pub metrics: Arc<metrics::AgentMetrics>,
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Token file sent as a bearer token on every stream.
+    pub token_file: Option<Arc<std::path::Path>>,
 }
 
 impl Agent {
@@ -172,6 +174,7 @@ impl Agent {
             router,
             metrics,
             registry: Arc::new(registry),
+            token_file: args.aggregator_token_file.as_deref().map(Arc::from),
         })
     }
 
@@ -194,6 +197,7 @@ impl Agent {
             metrics: Arc::clone(&self.metrics),
             maps: maps_tx,
             last_ack_ms: Arc::default(),
+            token_file: self.token_file.clone(),
         };
         tasks.spawn(self.router.run(ctx, maps_rx, cancel.clone()));
         let publish = move |r| {

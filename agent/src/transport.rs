@@ -30,6 +30,8 @@ pub struct SenderCtx {
     pub maps: mpsc::Sender<ShardMap>,
     /// Unix ms of the last accepted report on any stream.
     pub last_ack_ms: Arc<AtomicI64>,
+    /// Bearer token file, read when a stream opens.
+    pub token_file: Option<Arc<std::path::Path>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -48,6 +50,9 @@ pub enum TransportError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The token file could not be read or is not a valid header value.
+    #[error("token file {path}: {reason}")]
+    Token { path: String, reason: String },
     /// The stream failed or the aggregator refused it.
     #[error("stream to {url}: {source}")]
     Stream {
@@ -128,8 +133,22 @@ async fn stream_once(
     if let Some(r) = reports.borrow_and_update().clone() {
         send(&r);
     }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(path) = &ctx.token_file {
+        let token_err = |reason: String| TransportError::Token {
+            path: path.display().to_string(),
+            reason,
+        };
+        let token = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| token_err(e.to_string()))?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| token_err("not a valid header value".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut inbound = client
-        .report(ReceiverStream::new(rx))
+        .report(request)
         .await
         .map_err(stream_err)?
         .into_inner();

@@ -45,9 +45,17 @@ pub struct Args {
     #[arg(long = "tls-san", env = "TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
 
-    /// Serve every request without authentication or authorization; only on a loopback --bind-address.
+    /// Serve every request and accept every agent without authentication or authorization;
+    /// only on a loopback --bind-address.
     #[arg(long, env = "INSECURE_ALLOW_ANONYMOUS")]
     pub insecure_allow_anonymous: bool,
+
+    /// How often the serving certificate files are checked for a change.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "TLS_RELOAD_INTERVAL")]
+    pub tls_reload_interval: Duration,
+
+    #[command(flatten, next_help_heading = "Authentication and authorization")]
+    pub auth: crate::auth::args::AuthArgs,
 
     /// A node's data expires after this many of its reporting periods without a report.
     #[arg(long, default_value_t = 3, env = "NODE_EXPIRY_PERIODS")]
@@ -134,8 +142,6 @@ fn parse_peer(s: &str) -> Result<PeerArg, String> {
 /// A flag combination that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
-    #[error("authentication is not available in this build: serve with --insecure-allow-anonymous on a loopback --bind-address, or use --standalone")]
-    NoAuth,
     #[error("--insecure-allow-anonymous serves anyone who can connect; it requires a loopback --bind-address, got {0}")]
     AnonymousNotLoopback(IpAddr),
     #[error("--metric-resolution must be at least 1s, got {0:?}")]
@@ -157,10 +163,7 @@ impl Args {
             }
             self.insecure_allow_anonymous = true;
         }
-        if !self.insecure_allow_anonymous {
-            return Err(ArgsError::NoAuth);
-        }
-        if !self.bind_address.is_loopback() {
+        if self.insecure_allow_anonymous && !self.bind_address.is_loopback() {
             return Err(ArgsError::AnonymousNotLoopback(self.bind_address));
         }
         if self.metric_resolution < Duration::from_secs(1) {
@@ -215,7 +218,10 @@ mod tests {
 
     #[test]
     fn anonymous_only_on_loopback() {
-        assert!(matches!(parse(&[]).validate(), Err(ArgsError::NoAuth)));
+        assert!(
+            parse(&[]).validate().is_ok(),
+            "delegated auth on any address"
+        );
         assert!(matches!(
             parse(&["--insecure-allow-anonymous"]).validate(),
             Err(ArgsError::AnonymousNotLoopback(_))

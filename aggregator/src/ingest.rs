@@ -17,6 +17,7 @@ use metrics_proto::v1::ingest_server::{Ingest, IngestServer};
 use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
+use crate::auth::agents::{wrong_node, AgentAuth, AgentIdentity};
 use crate::metrics::AggregatorMetrics;
 use crate::report::to_entry;
 use crate::shard::SharedShard;
@@ -27,6 +28,7 @@ use crate::store::Store;
 pub struct IngestService {
     store: Arc<Store>,
     shard: Option<SharedShard>,
+    agents: Option<Arc<AgentAuth>>,
     metrics: Arc<AggregatorMetrics>,
     expiry_periods: u32,
     cancel: CancellationToken,
@@ -42,6 +44,7 @@ impl IngestService {
         Self {
             store,
             shard: None,
+            agents: None,
             metrics,
             expiry_periods,
             cancel,
@@ -52,6 +55,13 @@ impl IngestService {
     /// shard map (again whenever it changes).
     pub fn with_shard(mut self, shard: SharedShard) -> Self {
         self.shard = Some(shard);
+        self
+    }
+
+    /// Accepts only streams carrying an allowed agent's token, and from a
+    /// token bound to a node only reports for that node.
+    pub fn with_agent_auth(mut self, agents: Arc<AgentAuth>) -> Self {
+        self.agents = Some(agents);
         self
     }
 
@@ -115,6 +125,17 @@ impl Ingest for IngestService {
         request: Request<Streaming<NodeReport>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
         let peer = request.remote_addr();
+        let identity: Option<AgentIdentity> = match &self.agents {
+            None => None,
+            Some(agents) => match agents.check(request.metadata()).await {
+                Ok(id) => Some(id),
+                Err(status) => {
+                    self.metrics.refused_stream(status.code());
+                    tracing::warn!(?peer, error = %status.message(), "agent stream refused");
+                    return Err(status);
+                }
+            },
+        };
         let mut inbound = request.into_inner();
         // Small: an agent that does not read its acks stops being read.
         let (tx, rx) = mpsc::channel(4);
@@ -140,6 +161,15 @@ impl Ingest for IngestService {
                             break;
                         }
                     };
+                    if let Some(status) = identity
+                        .as_ref()
+                        .and_then(|id| wrong_node(id, &report.node_name))
+                    {
+                        this.metrics.refused_stream(status.code());
+                        tracing::warn!(error = %status.message(), "agent stream refused");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
                     if let Some(shard) = this.shard.as_ref().map(SharedShard::get) {
                         if map_sent != Some(shard.map.version) {
                             let map = AggregatorMessage {

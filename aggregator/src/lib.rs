@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod args;
+pub mod auth;
 pub mod cluster;
 pub mod format;
 pub mod ingest;
@@ -48,6 +49,8 @@ pub enum StartError {
     PeerUrl(#[from] metrics_proto::channel::UrlError),
     #[error(transparent)]
     PeersFile(#[from] shard::PeersFileError),
+    #[error(transparent)]
+    Auth(#[from] auth::setup::SetupError),
 }
 
 impl StartError {
@@ -59,6 +62,7 @@ impl StartError {
                 | StartError::Serving(_)
                 | StartError::PeerTls(_)
                 | StartError::PeerUrl(_)
+                | StartError::Auth(_)
         )
     }
 }
@@ -69,6 +73,8 @@ pub struct Aggregator {
     api: TcpListener,
     grpc: TcpListener,
     identity: tls::Identity,
+    cert: Arc<tls::ReloadingCert>,
+    delegated: Option<auth::setup::Delegated>,
     store: Arc<Store>,
     shard: Option<shard::SharedShard>,
 }
@@ -95,8 +101,13 @@ impl Aggregator {
             &args.cert_dir,
             &names,
         )?;
-        // Fail on a bad key pair before binding.
-        tls::server_config(&identity, &[])?;
+        // Fails on a bad key pair before binding.
+        let cert = tls::ReloadingCert::new(&identity)?;
+        let delegated = if args.insecure_allow_anonymous {
+            None
+        } else {
+            Some(auth::setup::setup(&args.auth).await?)
+        };
         let members = match &args.peers_file {
             Some(path) => Some(shard::read_peers_file(path)?),
             None if !args.peers.is_empty() => Some(
@@ -121,6 +132,8 @@ impl Aggregator {
             api,
             grpc,
             identity,
+            cert,
+            delegated,
             store: Arc::new(Store::new()),
             shard,
         })
@@ -182,15 +195,43 @@ impl Aggregator {
         if let Some(shard) = &self.shard {
             ingest = ingest.with_shard(shard.clone());
         }
-        let api_tls = tls::server_config(&self.identity, &[b"h2", b"http/1.1"])?;
+        let auth = self.delegated.as_ref().map(|d| Arc::clone(&d.auth));
+        if let Some(d) = &self.delegated {
+            ingest = ingest.with_agent_auth(Arc::clone(&d.agents));
+        }
+        let api_tls = tls::server_config(
+            Arc::clone(&self.cert),
+            &[b"h2", b"http/1.1"],
+            auth.is_some(),
+        );
+        let grpc_tls = tls::server_config(Arc::clone(&self.cert), &[b"h2"], false);
         let cluster = Arc::new(self.cluster(&mut registry)?);
-        let app = api::router(api::AppState {
-            store: Arc::clone(&self.store),
-            cluster,
-            metrics,
-            registry: Arc::new(registry),
-        });
+        let app = api::router(
+            api::AppState {
+                store: Arc::clone(&self.store),
+                cluster,
+                metrics,
+                registry: Arc::new(registry),
+            },
+            auth,
+        );
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&self.cert).watch(
+            self.identity.clone(),
+            self.args.tls_reload_interval,
+            cancel.clone(),
+        ));
+        if let Some(d) = &self.delegated {
+            let flags = self.args.auth.flags();
+            if auth::config::AuthConfig::needs_configmap(&flags) {
+                tasks.spawn(auth::watch::watch(
+                    d.authn_client.clone(),
+                    flags,
+                    Arc::clone(&d.auth.authn),
+                    cancel.clone(),
+                ));
+            }
+        }
         tasks.spawn(Arc::clone(&self.store).sweep_loop(Duration::from_secs(5), cancel.clone()));
         if let (Some(path), Some(shard)) = (&self.args.peers_file, &self.shard) {
             tasks.spawn(shard::watch_peers_file(
@@ -214,7 +255,7 @@ impl Aggregator {
         let peer = cluster::PeerService::new(Arc::clone(&self.store));
         tasks.spawn(serve_grpc(
             self.grpc,
-            self.identity.clone(),
+            grpc_tls,
             ingest,
             peer,
             cancel.clone(),
@@ -226,38 +267,16 @@ impl Aggregator {
 
 async fn serve_grpc(
     listener: TcpListener,
-    id: tls::Identity,
+    tls: Arc<rustls::ServerConfig>,
     ingest: IngestService,
     peer: cluster::PeerService,
     cancel: CancellationToken,
 ) {
-    let tls = match (std::fs::read(&id.cert), std::fs::read(&id.key)) {
-        (Ok(cert), Ok(key)) => tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert, key)),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "reading the serving certificate for gRPC");
-            cancel.cancel();
-            return;
-        }
-    };
-    let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map(|b| {
-            b.max_concurrent_streams(Some(8))
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .tcp_nodelay(true)
-        });
-    let mut builder = match server {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "gRPC TLS configuration");
-            cancel.cancel();
-            return;
-        }
-    };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = builder
+    let incoming = server::tls_incoming(listener, tls, cancel.clone());
+    let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(8))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(ingest.into_server())
         .add_service(peer.into_server())
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())

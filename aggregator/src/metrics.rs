@@ -18,6 +18,8 @@ pub struct AggregatorMetrics {
     pub streams: Gauge,
     /// Nodes held (set when scraped).
     pub nodes: Gauge,
+    /// Agent streams ended by authentication or authorization, by gRPC `code`.
+    pub refused_streams: Family<ResultLabel, Counter>,
 }
 
 impl AggregatorMetrics {
@@ -40,7 +42,22 @@ impl AggregatorMetrics {
             "Nodes with data in the store, expired ones until swept",
             m.nodes.clone(),
         );
+        sub.register(
+            "agent_streams_refused",
+            "Agent streams refused for their identity, by gRPC code",
+            m.refused_streams.clone(),
+        );
         m
+    }
+
+    pub fn refused_stream(&self, code: tonic::Code) {
+        let code = match code {
+            tonic::Code::Unauthenticated => "Unauthenticated",
+            tonic::Code::PermissionDenied => "PermissionDenied",
+            tonic::Code::Unavailable => "Unavailable",
+            _ => "Other",
+        };
+        self.refused_streams.get_or_create(&[("code", code)]).inc();
     }
 
     pub fn report(&self, accepted: bool) {

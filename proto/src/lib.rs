@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod duration;
+pub mod kubeclient;
 pub mod ring;
 pub mod runtime;
 pub mod time;

@@ -37,3 +37,83 @@ pub async fn get(
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// One HTTP/1.1 connection over TLS, optionally presenting a client
+/// certificate; requests reuse it, so tests can act between them.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: String,
+    /// The server's certificate as seen in this connection's handshake.
+    pub server_cert: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// Opens a connection to `addr` trusting `ca`, presenting `client` if given.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    client: Option<&crate::pki::Pair>,
+) -> anyhow::Result<Conn> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in metrics_proto::tls::load_certs(ca)? {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut tls = match client {
+        Some(pair) => builder.with_client_auth_cert(
+            metrics_proto::tls::load_certs(&pair.cert)?,
+            metrics_proto::tls::load_key(&pair.key)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await?;
+    let server_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+        .ok_or_else(|| anyhow::anyhow!("no server certificate"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(Conn {
+        sender,
+        host: addr.to_string(),
+        server_cert,
+    })
+}
+
+impl Conn {
+    /// GETs `path` with `headers` on this connection.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, String)> {
+        self.sender.ready().await?;
+        let mut req = Request::get(path).header("host", &self.host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.sender.send_request(req.body(Empty::new())?).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// GETs `path` on a new connection to `addr` (see [`connect`]).
+pub async fn get_as(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    client: Option<&crate::pki::Pair>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(StatusCode, String)> {
+    connect(addr, ca, client).await?.get(path, headers).await
+}

@@ -118,12 +118,28 @@ fn parse_addr(line: &str, key: &str) -> anyhow::Result<SocketAddr> {
 
 /// Starts an anonymous loopback aggregator in `dir` with `extra` flags.
 pub async fn start_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<AggregatorProc> {
+    start_aggregator_with(dir, true, extra).await
+}
+
+/// Starts a loopback aggregator with delegated authentication (flags such
+/// as `--kubeconfig` in `extra`).
+pub async fn start_secure_aggregator(dir: &Path, extra: &[&str]) -> anyhow::Result<AggregatorProc> {
+    start_aggregator_with(dir, false, extra).await
+}
+
+async fn start_aggregator_with(
+    dir: &Path,
+    anonymous: bool,
+    extra: &[&str],
+) -> anyhow::Result<AggregatorProc> {
     let cert_dir = dir.join("certs");
     let mut args: Vec<String> = vec![
         "--bind-address=127.0.0.1".into(),
-        "--insecure-allow-anonymous".into(),
         format!("--cert-dir={}", cert_dir.display()),
     ];
+    if anonymous {
+        args.push("--insecure-allow-anonymous".into());
+    }
     // OS-chosen ports unless the caller names them.
     for flag in ["--secure-port", "--grpc-port"] {
         if !extra.iter().any(|e| e.starts_with(flag)) {

@@ -27,9 +27,9 @@ pub struct AppState {
 
 const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";
 
-/// The full router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The full router; every request goes through `auth` when given.
+pub fn router(state: AppState, auth: Option<Arc<crate::auth::Auth>>) -> Router {
+    let router = Router::new()
         .route(
             "/apis",
             get(|h: HeaderMap| async move { discovery::apis(&h) }),
@@ -59,7 +59,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(self_metrics))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    match auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::middleware,
+        )),
+        None => router,
+    }
 }
 
 async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Response {

@@ -6,6 +6,7 @@ use http::{header, StatusCode};
 use serde::Serialize;
 
 use crate::api::selector::SelectorError;
+use crate::auth::attributes::Attributes;
 
 /// An API request that cannot be answered with an object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +29,72 @@ pub enum ApiError {
         verb: String,
         resource: &'static str,
     },
+    /// Credentials were presented and not accepted.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The authorizer said no.
+    #[error("{}", forbidden_message(.user, .attrs, .reason))]
+    Forbidden {
+        user: String,
+        attrs: Box<Attributes>,
+        reason: String,
+    },
+    /// A review could not be made.
+    #[error("Internal error occurred: {0}")]
+    Internal(String),
+}
+
+/// k8s.io/apiserver's wording: `pods.metrics.k8s.io is forbidden: User "u"
+/// cannot list resource "pods" in API group "metrics.k8s.io" in the
+/// namespace "ns"`, or `forbidden: User "u" cannot get path "/apis"`.
+fn forbidden_message(user: &str, attrs: &Attributes, reason: &str) -> String {
+    let (head, what) = match attrs {
+        Attributes::NonResource { verb, path } => (
+            "forbidden".to_owned(),
+            format!("User {user:?} cannot {verb} path {path:?}"),
+        ),
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            ..
+        } => {
+            let qualified = if group.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}.{group}")
+            };
+            let head = if name.is_empty() {
+                format!("{qualified} is forbidden")
+            } else {
+                format!("{qualified} {name:?} is forbidden")
+            };
+            let full = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            let scope = if namespace.is_empty() {
+                "at the cluster scope".to_owned()
+            } else {
+                format!("in the namespace {namespace:?}")
+            };
+            (
+                head,
+                format!(
+                    "User {user:?} cannot {verb} resource {full:?} in API group {group:?} {scope}"
+                ),
+            )
+        }
+    };
+    if reason.is_empty() {
+        format!("{head}: {what}")
+    } else {
+        format!("{head}: {what}: {reason}")
+    }
 }
 
 impl From<SelectorError> for ApiError {
@@ -70,6 +137,9 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotSupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -78,6 +148,9 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::MethodNotSupported { .. } => "MethodNotAllowed",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden { .. } => "Forbidden",
+            ApiError::Internal(_) => "InternalError",
         }
     }
 
@@ -99,7 +172,29 @@ impl ApiError {
                 group: Some("metrics.k8s.io"),
                 kind: Some(resource),
             }),
-            ApiError::BadRequest(_) => None,
+            ApiError::BadRequest(_) | ApiError::Unauthorized => None,
+            ApiError::Forbidden { attrs, .. } => Some(match attrs.as_ref() {
+                Attributes::Resource {
+                    group,
+                    resource,
+                    name,
+                    ..
+                } => Details {
+                    name: (!name.is_empty()).then_some(name.as_str()),
+                    group: (!group.is_empty()).then_some(group.as_str()),
+                    kind: Some(resource.as_str()),
+                },
+                Attributes::NonResource { .. } => Details {
+                    name: None,
+                    group: None,
+                    kind: None,
+                },
+            }),
+            ApiError::Internal(_) => Some(Details {
+                name: None,
+                group: None,
+                kind: None,
+            }),
         };
         let status = Status {
             kind: "Status",
@@ -140,6 +235,57 @@ mod tests {
         assert_eq!(
             String::from_utf8(e.to_json()).unwrap(),
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"podmetrics.metrics.k8s.io \"default/nope\" not found","reason":"NotFound","details":{"name":"default/nope","group":"metrics.k8s.io","kind":"podmetrics"},"code":404}"#
+        );
+    }
+
+    #[test]
+    fn unauthorized_and_forbidden_match_the_apiserver() {
+        assert_eq!(
+            String::from_utf8(ApiError::Unauthorized.to_json()).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#
+        );
+        let path = ApiError::Forbidden {
+            user: "system:anonymous".into(),
+            attrs: Box::new(Attributes::from_request(
+                &http::Method::GET,
+                "/apis/metrics.k8s.io/v1beta1",
+                None,
+            )),
+            reason: String::new(),
+        };
+        assert_eq!(
+            String::from_utf8(path.to_json()).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"forbidden: User \"system:anonymous\" cannot get path \"/apis/metrics.k8s.io/v1beta1\"","reason":"Forbidden","details":{},"code":403}"#
+        );
+        let pods = ApiError::Forbidden {
+            user: "alice".into(),
+            attrs: Box::new(Attributes::from_request(
+                &http::Method::GET,
+                "/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods/web",
+                None,
+            )),
+            reason: "no RBAC policy matched".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&pods.to_json()).unwrap();
+        assert_eq!(
+            v["message"],
+            "pods.metrics.k8s.io \"web\" is forbidden: User \"alice\" cannot get resource \"pods\" in API group \"metrics.k8s.io\" in the namespace \"ns\": no RBAC policy matched"
+        );
+        assert_eq!(v["details"]["kind"], "pods");
+        assert_eq!(v["details"]["group"], "metrics.k8s.io");
+        assert_eq!(v["details"]["name"], "web");
+        let nodes = ApiError::Forbidden {
+            user: "bob".into(),
+            attrs: Box::new(Attributes::from_request(
+                &http::Method::GET,
+                "/apis/metrics.k8s.io/v1beta1/nodes",
+                None,
+            )),
+            reason: String::new(),
+        };
+        assert_eq!(
+            nodes.to_string(),
+            "nodes.metrics.k8s.io is forbidden: User \"bob\" cannot list resource \"nodes\" in API group \"metrics.k8s.io\" at the cluster scope"
         );
     }
 

@@ -6,7 +6,12 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-use metrics_proto::tls::{load_certs, load_key, TlsError};
+use metrics_proto::tls::TlsError;
+
+pub mod client_auth;
+pub mod reload;
+
+pub use reload::ReloadingCert;
 
 /// File names inside `--cert-dir`, as metrics-server names them.
 pub const CERT_FILE: &str = "apiserver.crt";
@@ -87,13 +92,20 @@ pub fn identity(
     Ok(id)
 }
 
-/// A rustls server config for `id` offering `alpn`.
-pub fn server_config(id: &Identity, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, ServingError> {
-    let certs = load_certs(&id.cert)?;
-    let key = load_key(&id.key)?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+/// A rustls server config serving `cert` and offering `alpn`; with
+/// `client_certs`, clients may present a certificate, checked per request.
+pub fn server_config(
+    cert: Arc<ReloadingCert>,
+    alpn: &[&[u8]],
+    client_certs: bool,
+) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder();
+    let builder = if client_certs {
+        builder.with_client_cert_verifier(client_auth::DeferredClientCert::new())
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Arc::new(config)
 }

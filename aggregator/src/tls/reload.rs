@@ -1,0 +1,84 @@
+//! The serving certificate as a hot-swappable resolver: a changed
+//! `--tls-cert-file`/`--tls-private-key-file` (including a Secret volume's
+//! `..data` symlink swap) is loaded without a restart; open connections keep
+//! the certificate they were made with, new handshakes get the new one.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+
+use super::{Identity, ServingError};
+use metrics_proto::tls::{load_certs, load_key};
+
+/// Resolves every handshake to the current certificate.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+/// Reads and checks a certificate/key pair.
+pub fn load(id: &Identity) -> Result<CertifiedKey, ServingError> {
+    let certs = load_certs(&id.cert)?;
+    let key = load_key(&id.key)?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+/// What identifies a file's version: following symlinks, so a swapped
+/// `..data` link counts as a change.
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+impl ReloadingCert {
+    pub fn new(id: &Identity) -> Result<Arc<Self>, ServingError> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(load(id)?),
+        }))
+    }
+
+    /// Polls `id`'s files every `every` and swaps in a changed, valid pair;
+    /// an invalid one is logged and the current pair kept.
+    pub async fn watch(self: Arc<Self>, id: Identity, every: Duration, cancel: CancellationToken) {
+        let mut seen = (fingerprint(&id.cert), fingerprint(&id.key));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = (fingerprint(&id.cert), fingerprint(&id.key));
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&id) {
+                Ok(ck) => {
+                    self.current.store(Arc::new(ck));
+                    tracing::info!(cert = %id.cert.display(), "serving certificate reloaded");
+                }
+                Err(e) => tracing::warn!(
+                    cert = %id.cert.display(),
+                    error = %e,
+                    "changed serving certificate not usable; keeping the current one"
+                ),
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
