@@ -109,6 +109,14 @@ pub struct Args {
     #[arg(long, env = "AGGREGATOR_TOKEN_FILE")]
     pub aggregator_token_file: Option<PathBuf>,
 
+    /// kubeconfig for watching this node's pods and Node for labels (default: in-cluster).
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Do not use the Kubernetes API; pod labels then come only from --kubelet-pod-labels.
+    #[arg(long, env = "NO_API", conflicts_with = "kubeconfig")]
+    pub no_api: bool,
+
     /// Serve /metrics and /healthz over plain HTTP on this address (off when unset).
     #[arg(long, env = "METRICS_BIND_ADDRESS")]
     pub metrics_bind_address: Option<SocketAddr>,

@@ -8,6 +8,7 @@ use metrics_proto::v1::NodeReport;
 use metrics_proto::PROTOCOL_VERSION;
 use tokio_util::sync::CancellationToken;
 
+use crate::meta::ApiLabels;
 use crate::metrics::AgentMetrics;
 use crate::pods::{PodCache, PodIndex};
 use crate::rates::RateStore;
@@ -22,6 +23,7 @@ pub struct Collector {
     metrics: Arc<AgentMetrics>,
     failing: bool,
     pods: Option<PodCache>,
+    api_labels: Option<Arc<ApiLabels>>,
 }
 
 impl Collector {
@@ -39,6 +41,7 @@ impl Collector {
             metrics,
             failing: false,
             pods: None,
+            api_labels: None,
         }
     }
 
@@ -46,6 +49,17 @@ impl Collector {
     pub fn with_pods(mut self, cache: PodCache) -> Self {
         self.pods = Some(cache);
         self
+    }
+
+    /// Takes pod and node labels from the API watch (over the kubelet's).
+    pub fn with_api_labels(mut self, labels: Arc<ApiLabels>) -> Self {
+        self.api_labels = Some(labels);
+        self
+    }
+
+    /// The node this collector reports for.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
     }
 
     /// Reads the source once and returns the report for this period. A
@@ -97,6 +111,19 @@ impl Collector {
                 }
             }
         }
+        let mut node_labels = Default::default();
+        if let Some(api) = &self.api_labels {
+            for p in &mut pods {
+                let key = crate::batch::PodRef {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                };
+                if let Some(l) = api.pod(&key) {
+                    p.labels = l.into_iter().collect();
+                }
+            }
+            node_labels = api.node().into_iter().collect();
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         self.metrics
             .last_report
@@ -106,7 +133,7 @@ impl Collector {
             node_name: self.node_name.clone(),
             sequence: 0,
             period_ms: u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX),
-            node_labels: Default::default(),
+            node_labels,
             node: self.rates.node_usage(),
             pods,
             source: self.source.name().to_owned(),

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod batch;
 pub mod collect;
+pub mod meta;
 pub mod metrics;
 pub mod pods;
 pub mod rates;
@@ -104,6 +105,17 @@ pub struct Agent {
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// Token file sent as a bearer token on every stream.
     pub token_file: Option<Arc<std::path::Path>>,
+    /// Where to reach the Kubernetes API for labels; `None`: not at all.
+    pub api: Option<ApiAccess>,
+    /// Labels from the API, shared with the collector.
+    pub labels: Arc<meta::ApiLabels>,
+}
+
+/// How the agent reaches the Kubernetes API.
+#[derive(Debug, Clone)]
+pub enum ApiAccess {
+    Kubeconfig(std::path::PathBuf),
+    InCluster,
 }
 
 impl Agent {
@@ -169,12 +181,23 @@ impl Agent {
         if let Some(cache) = pods {
             collector = collector.with_pods(cache);
         }
+        let labels = Arc::new(meta::ApiLabels::default());
+        let api = match (&args.kubeconfig, args.no_api) {
+            (_, true) => None,
+            (Some(path), false) => Some(ApiAccess::Kubeconfig(path.clone())),
+            (None, false) => Some(ApiAccess::InCluster),
+        };
+        if api.is_some() {
+            collector = collector.with_api_labels(Arc::clone(&labels));
+        }
         Ok(Self {
             collector,
             router,
             metrics,
             registry: Arc::new(registry),
             token_file: args.aggregator_token_file.as_deref().map(Arc::from),
+            api,
+            labels,
         })
     }
 
@@ -190,6 +213,26 @@ impl Agent {
                 Arc::clone(&self.registry),
                 cancel.clone(),
             ));
+        }
+        if let Some(access) = &self.api {
+            let path = match access {
+                ApiAccess::Kubeconfig(p) => Some(p.as_path()),
+                ApiAccess::InCluster => None,
+            };
+            match metrics_proto::kubeclient::client(path).await {
+                Ok(client) => {
+                    tasks.spawn(meta::watch(
+                        client,
+                        self.collector.node_name().to_owned(),
+                        Arc::clone(&self.labels),
+                        cancel.clone(),
+                    ));
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "no Kubernetes API access: reporting without API labels"
+                ),
+            }
         }
         let (maps_tx, maps_rx) = tokio::sync::mpsc::channel(8);
         let ctx = transport::SenderCtx {

@@ -81,12 +81,13 @@ pub struct FakeApiServer {
     /// The bearer token its clients use.
     pub admin_token: String,
     state: Arc<ApiState>,
+    stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.shut_down();
     }
 }
 
@@ -170,19 +171,27 @@ impl FakeApiServer {
                 authenticate,
             ))
             .with_state(Arc::clone(&state));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let (acceptor, app) = (acceptor.clone(), app.clone());
+                let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn =
+                        builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
+                    // Connections (watches included) end when the server stops.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
                 });
             }
         });
@@ -191,8 +200,16 @@ impl FakeApiServer {
             ca_file: ca.file.clone(),
             admin_token,
             state,
+            stop,
             task,
         })
+    }
+
+    /// Stops serving: the listener closes and every open connection,
+    /// watches included, is cut, as when the API server goes away.
+    pub fn shut_down(&self) {
+        self.task.abort();
+        let _ = self.stop.send(true);
     }
 
     pub fn url(&self) -> String {
@@ -319,7 +336,12 @@ async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     if let Ok(mut r) = s.requests.lock() {
-        r.push(format!("{} {}", req.method(), req.uri()));
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        r.push(format!("{} {} accept={accept}", req.method(), req.uri()));
     }
     let expected = format!("Bearer {}", s.admin_token);
     if req

@@ -39,11 +39,9 @@ fn serving(ca: &TestCa, dir: &Path, stem: &str) -> Pair {
 
 /// A TLS handshake with `addr` trusting only `ca`, offering `alpn`.
 async fn handshake(addr: std::net::SocketAddr, ca: &Path, alpn: &[u8]) -> anyhow::Result<()> {
-    let mut tls = (*metrics_proto::tls::client_config(
-        metrics_proto::tls::Verify::CaFile(ca),
-        &[alpn],
-    )?)
-    .clone();
+    let mut tls =
+        (*metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(ca), &[alpn])?)
+            .clone();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(tls))
@@ -85,7 +83,11 @@ async fn serving_certificate_swaps_under_an_open_connection() {
     publish(&vol, "2026_11_23_b", &two.cert_pem, &two.key_pem);
     let deadline = Instant::now() + Duration::from_secs(10);
     while connect(agg.api, &ca2.file, None).await.is_err() {
-        assert!(Instant::now() < deadline, "new certificate not served: {}", agg.proc.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served: {}",
+            agg.proc.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fresh = connect(agg.api, &ca2.file, None).await.unwrap();
@@ -93,7 +95,10 @@ async fn serving_certificate_swaps_under_an_open_connection() {
         fresh.server_cert.as_ref(),
         metrics_proto::tls::load_certs(&two.cert).unwrap()[0].as_ref()
     );
-    assert!(connect(agg.api, &ca1.file, None).await.is_err(), "old certificate still served");
+    assert!(
+        connect(agg.api, &ca1.file, None).await.is_err(),
+        "old certificate still served"
+    );
     handshake(agg.grpc, &ca2.file, b"h2").await.unwrap();
     assert!(handshake(agg.grpc, &ca1.file, b"h2").await.is_err());
     // The connection made before the swap was not dropped.
@@ -104,7 +109,11 @@ async fn serving_certificate_swaps_under_an_open_connection() {
     publish(&vol, "2026_11_23_c", &three.cert_pem, &two.key_pem);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agg.proc.log_text().contains("not usable") {
-        assert!(Instant::now() < deadline, "broken pair not noticed: {}", agg.proc.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "broken pair not noticed: {}",
+            agg.proc.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut after = connect(agg.api, &ca2.file, None).await.unwrap();
