@@ -152,6 +152,8 @@ pub enum ArgsError {
     NotAPeer(String),
     #[error("--replication-factor must be at least 1")]
     Replication,
+    #[error("replicas authenticate to each other: --peers and --peers-file need --peer-token-file (or --insecure-allow-anonymous on loopback)")]
+    PeerToken,
 }
 
 impl Args {
@@ -174,6 +176,10 @@ impl Args {
         }
         if self.replication_factor == 0 {
             return Err(ArgsError::Replication);
+        }
+        let multi = !self.peers.is_empty() || self.peers_file.is_some();
+        if multi && !self.insecure_allow_anonymous && self.auth.peer_token_file.is_none() {
+            return Err(ArgsError::PeerToken);
         }
         if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.shard_id()) {
             return Err(ArgsError::NotAPeer(self.shard_id()));

@@ -22,6 +22,7 @@ use metrics_proto::v1::peer_server::{Peer, PeerServer};
 use metrics_proto::v1::{QueryRequest, QueryResponse};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
+use crate::auth::callers::CallerAuth;
 use crate::query::{merge, Hit, Kind, Query};
 use crate::shard::{Shard, SharedShard};
 use crate::store::Store;
@@ -42,6 +43,8 @@ pub struct Cluster {
     map_info: Family<[(&'static str, String); 1], Gauge>,
     members: Gauge,
     observed: AtomicU64,
+    /// ServiceAccount token sent with every peer query.
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn latency_family() -> Family<[(&'static str, String); 1], Histogram> {
@@ -62,6 +65,7 @@ impl Cluster {
             map_info: Family::default(),
             members: Gauge::default(),
             observed: AtomicU64::new(0),
+            token_file: None,
         }
     }
 
@@ -103,6 +107,33 @@ impl Cluster {
         );
         c.observe();
         c
+    }
+
+    /// Sends the token in `path` (read per query) with every peer query.
+    pub fn with_token_file(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.token_file = path;
+        self
+    }
+
+    /// The `authorization` value for peer queries, if a token is configured
+    /// and readable.
+    async fn authorization(
+        &self,
+    ) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        let path = self.token_file.as_ref()?;
+        match tokio::fs::read_to_string(path).await {
+            Ok(t) => match format!("Bearer {}", t.trim()).parse() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    tracing::warn!(path = %path.display(), "peer token is not a valid header value");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "reading the peer token");
+                None
+            }
+        }
     }
 
     /// Updates the map metrics when the view changed; returns the view.
@@ -159,13 +190,22 @@ impl Cluster {
                 .collect();
         }
         let mut calls = JoinSet::new();
+        let authorization = if targets.is_empty() {
+            None
+        } else {
+            self.authorization().await
+        };
         for (id, url) in targets {
             let Some(mut client) = self.client(&url) else {
                 continue;
             };
             let (req, deadline) = (q.to_request(), self.deadline);
+            let authorization = authorization.clone();
             calls.spawn(async move {
                 let mut req = Request::new(req);
+                if let Some(v) = authorization {
+                    req.metadata_mut().insert("authorization", v);
+                }
                 req.set_timeout(deadline);
                 let started = tokio::time::Instant::now();
                 let r = tokio::time::timeout(deadline, client.query(req)).await;
@@ -212,11 +252,21 @@ impl Cluster {
 #[derive(Clone)]
 pub struct PeerService {
     store: Arc<Store>,
+    callers: Option<Arc<CallerAuth>>,
 }
 
 impl PeerService {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            callers: None,
+        }
+    }
+
+    /// Answers only callers whose token `callers` accepts.
+    pub fn with_auth(mut self, callers: Arc<CallerAuth>) -> Self {
+        self.callers = Some(callers);
+        self
     }
 
     pub fn into_server(self) -> PeerServer<Self> {
@@ -232,6 +282,12 @@ impl Peer for PeerService {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
+        if let Some(callers) = &self.callers {
+            if let Err(status) = callers.check(request.metadata()).await {
+                tracing::warn!(peer = ?request.remote_addr(), error = %status.message(), "peer query refused");
+                return Err(status);
+            }
+        }
         let q =
             Query::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.0))?;
         let objects = q

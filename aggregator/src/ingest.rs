@@ -17,7 +17,7 @@ use metrics_proto::v1::ingest_server::{Ingest, IngestServer};
 use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
-use crate::auth::agents::{wrong_node, AgentAuth, AgentIdentity};
+use crate::auth::callers::{wrong_node, Caller, CallerAuth};
 use crate::metrics::AggregatorMetrics;
 use crate::report::to_entry;
 use crate::shard::SharedShard;
@@ -28,7 +28,7 @@ use crate::store::Store;
 pub struct IngestService {
     store: Arc<Store>,
     shard: Option<SharedShard>,
-    agents: Option<Arc<AgentAuth>>,
+    agents: Option<Arc<CallerAuth>>,
     metrics: Arc<AggregatorMetrics>,
     expiry_periods: u32,
     cancel: CancellationToken,
@@ -60,7 +60,7 @@ impl IngestService {
 
     /// Accepts only streams carrying an allowed agent's token, and from a
     /// token bound to a node only reports for that node.
-    pub fn with_agent_auth(mut self, agents: Arc<AgentAuth>) -> Self {
+    pub fn with_agent_auth(mut self, agents: Arc<CallerAuth>) -> Self {
         self.agents = Some(agents);
         self
     }
@@ -125,7 +125,7 @@ impl Ingest for IngestService {
         request: Request<Streaming<NodeReport>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
         let peer = request.remote_addr();
-        let identity: Option<AgentIdentity> = match &self.agents {
+        let identity: Option<Caller> = match &self.agents {
             None => None,
             Some(agents) => match agents.check(request.metadata()).await {
                 Ok(id) => Some(id),

@@ -179,7 +179,8 @@ impl Aggregator {
             a.peer_timeout,
             Arc::clone(&self.store),
             registry,
-        ))
+        )
+        .with_token_file(a.auth.peer_token_file.clone()))
     }
 
     /// Serves until `cancel` fires, then drains.
@@ -252,7 +253,10 @@ impl Aggregator {
             println!("{info}");
         }
         tasks.spawn(server::serve_https(self.api, api_tls, app, cancel.clone()));
-        let peer = cluster::PeerService::new(Arc::clone(&self.store));
+        let mut peer = cluster::PeerService::new(Arc::clone(&self.store));
+        if let Some(d) = &self.delegated {
+            peer = peer.with_auth(Arc::clone(&d.peers));
+        }
         tasks.spawn(serve_grpc(
             self.grpc,
             grpc_tls,

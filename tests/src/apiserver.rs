@@ -657,3 +657,20 @@ pub fn service_account_token(
         audiences: audiences.iter().map(|s| s.to_string()).collect(),
     }
 }
+
+/// `kube-system/extension-apiserver-authentication` as kube-apiserver
+/// publishes it, trusting `client_ca` for client certificates and
+/// `front_proxy_ca` (CN `front-proxy-client`) for the front proxy.
+pub fn authentication_configmap(client_ca: &str, front_proxy_ca: &str) -> Value {
+    json!({
+        "metadata": {"namespace": "kube-system", "name": "extension-apiserver-authentication"},
+        "data": {
+            "client-ca-file": client_ca,
+            "requestheader-client-ca-file": front_proxy_ca,
+            "requestheader-allowed-names": "[\"front-proxy-client\"]",
+            "requestheader-username-headers": "[\"X-Remote-User\"]",
+            "requestheader-group-headers": "[\"X-Remote-Group\"]",
+            "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
+        }
+    })
+}

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use metrics_e2e::apiserver::{service_account_token, FakeApiServer, TokenEntry, API_AUDIENCE};
+use metrics_e2e::apiserver::{
+    authentication_configmap, service_account_token, FakeApiServer, TokenEntry, API_AUDIENCE,
+};
 use metrics_e2e::https::get_as;
 use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::pki::{Leaf, Pair, TestCa};
@@ -22,20 +24,6 @@ use metrics_proto::v1::{NodeReport, Usage};
 
 const V1: &str = "/apis/metrics.k8s.io/v1beta1";
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
-
-fn auth_configmap(client_ca: &str, front_proxy_ca: &str) -> Value {
-    json!({
-        "metadata": {"namespace": "kube-system", "name": "extension-apiserver-authentication"},
-        "data": {
-            "client-ca-file": client_ca,
-            "requestheader-client-ca-file": front_proxy_ca,
-            "requestheader-allowed-names": "[\"front-proxy-client\"]",
-            "requestheader-username-headers": "[\"X-Remote-User\"]",
-            "requestheader-group-headers": "[\"X-Remote-Group\"]",
-            "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
-        }
-    })
-}
 
 /// alice may read pods in "ns"; bob may read nodes; carol may read
 /// everything; the aggregator's discovery identity may GET the group
@@ -130,7 +118,7 @@ async fn start(dir: &Path) -> Cluster {
     let api = FakeApiServer::start(dir).await.unwrap();
     api.apply(
         "configmaps",
-        auth_configmap(&pki.client_ca.pem, &pki.front_proxy_ca.pem),
+        authentication_configmap(&pki.client_ca.pem, &pki.front_proxy_ca.pem),
     );
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
@@ -432,7 +420,7 @@ async fn delegated_authentication_and_authorization() {
     assert_eq!(code, 401);
     c.api.apply(
         "configmaps",
-        auth_configmap(&c.pki.client_ca2.pem, &c.pki.front_proxy_ca.pem),
+        authentication_configmap(&c.pki.client_ca2.pem, &c.pki.front_proxy_ca.pem),
     );
     wait_for(
         "the rotated client CA",
@@ -532,7 +520,7 @@ async fn agents_prove_identity_and_report_only_for_their_node() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    assert_eq!(e.message(), "invalid agent token: token has expired");
+    assert_eq!(e.message(), "invalid token: token has expired");
 
     let e = stream_as(&c.agg, Some("agent-wrong-audience"), "node-a")
         .await

@@ -76,7 +76,7 @@ pub struct AuthArgs {
     )]
     pub authorization_always_allow_paths: Vec<String>,
 
-    /// Audience agents' tokens must be issued for.
+    /// Audience the tokens of agents and peer replicas must be issued for.
     #[arg(
         long,
         default_value = "metrics-aggregator",
@@ -92,6 +92,20 @@ pub struct AuthArgs {
         env = "AGENT_SERVICE_ACCOUNTS"
     )]
     pub agent_service_accounts: Vec<String>,
+
+    /// ServiceAccounts (NAMESPACE/NAME) whose tokens may query this replica as a peer.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kube-system/metrics-aggregator",
+        env = "PEER_SERVICE_ACCOUNTS"
+    )]
+    pub peer_service_accounts: Vec<String>,
+
+    /// ServiceAccount token (audience --agent-token-audience) sent with queries to peers;
+    /// re-read for every query, so rotation needs no restart.
+    #[arg(long, env = "PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
 }
 
 impl AuthArgs {

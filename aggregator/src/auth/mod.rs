@@ -1,12 +1,12 @@
 //! Delegated authentication and authorization, as an extension API server
 //! behind kube-apiserver's aggregation layer does it.
 
-pub mod agents;
 pub mod args;
 pub mod attributes;
 pub mod authn;
 pub mod authz;
 pub mod cache;
+pub mod callers;
 pub mod config;
 pub mod request_header;
 pub mod setup;

@@ -1,16 +1,16 @@
 //! Builds delegated authentication and authorization from flags: Kubernetes
 //! clients, the initial configuration (flags, then the ConfigMap), and the
-//! agents' token check.
+//! token checks of agents and peer replicas.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_proto::kubeclient::{self, KubeClientError};
 
-use super::agents::AgentAuth;
 use super::args::AuthArgs;
 use super::authn::Authenticator;
 use super::authz::{AllowPaths, Authorizer};
+use super::callers::{CallerAuth, Purpose};
 use super::config::{AuthConfig, ConfigError};
 use super::token::TokenReviewer;
 use super::Auth;
@@ -30,7 +30,8 @@ pub enum SetupError {
 /// Everything delegated auth needs at run time.
 pub struct Delegated {
     pub auth: Arc<Auth>,
-    pub agents: Arc<AgentAuth>,
+    pub agents: Arc<CallerAuth>,
+    pub peers: Arc<CallerAuth>,
     /// Client for the ConfigMap watch (the authentication kubeconfig).
     pub authn_client: kube::Client,
 }
@@ -64,17 +65,23 @@ pub async fn setup(args: &AuthArgs) -> Result<Delegated, SetupError> {
         args.authorization_webhook_cache_authorized_ttl,
         args.authorization_webhook_cache_unauthorized_ttl,
     );
-    let agents = AgentAuth::new(
+    let reviewer = || {
         TokenReviewer::new(
             authn_client.clone(),
             vec![args.agent_token_audience.clone()],
             ttl,
-        ),
-        &args.agent_service_accounts,
+        )
+    };
+    let agents = CallerAuth::new(reviewer(), &args.agent_service_accounts, Purpose::Reports);
+    let peers = CallerAuth::new(
+        reviewer(),
+        &args.peer_service_accounts,
+        Purpose::PeerQueries,
     );
     Ok(Delegated {
         auth: Arc::new(Auth { authn, authz }),
         agents: Arc::new(agents),
+        peers: Arc::new(peers),
         authn_client,
     })
 }
