@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use metrics_proto::ring::owner_urls;
+use metrics_proto::ring::{owner_urls, should_follow};
 use metrics_proto::v1::ShardMap;
 
 use crate::transport::{run_sender, SenderCtx, Target};
@@ -103,10 +103,12 @@ impl Router {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(m) = maps.recv() => {
-                    if map.as_ref().is_none_or(|old| old.version != m.version) {
-                        tracing::info!(version = m.version, members = m.members.len(), owners = ?owner_urls(&m, &self.node), "following shard map");
+                    if should_follow(map.as_ref(), &m, stale) {
+                        tracing::info!(version = m.version, generation = m.generation, members = m.members.len(), owners = ?owner_urls(&m, &self.node), "following shard map");
                         map = Some(m);
                         stale = false;
+                    } else if map.as_ref().is_some_and(|old| old.version != m.version) {
+                        tracing::debug!(version = m.version, generation = m.generation, "ignoring an older shard map");
                     }
                 }
                 _ = tick.tick() => {

@@ -75,6 +75,15 @@ pub struct Args {
     #[arg(long, env = "PEERS_FILE", conflicts_with = "peers")]
     pub peers_file: Option<PathBuf>,
 
+    /// The replicas' headless Service (NAME or NAMESPACE/NAME; namespace default
+    /// $POD_NAMESPACE): members are its EndpointSlices' ready endpoints, followed live.
+    #[arg(long, env = "PEERS_SERVICE", conflicts_with_all = ["peers", "peers_file"])]
+    pub peers_service: Option<String>,
+
+    /// Name of the gRPC port in the --peers-service EndpointSlices.
+    #[arg(long, default_value = "grpc", env = "PEERS_PORT_NAME")]
+    pub peers_port_name: String,
+
     /// How many replicas own each node.
     #[arg(long, default_value_t = 2, env = "REPLICATION_FACTOR")]
     pub replication_factor: usize,
@@ -154,6 +163,8 @@ pub enum ArgsError {
     Replication,
     #[error("replicas authenticate to each other: --peers and --peers-file need --peer-token-file (or --insecure-allow-anonymous on loopback)")]
     PeerToken,
+    #[error("--peers-service must be NAME or NAMESPACE/NAME")]
+    PeersService,
 }
 
 impl Args {
@@ -177,7 +188,11 @@ impl Args {
         if self.replication_factor == 0 {
             return Err(ArgsError::Replication);
         }
-        let multi = !self.peers.is_empty() || self.peers_file.is_some();
+        let multi =
+            !self.peers.is_empty() || self.peers_file.is_some() || self.peers_service.is_some();
+        if self.peers_service.is_some() && self.peer_service().is_none() {
+            return Err(ArgsError::PeersService);
+        }
         if multi && !self.insecure_allow_anonymous && self.auth.peer_token_file.is_none() {
             return Err(ArgsError::PeerToken);
         }
@@ -198,6 +213,16 @@ impl Args {
                     .map(|h| h.trim().to_owned())
             })
             .unwrap_or_else(|| "metrics-aggregator".to_owned())
+    }
+
+    /// The Service of --peers-service, if set and well formed.
+    pub fn peer_service(&self) -> Option<crate::membership::PeerService> {
+        let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into());
+        crate::membership::PeerService::parse(
+            self.peers_service.as_deref()?,
+            &namespace,
+            &self.peers_port_name,
+        )
     }
 
     /// API port to bind.

@@ -136,6 +136,11 @@ impl Cluster {
         }
     }
 
+    /// Brings the map metrics up to date (before a scrape).
+    pub fn refresh_metrics(&self) {
+        self.observe();
+    }
+
     /// Updates the map metrics when the view changed; returns the view.
     fn observe(&self) -> Option<Arc<Shard>> {
         let shard = self.shard.as_ref()?.get();

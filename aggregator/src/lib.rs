@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cluster;
 pub mod format;
 pub mod ingest;
+pub mod membership;
 pub mod metrics;
 pub mod query;
 pub mod render;
@@ -51,6 +52,8 @@ pub enum StartError {
     PeersFile(#[from] shard::PeersFileError),
     #[error(transparent)]
     Auth(#[from] auth::setup::SetupError),
+    #[error("--peers-service: {0}")]
+    Membership(#[from] metrics_proto::kubeclient::KubeClientError),
 }
 
 impl StartError {
@@ -63,6 +66,7 @@ impl StartError {
                 | StartError::PeerTls(_)
                 | StartError::PeerUrl(_)
                 | StartError::Auth(_)
+                | StartError::Membership(_)
         )
     }
 }
@@ -75,6 +79,8 @@ pub struct Aggregator {
     identity: tls::Identity,
     cert: Arc<tls::ReloadingCert>,
     delegated: Option<auth::setup::Delegated>,
+    /// Client and Service for EndpointSlice membership.
+    membership: Option<(kube::Client, membership::PeerService)>,
     store: Arc<Store>,
     shard: Option<shard::SharedShard>,
 }
@@ -116,6 +122,14 @@ impl Aggregator {
                     .map(|p| (p.id.clone(), p.url.clone()))
                     .collect(),
             ),
+            None if args.peers_service.is_some() => Some(Vec::new()),
+            None => None,
+        };
+        let membership = match args.peer_service() {
+            Some(svc) => Some((
+                metrics_proto::kubeclient::client(args.auth.kubeconfig.as_deref()).await?,
+                svc,
+            )),
             None => None,
         };
         let shard = members.map(|m| {
@@ -134,6 +148,7 @@ impl Aggregator {
             identity,
             cert,
             delegated,
+            membership,
             store: Arc::new(Store::new()),
             shard,
         })
@@ -239,6 +254,14 @@ impl Aggregator {
                 path.clone(),
                 shard.clone(),
                 Duration::from_secs(2),
+                cancel.clone(),
+            ));
+        }
+        if let (Some((client, svc)), Some(shard)) = (&self.membership, &self.shard) {
+            tasks.spawn(membership::watch(
+                client.clone(),
+                svc.clone(),
+                shard.clone(),
                 cancel.clone(),
             ));
         }

@@ -23,7 +23,18 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(self_id: String, members: Vec<(String, String)>, replication: usize) -> Self {
-        let map = ring::shard_map(&members, replication);
+        Self::with_generation(self_id, members, replication, 0)
+    }
+
+    /// A view from a membership source that orders its changes.
+    pub fn with_generation(
+        self_id: String,
+        members: Vec<(String, String)>,
+        replication: usize,
+        generation: u64,
+    ) -> Self {
+        let mut map = ring::shard_map(&members, replication);
+        map.generation = generation;
         Self {
             self_id,
             members,
@@ -75,7 +86,8 @@ impl SharedShard {
         }
     }
 
-    fn set(&self, shard: Shard) {
+    /// Replaces the view.
+    pub fn set(&self, shard: Shard) {
         let new = Arc::new(shard);
         match self.0.write() {
             Ok(mut g) => *g = new,

@@ -51,6 +51,23 @@ pub fn shard_map(members: &[(String, String)], r: usize) -> crate::v1::ShardMap 
             })
             .collect(),
         replication_factor: u32::try_from(r).unwrap_or(u32::MAX),
+        generation: 0,
+    }
+}
+
+/// Whether an agent following `current` should switch to `next`: a new
+/// version that is not older by generation. `stale` (no report accepted
+/// for a while) accepts any new map, so a restarted replica set with lower
+/// generations is followed again.
+pub fn should_follow(
+    current: Option<&crate::v1::ShardMap>,
+    next: &crate::v1::ShardMap,
+    stale: bool,
+) -> bool {
+    match current {
+        None => true,
+        Some(cur) if cur.version == next.version => false,
+        Some(cur) => stale || next.generation >= cur.generation,
     }
 }
 
@@ -77,6 +94,39 @@ pub fn owns<S: AsRef<str>>(members: &[S], key: &str, r: usize, member: &str) -> 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn maps_are_followed_forward_only() {
+        let m = |members: &[&str], generation| {
+            let list: Vec<(String, String)> = members
+                .iter()
+                .map(|id| (id.to_string(), format!("https://{id}:1")))
+                .collect();
+            let mut map = shard_map(&list, 2);
+            map.generation = generation;
+            map
+        };
+        let old = m(&["a", "b"], 100);
+        let new = m(&["a", "b", "c"], 120);
+        assert!(should_follow(None, &old, false));
+        assert!(should_follow(Some(&old), &new, false));
+        assert!(
+            !should_follow(Some(&new), &old, false),
+            "an older view is ignored"
+        );
+        assert!(
+            !should_follow(Some(&new), &m(&["a", "b", "c"], 130), false),
+            "same members"
+        );
+        assert!(
+            should_follow(Some(&new), &old, true),
+            "when stale, any new map"
+        );
+        assert!(
+            should_follow(Some(&m(&["a"], 0)), &m(&["b"], 0), false),
+            "static lists"
+        );
+    }
 
     fn members(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("metrics-aggregator-{i}")).collect()

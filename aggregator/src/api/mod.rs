@@ -85,6 +85,7 @@ async fn self_metrics(axum::extract::State(s): axum::extract::State<AppState>) -
     s.metrics
         .nodes
         .set(i64::try_from(s.store.len()).unwrap_or(i64::MAX));
+    s.cluster.refresh_metrics();
     (
         [(
             http::header::CONTENT_TYPE,
