@@ -192,6 +192,20 @@ pub fn kubeconfig_text(server: &str, ca: &Path) -> String {
     )
 }
 
+/// A kubeconfig trusting `ca` for `server` whose user authenticates with
+/// `user` (kubeconfig `user:` fields, e.g. `token: T` or
+/// `client-certificate: C` + `client-key: K`).
+pub fn kubeconfig_as(server: &str, ca: &Path, user: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: u\ncurrent-context: t\nusers:\n- name: u\n  user:\n",
+        ca.display()
+    );
+    for (k, v) in user {
+        text.push_str(&format!("    {k}: {v}\n"));
+    }
+    text
+}
+
 /// Starts an agent for `node` with `args` (flags beyond the node name).
 pub fn start_agent(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<Proc> {
     let log = dir.join(format!("agent-{node}.log"));

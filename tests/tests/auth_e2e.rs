@@ -18,27 +18,38 @@ use metrics_e2e::apiserver::{
 use metrics_e2e::https::get_as;
 use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::pki::{Leaf, Pair, TestCa};
-use metrics_e2e::procs::{start_agent, start_secure_aggregator, AggregatorProc};
+use metrics_e2e::procs::{
+    kubeconfig_as, kubectl, start_agent, start_secure_aggregator, AggregatorProc,
+};
 use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::{NodeReport, Usage};
 
 const V1: &str = "/apis/metrics.k8s.io/v1beta1";
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 
-/// alice may read pods in "ns"; bob may read nodes; carol may read
-/// everything; the aggregator's discovery identity may GET the group
-/// version; everyone else is denied.
+/// Authenticated users may GET discovery paths (the default
+/// `system:discovery` role); alice may read pods in "ns"; bob may read
+/// nodes; carol may read everything; the aggregator's discovery identity
+/// may GET the group version; everyone else is denied.
 fn policy(spec: &Value) -> (bool, String) {
     let user = spec["user"].as_str().unwrap_or_default();
     let ra = &spec["resourceAttributes"];
     let nra = &spec["nonResourceAttributes"];
-    let allowed = match user {
-        "alice" => ra["resource"] == "pods" && ra["namespace"] == "ns",
-        "bob" => ra["resource"] == "nodes",
-        "carol" => true,
-        "system:kube-aggregator" => nra["path"] == V1 && nra["verb"] == "get",
-        _ => false,
-    };
+    let authenticated = spec["groups"]
+        .as_array()
+        .is_some_and(|g| g.iter().any(|g| g == "system:authenticated"));
+    let discovery = nra["verb"] == "get"
+        && nra["path"]
+            .as_str()
+            .is_some_and(|p| p == "/apis" || p.starts_with("/apis/") || p.starts_with("/api"));
+    let allowed = authenticated && discovery
+        || match user {
+            "alice" => ra["resource"] == "pods" && ra["namespace"] == "ns",
+            "bob" => ra["resource"] == "nodes",
+            "carol" => true,
+            "system:kube-aggregator" => nra["path"] == V1 && nra["verb"] == "get",
+            _ => false,
+        };
     let reason = if allowed || user == "system:anonymous" {
         String::new()
     } else {
@@ -430,6 +441,39 @@ async fn delegated_authentication_and_authorization() {
     .await;
     let (code, body) = c.get(Some(&c.pki.alice), &pods_ns, &[]).await;
     assert_eq!((code, body.as_str()), (401, UNAUTHORIZED));
+    // Real kubectl with a client certificate and with a bearer token.
+    let as_carol = dir.path().join("carol.kubeconfig");
+    std::fs::write(
+        &as_carol,
+        kubeconfig_as(
+            &c.agg.api_url(),
+            &c.agg.ca,
+            &[
+                (
+                    "client-certificate",
+                    &c.pki.carol_ca2.cert.display().to_string(),
+                ),
+                ("client-key", &c.pki.carol_ca2.key.display().to_string()),
+            ],
+        ),
+    )
+    .unwrap();
+    let top = kubectl(&as_carol, &["top", "pod", "-n", "ns", "--no-headers"]).await;
+    assert!(top.success, "{top:?}");
+    assert!(top.stdout.contains("pod-on-node-a"), "{top:?}");
+    let as_bob = dir.path().join("bob.kubeconfig");
+    std::fs::write(
+        &as_bob,
+        kubeconfig_as(&c.agg.api_url(), &c.agg.ca, &[("token", "bob-token")]),
+    )
+    .unwrap();
+    let denied = kubectl(&as_bob, &["top", "pod", "-A"]).await;
+    assert!(!denied.success, "{denied:?}");
+    assert!(
+        denied.stderr.contains("pods.metrics.k8s.io is forbidden: User \"bob\" cannot list resource \"pods\" in API group \"metrics.k8s.io\" at the cluster scope"),
+        "{denied:?}"
+    );
+
     // The front proxy is unaffected.
     let (code, _) = c
         .get(
