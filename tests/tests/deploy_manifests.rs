@@ -1,0 +1,133 @@
+//! The kustomize base in `deploy/` renders with the real kubectl, every flag
+//! its containers pass exists in the binaries, and the pieces that must
+//! agree (token audience, peers Service, ServiceAccounts, APIService) do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use metrics_e2e::procs::binary;
+
+fn render() -> String {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&base)
+        .output()
+        .expect("kubectl must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The rendered document of `kind` named `name`.
+fn doc<'a>(all: &'a str, kind: &str, name: &str) -> &'a str {
+    all.split("\n---\n")
+        .find(|d| {
+            d.lines().any(|l| l == format!("kind: {kind}"))
+                && d.lines().any(|l| l.trim() == format!("name: {name}"))
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name} in\n{all}"))
+}
+
+/// `--flag=value` arguments of the document's containers.
+fn args(d: &str) -> Vec<(String, String)> {
+    d.lines()
+        .filter_map(|l| l.trim().strip_prefix("- --"))
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (a.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+fn help(bin: &str) -> String {
+    let out = Command::new(binary(bin)).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn manifests_render_and_agree_with_the_binaries() {
+    let all = render();
+    let sts = doc(&all, "StatefulSet", "metrics-aggregator");
+    let ds = doc(&all, "DaemonSet", "metrics-agent");
+    for (d, bin) in [(sts, "metrics-aggregator"), (ds, "metrics-agent")] {
+        let text = help(bin);
+        let flags = args(d);
+        assert!(!flags.is_empty(), "{d}");
+        for (flag, _) in &flags {
+            assert!(text.contains(&format!("--{flag}")), "{bin} has no --{flag}");
+        }
+    }
+    let agg: std::collections::HashMap<_, _> = args(sts).into_iter().collect();
+    let agent: std::collections::HashMap<_, _> = args(ds).into_iter().collect();
+
+    // Both projected tokens carry the audience the aggregator checks.
+    let audience = &agg["agent-token-audience"];
+    for d in [sts, ds] {
+        assert!(d.contains(&format!("audience: {audience}")), "{d}");
+    }
+    // The peers Service is the StatefulSet's, headless, publishing
+    // not-ready replicas, with the port name membership looks for.
+    let peers = doc(&all, "Service", &agg["peers-service"]);
+    assert!(sts.contains(&format!("serviceName: {}", agg["peers-service"])));
+    assert!(peers.contains("clusterIP: None"), "{peers}");
+    assert!(peers.contains("publishNotReadyAddresses: true"), "{peers}");
+    assert!(peers.contains("name: grpc"), "{peers}");
+    // Agents reach the aggregator Service's gRPC port.
+    assert!(
+        agent["aggregator"].starts_with("https://metrics-aggregator.kube-system.svc:10251"),
+        "{}",
+        agent["aggregator"]
+    );
+    let svc = doc(&all, "Service", "metrics-aggregator");
+    assert!(svc.contains("port: 10251"), "{svc}");
+    // The ServiceAccounts are the ones the aggregator accepts by default.
+    assert!(ds.contains("serviceAccountName: metrics-agent"));
+    assert!(sts.contains("serviceAccountName: metrics-aggregator"));
+    let agg_help = help("metrics-aggregator");
+    assert!(
+        agg_help.contains("[default: kube-system/metrics-agent]"),
+        "{agg_help}"
+    );
+    assert!(
+        agg_help.contains("[default: kube-system/metrics-aggregator]"),
+        "{agg_help}"
+    );
+    // The APIService points at the aggregator Service.
+    let api = doc(&all, "APIService", "v1beta1.metrics.k8s.io");
+    assert!(api.contains("name: metrics-aggregator"), "{api}");
+    assert!(api.contains("namespace: kube-system"), "{api}");
+    // The aggregator can delegate: TokenReview/SAR and the auth ConfigMap.
+    assert!(all.contains("name: system:auth-delegator"));
+    assert!(all.contains("name: extension-apiserver-authentication-reader"));
+
+    // The aggregator accepts the whole argument list: it gets past flag
+    // parsing (exit 2) and stops at the missing certificate (exit 64),
+    // before any network use.
+    let argv: Vec<String> = args(sts)
+        .into_iter()
+        .map(|(k, v)| format!("--{k}={v}"))
+        .collect();
+    let out = Command::new(binary("metrics-aggregator"))
+        .args(&argv)
+        .env("POD_NAME", "metrics-aggregator-0")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/certs/tls.crt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
