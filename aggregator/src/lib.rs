@@ -238,15 +238,14 @@ impl Aggregator {
             cancel.clone(),
         ));
         if let Some(d) = &self.delegated {
-            let flags = self.args.auth.flags();
-            if auth::config::AuthConfig::needs_configmap(&flags) {
-                tasks.spawn(auth::watch::watch(
-                    d.authn_client.clone(),
-                    flags,
-                    Arc::clone(&d.auth.authn),
-                    cancel.clone(),
-                ));
+            if d.config.needs_configmap() {
+                tasks.spawn(
+                    Arc::clone(&d.config).watch_configmap(d.authn_client.clone(), cancel.clone()),
+                );
             }
+            tasks.spawn(
+                Arc::clone(&d.config).watch_files(self.args.tls_reload_interval, cancel.clone()),
+            );
         }
         tasks.spawn(Arc::clone(&self.store).sweep_loop(Duration::from_secs(5), cancel.clone()));
         if let (Some(path), Some(shard)) = (&self.args.peers_file, &self.shard) {

@@ -614,3 +614,75 @@ async fn agents_prove_identity_and_report_only_for_their_node() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_ca_files_override_the_configmap_and_are_followed() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = pki(d);
+    let api = FakeApiServer::start(d).await.unwrap();
+    // The ConfigMap trusts nothing these clients use: the flags must win.
+    let unrelated = TestCa::new(d, "unrelated").unwrap();
+    api.apply(
+        "configmaps",
+        authentication_configmap(&unrelated.pem, &unrelated.pem),
+    );
+    let client_ca = d.join("client-ca.pem");
+    std::fs::write(&client_ca, &p.client_ca.pem).unwrap();
+    let kubeconfig = api.kubeconfig(d, "kubeconfig").unwrap();
+    let agg = start_secure_aggregator(
+        d,
+        &[
+            &format!("--kubeconfig={}", kubeconfig.display()),
+            &format!("--client-ca-file={}", client_ca.display()),
+            &format!(
+                "--requestheader-client-ca-file={}",
+                p.front_proxy_ca.file.display()
+            ),
+            "--requestheader-allowed-names=front-proxy-client",
+            "--tls-reload-interval=200ms",
+        ],
+    )
+    .await
+    .unwrap();
+    let get = async |cert: &Pair, headers: &[(&str, &str)]| {
+        get_as(agg.api, &agg.ca, Some(cert), V1, headers)
+            .await
+            .unwrap()
+            .0
+            .as_u16()
+    };
+    let masters = [
+        ("X-Remote-User", "system:kube-aggregator"),
+        ("X-Remote-Group", "system:masters"),
+    ];
+    assert_eq!(get(&p.admin, &[]).await, 200);
+    assert_eq!(get(&p.front_proxy, &masters).await, 200);
+    let admin2 = p
+        .client_ca2
+        .issue(
+            d,
+            "admin2",
+            Leaf::Client {
+                cn: "admin2",
+                orgs: &["system:masters"],
+            },
+            false,
+        )
+        .unwrap();
+    assert_eq!(get(&admin2, &[]).await, 401);
+
+    // Rotate the flag's file (written aside, renamed into place).
+    let tmp = d.join("client-ca.pem.new");
+    std::fs::write(&tmp, &p.client_ca2.pem).unwrap();
+    std::fs::rename(&tmp, &client_ca).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&admin2, &[]).await != 200 {
+        assert!(Instant::now() < deadline, "{}", agg.proc.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&p.admin, &[]).await, 401);
+    assert_eq!(get(&p.front_proxy, &masters).await, 200);
+    assert_eq!(api.access_reviews(), 0);
+}

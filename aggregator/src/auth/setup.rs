@@ -31,6 +31,8 @@ pub enum SetupError {
 pub struct Delegated {
     pub auth: Arc<Auth>,
     pub agents: Arc<CallerAuth>,
+    /// Where the authentication configuration comes from, for the watchers.
+    pub config: Arc<super::watch::ConfigSource>,
     pub peers: Arc<CallerAuth>,
     /// Client for the ConfigMap watch (the authentication kubeconfig).
     pub authn_client: kube::Client,
@@ -56,8 +58,9 @@ pub async fn setup(args: &AuthArgs) -> Result<Delegated, SetupError> {
         initial,
         Some(TokenReviewer::new(authn_client.clone(), Vec::new(), ttl)),
     ));
-    if AuthConfig::needs_configmap(&flags) {
-        super::watch::load_once(authn_client.clone(), &flags, &authn, CONFIGMAP_WAIT).await;
+    let config = super::watch::ConfigSource::new(flags, Arc::clone(&authn));
+    if config.needs_configmap() {
+        config.load_once(authn_client.clone(), CONFIGMAP_WAIT).await;
     }
     let authz = Authorizer::new(
         authz_client,
@@ -81,6 +84,7 @@ pub async fn setup(args: &AuthArgs) -> Result<Delegated, SetupError> {
     Ok(Delegated {
         auth: Arc::new(Auth { authn, authz }),
         agents: Arc::new(agents),
+        config,
         peers: Arc::new(peers),
         authn_client,
     })

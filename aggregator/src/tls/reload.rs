@@ -31,9 +31,12 @@ pub fn load(id: &Identity) -> Result<CertifiedKey, ServingError> {
     Ok(certified)
 }
 
+/// A file's modification time, length and inode.
+pub type Fingerprint = (SystemTime, u64, u64);
+
 /// What identifies a file's version: following symlinks, so a swapped
 /// `..data` link counts as a change.
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len(), m.ino()))
