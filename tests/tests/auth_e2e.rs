@@ -64,6 +64,7 @@ struct Pki {
     alice: Pair,
     admin: Pair,
     foreign_alice: Pair,
+    foreign_proxy: Pair,
     expired_alice: Pair,
     carol_ca2: Pair,
     client_ca: TestCa,
@@ -92,6 +93,7 @@ fn pki(dir: &Path) -> Pki {
         alice: client(&client_ca, "alice", "alice", &["dev"], false),
         admin: client(&client_ca, "admin", "admin", &["system:masters"], false),
         foreign_alice: client(&foreign, "foreign-alice", "alice", &[], false),
+        foreign_proxy: client(&foreign, "foreign-proxy", "front-proxy-client", &[], false),
         expired_alice: client(&client_ca, "expired-alice", "alice", &[], true),
         carol_ca2: client(&client_ca2, "carol", "carol", &[], false),
         client_ca,
@@ -318,6 +320,19 @@ async fn delegated_authentication_and_authorization() {
             Some(&c.pki.rogue_proxy),
             &pods_ns,
             &[("X-Remote-User", "alice")],
+        )
+        .await;
+    assert_eq!((code, body.as_str()), (401, UNAUTHORIZED));
+
+    // The allowed CN from a foreign CA is no front proxy: 401.
+    let (code, body) = c
+        .get(
+            Some(&c.pki.foreign_proxy),
+            &pods_ns,
+            &[
+                ("X-Remote-User", "alice"),
+                ("X-Remote-Group", "system:masters"),
+            ],
         )
         .await;
     assert_eq!((code, body.as_str()), (401, UNAUTHORIZED));
