@@ -128,7 +128,7 @@ impl Collector {
         self.metrics
             .last_report
             .set(now.map_or(0, |d| d.as_secs() as i64));
-        Some(NodeReport {
+        let mut report = NodeReport {
             protocol_version: PROTOCOL_VERSION,
             node_name: self.node_name.clone(),
             sequence: 0,
@@ -137,7 +137,11 @@ impl Collector {
             node: self.rates.node_usage(),
             pods,
             source: self.source.name().to_owned(),
-        })
+            labels_version: 0,
+            labels_omitted: false,
+        };
+        report.labels_version = metrics_proto::labels::version(&report);
+        Some(report)
     }
 
     /// Collects every period until cancelled, handing each report to `sink`.

@@ -122,16 +122,13 @@ async fn stream_once(
         url: target.url().to_owned(),
         source,
     };
-    let mut sequence = 0u64;
-    let mut send = |report: &NodeReport| {
-        sequence += 1;
-        let mut r = report.clone();
-        r.sequence = sequence;
-        // A full channel means the aggregator is behind: skip this period.
-        let _ = tx.try_send(r);
+    let mut out = Outbox {
+        tx,
+        sequence: 0,
+        labels_sent: None,
     };
     if let Some(r) = reports.borrow_and_update().clone() {
-        send(&r);
+        out.send(&r);
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(path) = &ctx.token_file {
@@ -162,7 +159,7 @@ async fn stream_once(
                     return Ok(end);
                 }
                 if let Some(r) = reports.borrow_and_update().clone() {
-                    send(&r);
+                    out.send(&r);
                 }
             }
             msg = inbound.message() => match msg.map_err(stream_err)? {
@@ -180,6 +177,9 @@ async fn stream_once(
                                 .map_or(0, |d| d.as_millis() as i64);
                             ctx.last_ack_ms.store(now, Ordering::Relaxed);
                         } else {
+                            // Whatever the reason, the next report carries
+                            // its labels in full.
+                            out.labels_sent = None;
                             tracing::warn!(
                                 aggregator = target.url(), sequence = ack.sequence, error = %ack.error,
                                 "aggregator refused report"
@@ -189,6 +189,32 @@ async fn stream_once(
                     None => {}
                 },
             },
+        }
+    }
+}
+
+/// The sending half of one stream: sequence numbers, and labels left out
+/// while they equal those this stream last carried.
+struct Outbox {
+    tx: mpsc::Sender<NodeReport>,
+    sequence: u64,
+    /// `labels_version` of the last report sent with its labels.
+    labels_sent: Option<u64>,
+}
+
+impl Outbox {
+    fn send(&mut self, report: &NodeReport) {
+        self.sequence += 1;
+        let mut r = report.clone();
+        r.sequence = self.sequence;
+        let unchanged = r.labels_version != 0 && self.labels_sent == Some(r.labels_version);
+        if unchanged {
+            metrics_proto::labels::omit(&mut r);
+        }
+        let version = r.labels_version;
+        // A full channel means the aggregator is behind: skip this period.
+        if self.tx.try_send(r).is_ok() && !unchanged {
+            self.labels_sent = (version != 0).then_some(version);
         }
     }
 }
@@ -220,6 +246,57 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labelled(app: &str) -> NodeReport {
+        let mut r = NodeReport {
+            node_name: "n".into(),
+            node_labels: [("zone".to_owned(), "z1".to_owned())].into_iter().collect(),
+            pods: vec![metrics_proto::v1::PodUsage {
+                namespace: "ns".into(),
+                name: "p".into(),
+                labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+                ..Default::default()
+            }],
+            ..NodeReport::default()
+        };
+        r.labels_version = metrics_proto::labels::version(&r);
+        r
+    }
+
+    #[test]
+    fn labels_are_sent_when_they_change() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut out = Outbox {
+            tx,
+            sequence: 0,
+            labels_sent: None,
+        };
+        let next = |out: &mut Outbox, rx: &mut mpsc::Receiver<NodeReport>, r: &NodeReport| {
+            out.send(r);
+            rx.try_recv().ok()
+        };
+        let first = next(&mut out, &mut rx, &labelled("shop")).unwrap();
+        assert!(!first.labels_omitted && first.pods[0].labels["app"] == "shop");
+        let second = next(&mut out, &mut rx, &labelled("shop")).unwrap();
+        assert!(second.labels_omitted && second.pods[0].labels.is_empty());
+        assert!(second.node_labels.is_empty());
+        let changed = next(&mut out, &mut rx, &labelled("checkout")).unwrap();
+        assert!(!changed.labels_omitted && changed.pods[0].labels["app"] == "checkout");
+        out.labels_sent = None; // a refused ack
+        assert!(
+            !next(&mut out, &mut rx, &labelled("checkout"))
+                .unwrap()
+                .labels_omitted
+        );
+
+        // A report dropped on a full channel does not count as sent.
+        out.send(&labelled("shop"));
+        out.send(&labelled("web"));
+        assert_eq!(rx.try_recv().unwrap().pods[0].labels["app"], "shop");
+        let after = next(&mut out, &mut rx, &labelled("web")).unwrap();
+        assert!(!after.labels_omitted, "web never reached the stream");
+        assert_eq!(after.sequence, 7);
+    }
 
     #[test]
     fn jitter_stays_in_range() {

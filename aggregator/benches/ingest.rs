@@ -61,6 +61,7 @@ fn report(node: usize, pods: usize) -> NodeReport {
             })
             .collect(),
         source: "kubelet".into(),
+        ..NodeReport::default()
     }
 }
 

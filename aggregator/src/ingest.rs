@@ -145,13 +145,14 @@ impl Ingest for IngestService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let mut bound = None;
+                let mut labels = metrics_proto::labels::LabelCache::default();
                 let mut map_sent: Option<u64> = None;
                 loop {
                     let msg = tokio::select! {
                         _ = this.cancel.cancelled() => break,
                         m = inbound.message() => m,
                     };
-                    let report = match msg {
+                    let mut report = match msg {
                         Ok(Some(r)) => r,
                         Ok(None) => break,
                         Err(e) => {
@@ -181,7 +182,17 @@ impl Ingest for IngestService {
                             map_sent = Some(shard.map.version);
                         }
                     }
-                    let ack = this.handle(&report, &mut bound);
+                    let ack = match labels.apply(&mut report) {
+                        Ok(()) => this.handle(&report, &mut bound),
+                        Err(e) => {
+                            this.metrics.report(false);
+                            Ack {
+                                sequence: report.sequence,
+                                accepted: false,
+                                error: e.to_string(),
+                            }
+                        }
+                    };
                     let msg = AggregatorMessage {
                         kind: Some(Kind::Ack(ack)),
                     };

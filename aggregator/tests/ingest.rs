@@ -51,6 +51,7 @@ fn report(node: &str, pods: usize) -> NodeReport {
             })
             .collect(),
         source: "test".into(),
+        ..NodeReport::default()
     }
 }
 
@@ -242,4 +243,55 @@ async fn a_replica_sends_the_shard_map_and_stores_only_what_it_owns() {
         }
         assert_eq!(store.node(node, Instant::now()).is_some(), owned);
     }
+}
+
+#[tokio::test]
+async fn labels_left_out_are_restored_from_the_stream() {
+    let (store, channel, _c) = serve().await;
+    let mut s = Stream::open(&channel).await;
+    let labelled = |app: &str| {
+        let mut r = report("node-1", 2);
+        r.node_labels.insert("zone".into(), "z1".into());
+        r.pods[0].labels.insert("app".into(), app.into());
+        r.labels_version = metrics_proto::labels::version(&r);
+        r
+    };
+    let labels_of = |store: &Store| {
+        let nodes = store.nodes(Instant::now());
+        let pods = store.pods(Some("ns"), Instant::now());
+        (
+            nodes[0].labels.get("zone").cloned(),
+            pods.iter()
+                .map(|p| p.pod().labels.get("app").cloned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert!(s.send(labelled("shop")).await.unwrap().accepted);
+    let mut omitted = labelled("shop");
+    metrics_proto::labels::omit(&mut omitted);
+    let ack = s.send(omitted).await.unwrap();
+    assert!(ack.accepted, "{}", ack.error);
+    assert_eq!(
+        labels_of(&store),
+        (Some("z1".into()), vec![Some("shop".into()), None])
+    );
+
+    // Labels changed but left out: refused, and the stored copy stays.
+    let mut unknown = labelled("checkout");
+    metrics_proto::labels::omit(&mut unknown);
+    let ack = s.send(unknown).await.unwrap();
+    assert!(!ack.accepted);
+    assert!(
+        ack.error
+            .starts_with("labels omitted for unknown labels_version"),
+        "{}",
+        ack.error
+    );
+    assert_eq!(labels_of(&store).1, vec![Some("shop".into()), None]);
+
+    // A new stream has no labels to reuse.
+    let mut fresh = Stream::open(&channel).await;
+    let mut omitted = labelled("shop");
+    metrics_proto::labels::omit(&mut omitted);
+    assert!(!fresh.send(omitted).await.unwrap().accepted);
 }

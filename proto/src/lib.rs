@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod duration;
 pub mod kubeclient;
+pub mod labels;
 pub mod ring;
 pub mod runtime;
 pub mod time;

@@ -1,0 +1,154 @@
+//! Labels are sent only when they change: a report carries a content hash
+//! of all its labels, and once a stream has carried a set, later reports
+//! with the same hash leave the labels out. Both ends call these functions.
+
+use std::collections::HashMap;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::v1::NodeReport;
+
+fn hash_map(h: &mut Xxh3, labels: &HashMap<String, String>) {
+    let mut sorted: Vec<(&String, &String)> = labels.iter().collect();
+    sorted.sort();
+    h.update(&(sorted.len() as u64).to_le_bytes());
+    for (k, v) in sorted {
+        for s in [k, v] {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+}
+
+/// Content hash of the node's and every pod's labels (pods keyed by
+/// namespace and name, order-independent); 0 when there are no labels.
+pub fn version(report: &NodeReport) -> u64 {
+    if report.node_labels.is_empty() && report.pods.iter().all(|p| p.labels.is_empty()) {
+        return 0;
+    }
+    let mut pods: Vec<_> = report.pods.iter().collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut h = Xxh3::new();
+    hash_map(&mut h, &report.node_labels);
+    for p in pods {
+        for s in [&p.namespace, &p.name] {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        hash_map(&mut h, &p.labels);
+    }
+    match h.digest() {
+        0 => 1,
+        v => v,
+    }
+}
+
+/// Leaves out every label and marks the report so.
+pub fn omit(report: &mut NodeReport) {
+    report.node_labels.clear();
+    for p in &mut report.pods {
+        p.labels.clear();
+    }
+    report.labels_omitted = true;
+}
+
+/// A report omitted labels this stream never carried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("labels omitted for unknown labels_version {0:016x}; send them in full")]
+pub struct UnknownLabels(pub u64);
+
+/// The labels last carried on one stream (receiving side).
+#[derive(Debug, Default)]
+pub struct LabelCache {
+    version: u64,
+    node: HashMap<String, String>,
+    pods: HashMap<(String, String), HashMap<String, String>>,
+}
+
+impl LabelCache {
+    /// Remembers a report's labels, or puts them back into a report that
+    /// omitted them.
+    pub fn apply(&mut self, report: &mut NodeReport) -> Result<(), UnknownLabels> {
+        if !report.labels_omitted {
+            if report.labels_version != self.version {
+                self.version = report.labels_version;
+                self.node = report.node_labels.clone();
+                self.pods = report
+                    .pods
+                    .iter()
+                    .filter(|p| !p.labels.is_empty())
+                    .map(|p| ((p.namespace.clone(), p.name.clone()), p.labels.clone()))
+                    .collect();
+            }
+            return Ok(());
+        }
+        if report.labels_version == 0 || report.labels_version != self.version {
+            return Err(UnknownLabels(report.labels_version));
+        }
+        report.node_labels = self.node.clone();
+        for p in &mut report.pods {
+            if let Some(l) = self.pods.get(&(p.namespace.clone(), p.name.clone())) {
+                p.labels = l.clone();
+            }
+        }
+        report.labels_omitted = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::PodUsage;
+
+    fn report(app: &str) -> NodeReport {
+        let pod = |name: &str, labels: &[(&str, &str)]| PodUsage {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..PodUsage::default()
+        };
+        NodeReport {
+            node_name: "n".into(),
+            node_labels: [("zone".to_owned(), "z1".to_owned())].into_iter().collect(),
+            pods: vec![pod("a", &[("app", app), ("tier", "web")]), pod("b", &[])],
+            ..NodeReport::default()
+        }
+    }
+
+    #[test]
+    fn version_follows_content_only() {
+        let mut r = report("shop");
+        let v = version(&r);
+        assert_ne!(v, 0);
+        r.pods.reverse();
+        assert_eq!(version(&r), v, "pod order does not matter");
+        assert_ne!(version(&report("checkout")), v);
+        assert_eq!(version(&NodeReport::default()), 0);
+    }
+
+    #[test]
+    fn omitted_labels_come_back() {
+        let mut cache = LabelCache::default();
+        let mut full = report("shop");
+        full.labels_version = version(&full);
+        let expected = full.clone();
+        cache.apply(&mut full).unwrap();
+        let mut next = expected.clone();
+        omit(&mut next);
+        assert!(next.pods[0].labels.is_empty());
+        cache.apply(&mut next).unwrap();
+        assert_eq!(next, expected);
+
+        let mut changed = report("checkout");
+        changed.labels_version = version(&changed);
+        omit(&mut changed);
+        assert_eq!(
+            cache.apply(&mut changed),
+            Err(UnknownLabels(version(&report("checkout"))))
+        );
+    }
+}
