@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +29,8 @@ pub struct IngestService {
     store: Arc<Store>,
     shard: Option<SharedShard>,
     agents: Option<Arc<CallerAuth>>,
+    /// How often an open stream's token is reviewed again.
+    recheck: Duration,
     metrics: Arc<AggregatorMetrics>,
     expiry_periods: u32,
     cancel: CancellationToken,
@@ -45,6 +47,7 @@ impl IngestService {
             store,
             shard: None,
             agents: None,
+            recheck: Duration::from_secs(300),
             metrics,
             expiry_periods,
             cancel,
@@ -60,8 +63,11 @@ impl IngestService {
 
     /// Accepts only streams carrying an allowed agent's token, and from a
     /// token bound to a node only reports for that node.
-    pub fn with_agent_auth(mut self, agents: Arc<CallerAuth>) -> Self {
+    /// An open stream's token is reviewed again every `recheck`; the
+    /// stream ends once it is no longer accepted.
+    pub fn with_agent_auth(mut self, agents: Arc<CallerAuth>, recheck: Duration) -> Self {
         self.agents = Some(agents);
+        self.recheck = recheck;
         self
     }
 
@@ -147,6 +153,7 @@ impl Ingest for IngestService {
                 let mut bound = None;
                 let mut labels = metrics_proto::labels::LabelCache::default();
                 let mut map_sent: Option<u64> = None;
+                let mut checked = Instant::now();
                 loop {
                     let msg = tokio::select! {
                         _ = this.cancel.cancelled() => break,
@@ -162,6 +169,17 @@ impl Ingest for IngestService {
                             break;
                         }
                     };
+                    if let (Some(agents), Some(id)) = (&this.agents, &identity) {
+                        if checked.elapsed() >= this.recheck {
+                            if let Err(status) = agents.recheck(id).await {
+                                this.metrics.refused_stream(status.code());
+                                tracing::warn!(node = ?bound, error = %status.message(), "agent stream ended: token no longer accepted");
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
+                            checked = Instant::now();
+                        }
+                    }
                     if let Some(status) = identity
                         .as_ref()
                         .and_then(|id| wrong_node(id, &report.node_name))

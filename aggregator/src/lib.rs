@@ -213,7 +213,10 @@ impl Aggregator {
         }
         let auth = self.delegated.as_ref().map(|d| Arc::clone(&d.auth));
         if let Some(d) = &self.delegated {
-            ingest = ingest.with_agent_auth(Arc::clone(&d.agents));
+            ingest = ingest.with_agent_auth(
+                Arc::clone(&d.agents),
+                self.args.auth.agent_token_recheck_interval,
+            );
         }
         let api_tls = tls::server_config(
             Arc::clone(&self.cert),

@@ -126,6 +126,10 @@ impl Cluster {
 }
 
 async fn start(dir: &Path) -> Cluster {
+    start_with(dir, &[]).await
+}
+
+async fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
     metrics_proto::tls::install_crypto_provider();
     let pki = pki(dir);
     let api = FakeApiServer::start(dir).await.unwrap();
@@ -181,9 +185,11 @@ async fn start(dir: &Path) -> Cluster {
         ),
     );
     let kubeconfig = api.kubeconfig(dir, "aggregator.kubeconfig").unwrap();
-    let agg = start_secure_aggregator(dir, &[&format!("--kubeconfig={}", kubeconfig.display())])
-        .await
-        .unwrap();
+    let kubeconfig_flag = format!("--kubeconfig={}", kubeconfig.display());
+    let flags: Vec<&str> = std::iter::once(kubeconfig_flag.as_str())
+        .chain(extra.iter().copied())
+        .collect();
+    let agg = start_secure_aggregator(dir, &flags).await.unwrap();
     let k = kubelet::start(FakeNode::one_pod("node-a"), "kt", dir)
         .await
         .unwrap();
@@ -700,4 +706,85 @@ async fn flag_ca_files_override_the_configmap_and_are_followed() {
     assert_eq!(get(&p.admin, &[]).await, 401);
     assert_eq!(get(&p.front_proxy, &masters).await, 200);
     assert_eq!(api.access_reviews(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_token_ends_its_open_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_with(
+        dir.path(),
+        &[
+            "--agent-token-recheck-interval=1s",
+            "--authentication-token-webhook-cache-ttl=200ms",
+        ],
+    )
+    .await;
+    c.api.set_token(
+        "agent-b",
+        service_account_token(
+            "kube-system",
+            "metrics-agent",
+            Some("node-b"),
+            &["metrics-aggregator"],
+        ),
+    );
+    let tls =
+        metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&c.agg.ca), &[b"h2"])
+            .unwrap();
+    let channel = metrics_proto::channel::Dialer::new(&c.agg.grpc_url(), Some(tls))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", "Bearer agent-b".parse().unwrap());
+    let mut inbound = IngestClient::new(channel)
+        .report(req)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seq = 0;
+    let mut send = async || {
+        seq += 1;
+        let mut r = report("node-b");
+        r.sequence = seq;
+        tx.send(r).await.unwrap();
+        inbound.message().await
+    };
+    let first = send().await.unwrap().unwrap();
+    assert!(matches!(
+        first.kind,
+        Some(metrics_proto::v1::aggregator_message::Kind::Ack(ref a)) if a.accepted
+    ));
+    c.api.set_token(
+        "agent-b",
+        TokenEntry::Invalid("token has been invalidated".into()),
+    );
+    let revoked = Instant::now();
+    let status = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match send().await {
+            Ok(Some(_)) => assert!(
+                revoked.elapsed() < Duration::from_secs(10),
+                "still accepted"
+            ),
+            Ok(None) => panic!("stream closed without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "invalid token: token has been invalidated"
+    );
+    // The real agent on node-a is not affected.
+    wait_for("node-a", Duration::from_secs(30), async || {
+        c.get(Some(&c.pki.admin), &format!("{V1}/nodes/node-a"), &[])
+            .await
+            .0
+            == 200
+    })
+    .await;
 }

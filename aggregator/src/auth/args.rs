@@ -93,6 +93,11 @@ pub struct AuthArgs {
     )]
     pub agent_service_accounts: Vec<String>,
 
+    /// How often an open agent stream's token is reviewed again; the stream ends once
+    /// the token is no longer valid (expired, or its pod deleted).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "AGENT_TOKEN_RECHECK_INTERVAL")]
+    pub agent_token_recheck_interval: Duration,
+
     /// ServiceAccounts (NAMESPACE/NAME) whose tokens may query this replica as a peer.
     #[arg(
         long,

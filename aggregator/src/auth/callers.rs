@@ -37,6 +37,16 @@ impl Purpose {
     }
 }
 
+/// A bearer token, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
 /// An accepted caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -44,6 +54,8 @@ pub struct Caller {
     pub user: String,
     /// The node the token is bound to, when it is.
     pub node: Option<String>,
+    /// The token it presented, for later re-checks.
+    pub token: Token,
 }
 
 /// Checks the callers of one gRPC service.
@@ -86,6 +98,23 @@ impl CallerAuth {
                 self.purpose.flag()
             ))
         })?;
+        self.review(token).await
+    }
+
+    /// Reviews a long-lived caller's token again: the status to end its
+    /// stream with once the token is no longer valid (expired, or its pod
+    /// deleted) or names someone else.
+    pub async fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        let again = self.review(caller.token.0.clone()).await?;
+        if again.user != caller.user || again.node != caller.node {
+            return Err(Status::permission_denied(
+                "the stream's token changed identity",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn review(&self, token: String) -> Result<Caller, Status> {
         let user = match self.reviewer.review(&token).await {
             Ok(TokenVerdict::Authenticated(u)) => u,
             Ok(TokenVerdict::Rejected(why)) => {
@@ -110,6 +139,7 @@ impl CallerAuth {
         Ok(Caller {
             user: user.name,
             node,
+            token: Token(token),
         })
     }
 }
