@@ -5,6 +5,7 @@ pub mod api;
 pub mod args;
 pub mod auth;
 pub mod cluster;
+pub mod files;
 pub mod format;
 pub mod ingest;
 pub mod membership;

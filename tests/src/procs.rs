@@ -106,6 +106,53 @@ impl AggregatorProc {
     pub fn api_url(&self) -> String {
         format!("https://{}", self.api)
     }
+
+    /// Flags that point an agent at this aggregator (trusting its
+    /// certificate, reporting every second), with `token` as its
+    /// ServiceAccount token file when given.
+    pub fn agent_flags(&self, token: Option<&Path>) -> Vec<String> {
+        let mut flags = vec![
+            format!("--aggregator={}", self.grpc_url()),
+            format!("--aggregator-ca-file={}", self.ca.display()),
+            "--metric-resolution=1s".into(),
+        ];
+        if let Some(t) = token {
+            flags.push(format!("--aggregator-token-file={}", t.display()));
+        }
+        flags
+    }
+
+    /// A connected gRPC channel to the ingest port, trusting its certificate.
+    pub async fn grpc_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let tls = metrics_proto::tls::client_config(
+            metrics_proto::tls::Verify::CaFile(&self.ca),
+            &[b"h2"],
+        )?;
+        Ok(
+            metrics_proto::channel::Dialer::new(&self.grpc_url(), Some(tls))?
+                .connect()
+                .await?,
+        )
+    }
+
+    /// Names of the items of the list at `path` under
+    /// `/apis/metrics.k8s.io/v1beta1/`, asked anonymously; `None` unless
+    /// the answer is a 200 list.
+    pub async fn list_names(&self, path: &str) -> Option<Vec<String>> {
+        let url = format!("{}/apis/metrics.k8s.io/v1beta1/{path}", self.api_url());
+        let (code, _, body) = crate::https::get(&url, &self.ca, &[]).await.ok()?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            v["items"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
 }
 
 fn parse_addr(line: &str, key: &str) -> anyhow::Result<SocketAddr> {

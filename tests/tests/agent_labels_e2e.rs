@@ -84,12 +84,8 @@ async fn labels_follow_the_api_and_outlive_it() {
         "node-l",
         &[
             k.agent_flags(&token),
-            vec![
-                format!("--aggregator={}", agg.grpc_url()),
-                format!("--aggregator-ca-file={}", agg.ca.display()),
-                format!("--kubeconfig={}", kubeconfig.display()),
-                "--metric-resolution=1s".into(),
-            ],
+            agg.agent_flags(None),
+            vec![format!("--kubeconfig={}", kubeconfig.display())],
         ]
         .concat(),
     )

@@ -202,12 +202,7 @@ async fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
         "node-a",
         &[
             k.agent_flags(&kubelet_token),
-            vec![
-                format!("--aggregator={}", agg.grpc_url()),
-                format!("--aggregator-ca-file={}", agg.ca.display()),
-                format!("--aggregator-token-file={}", agent_token.display()),
-                "--metric-resolution=1s".into(),
-            ],
+            agg.agent_flags(Some(&agent_token)),
         ]
         .concat(),
     )
@@ -531,15 +526,7 @@ async fn stream_as(
     token: Option<&str>,
     node: &str,
 ) -> Result<bool, tonic::Status> {
-    let tls =
-        metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&agg.ca), &[b"h2"])
-            .unwrap();
-    let channel = metrics_proto::channel::Dialer::new(&agg.grpc_url(), Some(tls))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = IngestClient::new(channel);
+    let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
     let mut req =
         tonic::Request::new(tokio_stream::iter(vec![report(node)]).chain(tokio_stream::pending()));
     if let Some(t) = token {
@@ -728,14 +715,7 @@ async fn a_revoked_agent_token_ends_its_open_stream() {
             &["metrics-aggregator"],
         ),
     );
-    let tls =
-        metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&c.agg.ca), &[b"h2"])
-            .unwrap();
-    let channel = metrics_proto::channel::Dialer::new(&c.agg.grpc_url(), Some(tls))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = c.agg.grpc_channel().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     req.metadata_mut()

@@ -35,33 +35,9 @@ fn slice(id: &str, grpc_port: u16) -> Value {
     })
 }
 
-async fn node_names(agg: &AggregatorProc) -> Option<Vec<String>> {
-    let url = format!("{}/apis/metrics.k8s.io/v1beta1/nodes", agg.api_url());
-    let (code, _, body) = https::get(&url, &agg.ca, &[]).await.ok()?;
-    if code != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    Some(
-        v["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
-            .collect(),
-    )
-}
-
 /// Nodes this replica holds itself (a peer query answers from its store).
 async fn local_nodes(agg: &AggregatorProc) -> usize {
-    let tls =
-        metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&agg.ca), &[b"h2"])
-            .unwrap();
-    let channel = metrics_proto::channel::Dialer::new(&agg.grpc_url(), Some(tls))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    PeerClient::new(channel)
+    PeerClient::new(agg.grpc_channel().await.unwrap())
         .query(QueryRequest::default())
         .await
         .unwrap()
@@ -150,7 +126,7 @@ async fn membership_follows_endpoint_slices() {
         until(
             "every node from every replica",
             Duration::from_secs(40),
-            async || node_names(agg).await.as_deref() == Some(&nodes[..]),
+            async || agg.list_names("nodes").await.as_deref() == Some(&nodes[..]),
         )
         .await;
     }
@@ -176,7 +152,7 @@ async fn membership_follows_endpoint_slices() {
         Duration::from_secs(10),
         async || {
             assert_eq!(
-                node_names(&aggs[0]).await.as_deref(),
+                aggs[0].list_names("nodes").await.as_deref(),
                 Some(&nodes[..]),
                 "a node went missing during the join"
             );
@@ -199,7 +175,7 @@ async fn membership_follows_endpoint_slices() {
         "every node after agg-1 left",
         Duration::from_secs(15),
         async || {
-            let all = node_names(&aggs[0]).await.as_deref() == Some(&nodes[..]);
+            let all = aggs[0].list_names("nodes").await.as_deref() == Some(&nodes[..]);
             all && local_nodes(&aggs[0]).await + local_nodes(&aggs[2]).await == nodes.len()
         },
     )

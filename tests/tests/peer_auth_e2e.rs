@@ -42,14 +42,7 @@ async fn node_names(agg: &AggregatorProc, admin: &Pair) -> Vec<String> {
 }
 
 async fn peer_query(agg: &AggregatorProc, token: Option<&str>) -> Result<usize, tonic::Status> {
-    let tls =
-        metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&agg.ca), &[b"h2"])
-            .unwrap();
-    let channel = metrics_proto::channel::Dialer::new(&agg.grpc_url(), Some(tls))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = agg.grpc_channel().await.unwrap();
     let mut req = tonic::Request::new(QueryRequest {
         kind: metrics_proto::v1::query_request::Kind::Nodes as i32,
         ..QueryRequest::default()
@@ -74,16 +67,7 @@ fn agent(dir: &Path, node: &str, k: &FakeKubelet, agg: &AggregatorProc) -> Proc 
     start_agent(
         dir,
         node,
-        &[
-            k.agent_flags(&kubelet_token),
-            vec![
-                format!("--aggregator={}", agg.grpc_url()),
-                format!("--aggregator-ca-file={}", agg.ca.display()),
-                format!("--aggregator-token-file={}", token.display()),
-                "--metric-resolution=1s".into(),
-            ],
-        ]
-        .concat(),
+        &[k.agent_flags(&kubelet_token), agg.agent_flags(Some(&token))].concat(),
     )
     .unwrap()
 }

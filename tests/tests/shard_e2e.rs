@@ -14,7 +14,6 @@ use metrics_e2e::procs::{
     free_port, shared_cert, start_agent, start_aggregator, AggregatorProc, Proc,
 };
 use metrics_proto::ring;
-use serde_json::Value;
 
 const REPLICAS: usize = 3;
 const NODES: usize = 6;
@@ -60,26 +59,10 @@ impl Replicas {
     }
 }
 
-async fn names(agg: &AggregatorProc, path: &str) -> Option<Vec<String>> {
-    let url = format!("{}/apis/metrics.k8s.io/v1beta1/{path}", agg.api_url());
-    let (code, _, body) = https::get(&url, &agg.ca, &[]).await.ok()?;
-    if code != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    Some(
-        v["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
-            .collect(),
-    )
-}
-
 async fn wait_full(agg: &AggregatorProc, want_nodes: &[String]) -> bool {
     for _ in 0..120 {
-        let nodes = names(agg, "nodes").await;
-        let pods = names(agg, "pods").await.map_or(0, |p| p.len());
+        let nodes = agg.list_names("nodes").await;
+        let pods = agg.list_names("pods").await.map_or(0, |p| p.len());
         if nodes.as_deref() == Some(want_nodes) && pods == want_nodes.len() {
             return true;
         }
@@ -133,8 +116,8 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
             full,
             "replica at {} lacks nodes: nodes {:?} pods {:?}\n{}",
             agg.api_url(),
-            names(agg, "nodes").await,
-            names(agg, "pods").await,
+            agg.list_names("nodes").await,
+            agg.list_names("pods").await,
             agg.proc.log_text()
         );
     }
@@ -175,7 +158,7 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
         for i in [0, 2] {
             for path in ["nodes", "pods"] {
                 let t = Instant::now();
-                let got = names(&aggs[i], path).await.unwrap_or_default();
+                let got = aggs[i].list_names(path).await.unwrap_or_default();
                 assert!(
                     t.elapsed() < deadline,
                     "{path} on agg-{i} took {:?}",

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::authn::Authenticator;
 use super::config::{AuthConfig, AuthFlags, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
-use crate::tls::reload::{fingerprint, Fingerprint};
 
 /// Flags plus the last ConfigMap data, and the authenticator they feed.
 pub struct ConfigSource {
@@ -125,25 +124,6 @@ impl ConfigSource {
     /// Rebuilds when a flag-given CA file changes (checked every `every`)
     /// until `cancel` fires.
     pub async fn watch_files(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let files = self.files();
-        if files.is_empty() {
-            return;
-        }
-        let look =
-            || -> Vec<Option<Fingerprint>> { files.iter().map(|f| fingerprint(f)).collect() };
-        let mut seen = look();
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = look();
-            if now != seen {
-                seen = now;
-                self.rebuild();
-            }
-        }
+        crate::files::on_change(self.files(), every, cancel, || self.rebuild()).await
     }
 }

@@ -3,9 +3,8 @@
 //! `..data` symlink swap) is loaded without a restart; open connections keep
 //! the certificate they were made with, new handshakes get the new one.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -31,17 +30,6 @@ pub fn load(id: &Identity) -> Result<CertifiedKey, ServingError> {
     Ok(certified)
 }
 
-/// A file's modification time, length and inode.
-pub type Fingerprint = (SystemTime, u64, u64);
-
-/// What identifies a file's version: following symlinks, so a swapped
-/// `..data` link counts as a change.
-pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
-}
-
 impl ReloadingCert {
     pub fn new(id: &Identity) -> Result<Arc<Self>, ServingError> {
         Ok(Arc::new(Self {
@@ -49,34 +37,22 @@ impl ReloadingCert {
         }))
     }
 
-    /// Polls `id`'s files every `every` and swaps in a changed, valid pair;
-    /// an invalid one is logged and the current pair kept.
+    /// Checks `id`'s files every `every` and swaps in a changed, valid
+    /// pair; an invalid one is logged and the current pair kept.
     pub async fn watch(self: Arc<Self>, id: Identity, every: Duration, cancel: CancellationToken) {
-        let mut seen = (fingerprint(&id.cert), fingerprint(&id.key));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
+        let paths = vec![id.cert.clone(), id.key.clone()];
+        crate::files::on_change(paths, every, cancel, || match load(&id) {
+            Ok(ck) => {
+                self.current.store(Arc::new(ck));
+                tracing::info!(cert = %id.cert.display(), "serving certificate reloaded");
             }
-            let now = (fingerprint(&id.cert), fingerprint(&id.key));
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match load(&id) {
-                Ok(ck) => {
-                    self.current.store(Arc::new(ck));
-                    tracing::info!(cert = %id.cert.display(), "serving certificate reloaded");
-                }
-                Err(e) => tracing::warn!(
-                    cert = %id.cert.display(),
-                    error = %e,
-                    "changed serving certificate not usable; keeping the current one"
-                ),
-            }
-        }
+            Err(e) => tracing::warn!(
+                cert = %id.cert.display(),
+                error = %e,
+                "changed serving certificate not usable; keeping the current one"
+            ),
+        })
+        .await
     }
 }
 
