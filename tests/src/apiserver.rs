@@ -674,3 +674,23 @@ pub fn authentication_configmap(client_ca: &str, front_proxy_ca: &str) -> Value 
         }
     })
 }
+
+/// An EndpointSlice of `service` in kube-system with one ready endpoint:
+/// the pod `pod` on 127.0.0.1, port `grpc` named "grpc". One slice per
+/// replica lets replicas on one address differ by port.
+pub fn endpoint_slice(service: &str, pod: &str, grpc: u16) -> Value {
+    json!({
+        "metadata": {
+            "namespace": "kube-system",
+            "name": format!("{service}-{pod}"),
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": ["127.0.0.1"],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+            "targetRef": {"kind": "Pod", "namespace": "kube-system", "name": pod},
+        }],
+        "ports": [{"name": "grpc", "port": grpc, "protocol": "TCP"}],
+    })
+}

@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use metrics_e2e::apiserver::FakeApiServer;
+use metrics_e2e::apiserver::{endpoint_slice, FakeApiServer};
 use metrics_e2e::https;
 use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::procs::{free_port, shared_cert, start_agent, start_aggregator, AggregatorProc};
@@ -17,23 +15,6 @@ use metrics_proto::v1::peer_client::PeerClient;
 use metrics_proto::v1::QueryRequest;
 
 const SERVICE: &str = "metrics-aggregator-peers";
-
-fn slice(id: &str, grpc_port: u16) -> Value {
-    json!({
-        "metadata": {
-            "namespace": "kube-system",
-            "name": format!("{SERVICE}-{id}"),
-            "labels": {"kubernetes.io/service-name": SERVICE},
-        },
-        "addressType": "IPv4",
-        "endpoints": [{
-            "addresses": ["127.0.0.1"],
-            "conditions": {"ready": true, "serving": true, "terminating": false},
-            "targetRef": {"kind": "Pod", "namespace": "kube-system", "name": id},
-        }],
-        "ports": [{"name": "grpc", "port": grpc_port, "protocol": "TCP"}],
-    })
-}
 
 /// Nodes this replica holds itself (a peer query answers from its store).
 async fn local_nodes(agg: &AggregatorProc) -> usize {
@@ -72,8 +53,8 @@ async fn membership_follows_endpoint_slices() {
     let (cert, key) = shared_cert(d);
     let ids = ["agg-0", "agg-1", "agg-2"];
     let grpc: Vec<u16> = ids.iter().map(|_| free_port()).collect();
-    api.apply("endpointslices", slice(ids[0], grpc[0]));
-    api.apply("endpointslices", slice(ids[1], grpc[1]));
+    api.apply("endpointslices", endpoint_slice(SERVICE, ids[0], grpc[0]));
+    api.apply("endpointslices", endpoint_slice(SERVICE, ids[1], grpc[1]));
     let mut aggs = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let rd = d.join(id);
@@ -145,7 +126,7 @@ async fn membership_follows_endpoint_slices() {
         .filter(|n| ring::owners(&three, n, 1) == vec!["agg-2"])
         .count();
     assert!(owned_by_2 > 0, "the test needs agg-2 to own a node");
-    api.apply("endpointslices", slice(ids[2], grpc[2]));
+    api.apply("endpointslices", endpoint_slice(SERVICE, ids[2], grpc[2]));
     let started = Instant::now();
     until(
         "agg-2 to hold its nodes",

@@ -1,6 +1,7 @@
-//! Replicas with delegated authentication query each other with their own
-//! ServiceAccount token: every replica answers for the whole cluster, and a
-//! Peer.Query without an accepted token is refused.
+//! Replicas as in a cluster: delegated authentication, membership from the
+//! headless Service's EndpointSlices, and peer queries carrying each
+//! replica's own ServiceAccount token. Every replica answers for the whole
+//! cluster, and a Peer.Query without an accepted token is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use metrics_e2e::apiserver::{authentication_configmap, service_account_token, FakeApiServer};
+use metrics_e2e::apiserver::{
+    authentication_configmap, endpoint_slice, service_account_token, FakeApiServer,
+};
 use metrics_e2e::https::get_as;
 use metrics_e2e::kubelet::{self, FakeKubelet, FakeNode};
 use metrics_e2e::pki::{Leaf, Pair, TestCa};
@@ -20,6 +23,7 @@ use metrics_proto::v1::peer_client::PeerClient;
 use metrics_proto::v1::QueryRequest;
 
 const AUDIENCE: &str = "metrics-aggregator";
+const PEERS: &str = "metrics-aggregator-peers";
 
 async fn node_names(agg: &AggregatorProc, admin: &Pair) -> Vec<String> {
     let (code, body) = get_as(
@@ -111,10 +115,12 @@ async fn replicas_authenticate_to_each_other() {
     std::fs::write(&peer_token, "peer-token\n").unwrap();
     let (cert, key) = shared_cert(d);
     let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
-    let peers = format!(
-        "--peers=agg-0=https://127.0.0.1:{},agg-1=https://127.0.0.1:{}",
-        ports[0].1, ports[1].1
-    );
+    for (i, (_, grpc)) in ports.iter().enumerate() {
+        api.apply(
+            "endpointslices",
+            endpoint_slice(PEERS, &format!("agg-{i}"), *grpc),
+        );
+    }
     let mut aggs = Vec::new();
     for (i, (api_port, grpc_port)) in ports.iter().enumerate() {
         let rd = d.join(format!("agg-{i}"));
@@ -125,7 +131,7 @@ async fn replicas_authenticate_to_each_other() {
                 &[
                     &format!("--kubeconfig={}", kubeconfig.display()),
                     &format!("--shard-id=agg-{i}"),
-                    &peers,
+                    &format!("--peers-service=kube-system/{PEERS}"),
                     "--replication-factor=1",
                     &format!("--peer-token-file={}", peer_token.display()),
                     &format!("--secure-port={api_port}"),
