@@ -35,11 +35,6 @@ impl ApiLabels {
         self.node.read().map(|n| n.clone()).unwrap_or_default()
     }
 
-    /// Number of pods with known labels.
-    pub fn pod_count(&self) -> usize {
-        self.pods.read().map(|p| p.len()).unwrap_or(0)
-    }
-
     fn set_pods(&self, pods: HashMap<PodRef, LabelMap>) {
         if let Ok(mut p) = self.pods.write() {
             *p = pods;

@@ -47,16 +47,6 @@ impl Authenticator {
         self.config.store(Arc::new(config));
     }
 
-    /// The configuration in use.
-    pub fn config(&self) -> Arc<AuthConfig> {
-        self.config.load_full()
-    }
-
-    /// The token reviewer, when bearer tokens are checked.
-    pub fn tokens(&self) -> Option<&TokenReviewer> {
-        self.tokens.as_ref()
-    }
-
     /// Authenticates a request presenting `chain` (leaf first; empty when
     /// no client certificate) and `headers`. Identity headers and the
     /// `Authorization` header are removed from `headers` in every case.

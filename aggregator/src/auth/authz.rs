@@ -2,7 +2,6 @@
 //! SubjectAccessReview (authorization.k8s.io/v1); allowed and denied answers
 //! cached separately.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{
@@ -54,7 +53,6 @@ pub struct Authorizer {
     always: AllowPaths,
     allowed: TtlCache<Key, ()>,
     denied: TtlCache<Key, String>,
-    reviews: AtomicU64,
 }
 
 impl Authorizer {
@@ -69,13 +67,7 @@ impl Authorizer {
             always,
             allowed: TtlCache::new(allowed_ttl),
             denied: TtlCache::new(denied_ttl),
-            reviews: AtomicU64::new(0),
         }
-    }
-
-    /// SubjectAccessReviews sent so far (cache misses).
-    pub fn reviews_sent(&self) -> u64 {
-        self.reviews.load(Ordering::Relaxed)
     }
 
     /// The decision for `user` doing `attrs`.
@@ -90,7 +82,6 @@ impl Authorizer {
         if let Some(reason) = self.denied.get(&key) {
             return Ok(Decision::Deny(reason));
         }
-        self.reviews.fetch_add(1, Ordering::Relaxed);
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let answer = api
             .create(&PostParams::default(), &review(user, attrs))

@@ -2,7 +2,6 @@
 //! positive and negative answers cached for one TTL, keyed by the token's
 //! SHA-256 so tokens themselves are not kept.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -26,7 +25,6 @@ pub struct TokenReviewer {
     client: kube::Client,
     audiences: Vec<String>,
     cache: TtlCache<[u8; 32], TokenVerdict>,
-    reviews: AtomicU64,
 }
 
 /// A review that could not be made (API unreachable, refused): not cached.
@@ -41,13 +39,7 @@ impl TokenReviewer {
             client,
             audiences,
             cache: TtlCache::new(ttl),
-            reviews: AtomicU64::new(0),
         }
-    }
-
-    /// TokenReviews sent so far (cache misses).
-    pub fn reviews_sent(&self) -> u64 {
-        self.reviews.load(Ordering::Relaxed)
     }
 
     /// Who `token` belongs to; cached answers when fresh.
@@ -61,7 +53,6 @@ impl TokenReviewer {
         if let Some(v) = self.cache.get(&key) {
             return Ok(v);
         }
-        self.reviews.fetch_add(1, Ordering::Relaxed);
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
