@@ -105,7 +105,7 @@ pub struct Args {
     pub aggregator_insecure_tls: bool,
 
     /// ServiceAccount token sent to aggregators (a projected token with their audience);
-    /// re-read for every new stream, so rotation needs no restart.
+    /// read again when the copy in memory is over 10s old, so rotation needs no restart.
     #[arg(long, env = "AGGREGATOR_TOKEN_FILE")]
     pub aggregator_token_file: Option<PathBuf>,
 

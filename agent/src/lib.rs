@@ -104,7 +104,7 @@ pub struct Agent {
     pub metrics: Arc<metrics::AgentMetrics>,
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// Token file sent as a bearer token on every stream.
-    pub token_file: Option<Arc<std::path::Path>>,
+    pub token_file: Option<Arc<metrics_proto::token::TokenFile>>,
     /// Where to reach the Kubernetes API for labels; `None`: not at all.
     pub api: Option<ApiAccess>,
     /// Labels from the API, shared with the collector.
@@ -195,7 +195,10 @@ impl Agent {
             router,
             metrics,
             registry: Arc::new(registry),
-            token_file: args.aggregator_token_file.as_deref().map(Arc::from),
+            token_file: args
+                .aggregator_token_file
+                .as_deref()
+                .map(|p| Arc::new(metrics_proto::token::TokenFile::new(p))),
             api,
             labels,
         })

@@ -30,8 +30,8 @@ pub struct SenderCtx {
     pub maps: mpsc::Sender<ShardMap>,
     /// Unix ms of the last accepted report on any stream.
     pub last_ack_ms: Arc<AtomicI64>,
-    /// Bearer token file, read when a stream opens.
-    pub token_file: Option<Arc<std::path::Path>>,
+    /// Bearer token sent when a stream opens.
+    pub token_file: Option<Arc<metrics_proto::token::TokenFile>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -51,8 +51,8 @@ pub enum TransportError {
         source: tonic::transport::Error,
     },
     /// The token file could not be read or is not a valid header value.
-    #[error("token file {path}: {reason}")]
-    Token { path: String, reason: String },
+    #[error(transparent)]
+    Token(#[from] metrics_proto::token::TokenError),
     /// The stream failed or the aggregator refused it.
     #[error("stream to {url}: {source}")]
     Stream {
@@ -131,18 +131,10 @@ async fn stream_once(
         out.send(&r);
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(path) = &ctx.token_file {
-        let token_err = |reason: String| TransportError::Token {
-            path: path.display().to_string(),
-            reason,
-        };
-        let token = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| token_err(e.to_string()))?;
-        let value = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| token_err("not a valid header value".into()))?;
-        request.metadata_mut().insert("authorization", value);
+    if let Some(token) = &ctx.token_file {
+        request
+            .metadata_mut()
+            .insert("authorization", token.authorization().await?);
     }
     let mut inbound = client
         .report(request)

@@ -44,7 +44,7 @@ pub struct Cluster {
     members: Gauge,
     observed: AtomicU64,
     /// ServiceAccount token sent with every peer query.
-    token_file: Option<std::path::PathBuf>,
+    token_file: Option<metrics_proto::token::TokenFile>,
 }
 
 fn latency_family() -> Family<[(&'static str, String); 1], Histogram> {
@@ -109,9 +109,9 @@ impl Cluster {
         c
     }
 
-    /// Sends the token in `path` (read per query) with every peer query.
-    pub fn with_token_file(mut self, path: Option<std::path::PathBuf>) -> Self {
-        self.token_file = path;
+    /// Sends the token in `path` with every peer query.
+    pub fn with_token_file(mut self, path: Option<&std::path::Path>) -> Self {
+        self.token_file = path.map(metrics_proto::token::TokenFile::new);
         self
     }
 
@@ -120,17 +120,10 @@ impl Cluster {
     async fn authorization(
         &self,
     ) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
-        let path = self.token_file.as_ref()?;
-        match tokio::fs::read_to_string(path).await {
-            Ok(t) => match format!("Bearer {}", t.trim()).parse() {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    tracing::warn!(path = %path.display(), "peer token is not a valid header value");
-                    None
-                }
-            },
+        match self.token_file.as_ref()?.authorization().await {
+            Ok(v) => Some(v),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "reading the peer token");
+                tracing::warn!(error = %e, "peer token");
                 None
             }
         }

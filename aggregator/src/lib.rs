@@ -196,7 +196,7 @@ impl Aggregator {
             Arc::clone(&self.store),
             registry,
         )
-        .with_token_file(a.auth.peer_token_file.clone()))
+        .with_token_file(a.auth.peer_token_file.as_deref()))
     }
 
     /// Serves until `cancel` fires, then drains.

@@ -10,6 +10,7 @@ pub mod ring;
 pub mod runtime;
 pub mod time;
 pub mod tls;
+pub mod token;
 
 /// Generated from `proto/metrics.proto` (package `metrics.v1`).
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -108,7 +108,7 @@ pub struct AuthArgs {
     pub peer_service_accounts: Vec<String>,
 
     /// ServiceAccount token (audience --agent-token-audience) sent with queries to peers;
-    /// re-read for every query, so rotation needs no restart.
+    /// read again when the copy in memory is over 10s old, so rotation needs no restart.
     #[arg(long, env = "PEER_TOKEN_FILE")]
     pub peer_token_file: Option<PathBuf>,
 }
