@@ -62,7 +62,8 @@ pub struct UnknownLabels(pub u64);
 pub struct LabelCache {
     version: u64,
     node: HashMap<String, String>,
-    pods: HashMap<(String, String), HashMap<String, String>>,
+    /// Namespace → pod name → labels, so a lookup borrows the report's names.
+    pods: HashMap<String, HashMap<String, HashMap<String, String>>>,
 }
 
 impl LabelCache {
@@ -73,12 +74,13 @@ impl LabelCache {
             if report.labels_version != self.version {
                 self.version = report.labels_version;
                 self.node = report.node_labels.clone();
-                self.pods = report
-                    .pods
-                    .iter()
-                    .filter(|p| !p.labels.is_empty())
-                    .map(|p| ((p.namespace.clone(), p.name.clone()), p.labels.clone()))
-                    .collect();
+                self.pods.clear();
+                for p in report.pods.iter().filter(|p| !p.labels.is_empty()) {
+                    self.pods
+                        .entry(p.namespace.clone())
+                        .or_default()
+                        .insert(p.name.clone(), p.labels.clone());
+                }
             }
             return Ok(());
         }
@@ -87,7 +89,7 @@ impl LabelCache {
         }
         report.node_labels = self.node.clone();
         for p in &mut report.pods {
-            if let Some(l) = self.pods.get(&(p.namespace.clone(), p.name.clone())) {
+            if let Some(l) = self.pods.get(&p.namespace).and_then(|ns| ns.get(&p.name)) {
                 p.labels = l.clone();
             }
         }
