@@ -5,27 +5,21 @@
 
 use std::sync::Arc;
 
+use metrics_proto::tls::SignatureCheck;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// Optional client certificates, possession checked, chain deferred.
-#[derive(Debug)]
-pub struct DeferredClientCert {
-    provider: Arc<CryptoProvider>,
-}
+#[derive(Debug, Default)]
+pub struct DeferredClientCert(SignatureCheck);
 
 impl DeferredClientCert {
     pub fn new() -> Arc<Self> {
-        let provider = CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-        Arc::new(Self { provider })
+        Arc::new(Self::default())
     }
 }
-
 impl ClientCertVerifier for DeferredClientCert {
     fn offer_client_auth(&self) -> bool {
         true
@@ -54,12 +48,7 @@ impl ClientCertVerifier for DeferredClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -68,17 +57,10 @@ impl ClientCertVerifier for DeferredClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }
