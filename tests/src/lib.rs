@@ -9,3 +9,4 @@ pub mod kubelet;
 pub mod pki;
 pub mod procs;
 pub mod quantity;
+pub mod wait;

@@ -21,6 +21,7 @@ use metrics_e2e::pki::{Leaf, Pair, TestCa};
 use metrics_e2e::procs::{
     kubeconfig_as, kubectl, start_agent, start_secure_aggregator, AggregatorProc,
 };
+use metrics_e2e::wait::until;
 use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::{NodeReport, Usage};
 
@@ -217,17 +218,6 @@ async fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
     }
 }
 
-async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn status(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["kind"], "Status", "{body}");
@@ -244,7 +234,7 @@ async fn delegated_authentication_and_authorization() {
     let admin = Some(&c.pki.admin);
 
     // system:masters via a client certificate: no review needed.
-    wait_for("node-a to be served", Duration::from_secs(30), async || {
+    until("node-a to be served", Duration::from_secs(30), async || {
         c.get(admin, &format!("{nodes}/node-a"), &[]).await.0 == 200
     })
     .await;
@@ -449,7 +439,7 @@ async fn delegated_authentication_and_authorization() {
         "configmaps",
         authentication_configmap(&c.pki.client_ca2.pem, &c.pki.front_proxy_ca.pem),
     );
-    wait_for(
+    until(
         "the rotated client CA",
         Duration::from_secs(15),
         async || c.get(Some(&c.pki.carol_ca2), &nodes, &[]).await.0 == 200,
@@ -553,7 +543,7 @@ async fn agents_prove_identity_and_report_only_for_their_node() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path()).await;
     let admin = Some(&c.pki.admin);
-    wait_for(
+    until(
         "node-a from the real agent",
         Duration::from_secs(30),
         async || c.get(admin, &format!("{V1}/nodes/node-a"), &[]).await.0 == 200,
@@ -612,7 +602,7 @@ async fn agents_prove_identity_and_report_only_for_their_node() {
     }
     let first = c.get(admin, &format!("{V1}/nodes/node-a"), &[]).await.1;
     let ts = |b: &str| serde_json::from_str::<Value>(b).unwrap()["timestamp"].clone();
-    wait_for(
+    until(
         "node-a to keep reporting",
         Duration::from_secs(10),
         async || {
@@ -760,7 +750,7 @@ async fn a_revoked_agent_token_ends_its_open_stream() {
         "invalid token: token has been invalidated"
     );
     // The real agent on node-a is not affected.
-    wait_for("node-a", Duration::from_secs(30), async || {
+    until("node-a", Duration::from_secs(30), async || {
         c.get(Some(&c.pki.admin), &format!("{V1}/nodes/node-a"), &[])
             .await
             .0

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use metrics_e2e::wait::eventually;
 use std::time::Duration;
 
 use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
@@ -28,13 +29,10 @@ async fn node_memory(agg: &AggregatorProc) -> Option<u64> {
 }
 
 async fn wait_for_memory(agg: &AggregatorProc, want: u64) -> bool {
-    for _ in 0..60 {
-        if node_memory(agg).await == Some(want) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
+    eventually(Duration::from_secs(15), async || {
+        node_memory(agg).await == Some(want)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

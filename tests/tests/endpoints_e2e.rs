@@ -10,6 +10,7 @@ use metrics_e2e::apiserver::{endpoint_slice, FakeApiServer};
 use metrics_e2e::https;
 use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::procs::{free_port, shared_cert, start_agent, start_aggregator, AggregatorProc};
+use metrics_e2e::wait::until;
 use metrics_proto::ring;
 use metrics_proto::v1::peer_client::PeerClient;
 use metrics_proto::v1::QueryRequest;
@@ -33,14 +34,6 @@ async fn metric(agg: &AggregatorProc, name: &str) -> Option<String> {
     body.lines()
         .find(|l| l.starts_with(name))
         .map(str::to_owned)
-}
-
-async fn until(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use metrics_e2e::wait::eventually;
 use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
@@ -10,17 +11,12 @@ use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
 
 async fn node_served(agg: &AggregatorProc, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let url = format!("{}/apis/metrics.k8s.io/v1beta1/nodes/node-r", agg.api_url());
-        if let Ok((code, _, _)) = https::get(&url, &agg.ca, &[]).await {
-            if code == 200 {
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
+    let url = format!("{}/apis/metrics.k8s.io/v1beta1/nodes/node-r", agg.api_url());
+    eventually(
+        within,
+        async || matches!(https::get(&url, &agg.ca, &[]).await, Ok((code, _, _)) if code == 200),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use metrics_e2e::wait::eventually;
 use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
@@ -60,15 +61,12 @@ impl Replicas {
 }
 
 async fn wait_full(agg: &AggregatorProc, want_nodes: &[String]) -> bool {
-    for _ in 0..120 {
+    eventually(Duration::from_secs(30), async || {
         let nodes = agg.list_names("nodes").await;
         let pods = agg.list_names("pods").await.map_or(0, |p| p.len());
-        if nodes.as_deref() == Some(want_nodes) && pods == want_nodes.len() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
+        nodes.as_deref() == Some(want_nodes) && pods == want_nodes.len()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -577,32 +577,31 @@ async fn discovery_probe_answers_before_any_report() {
     );
 }
 
+/// Runs the aggregator with `args` until it exits, outside any cluster
+/// (no in-cluster API address inherited from the machine running tests).
+async fn aggregator_exit(args: &[&str], cert_dir: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(metrics_e2e::procs::binary("metrics-aggregator"))
+        .args(args)
+        .args(["--secure-port=0", "--grpc-port=0"])
+        .arg(format!("--cert-dir={}", cert_dir.display()))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .await
+        .expect("run")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregator_refuses_anonymous_off_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = tokio::process::Command::new(metrics_e2e::procs::binary("metrics-aggregator"))
-        .args([
-            "--insecure-allow-anonymous",
-            "--bind-address=0.0.0.0",
-            "--secure-port=0",
-            "--grpc-port=0",
-        ])
-        .arg(format!("--cert-dir={}", dir.path().display()))
-        .output()
-        .await
-        .expect("run");
+    let out = aggregator_exit(
+        &["--insecure-allow-anonymous", "--bind-address=0.0.0.0"],
+        dir.path(),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("requires a loopback --bind-address"));
-    let out = tokio::process::Command::new(metrics_e2e::procs::binary("metrics-aggregator"))
-        .args([
-            "--bind-address=127.0.0.1",
-            "--secure-port=0",
-            "--grpc-port=0",
-        ])
-        .arg(format!("--cert-dir={}", dir.path().display()))
-        .output()
-        .await
-        .expect("run");
+    let out = aggregator_exit(&["--bind-address=127.0.0.1"], dir.path()).await;
     assert_eq!(
         out.status.code(),
         Some(64),
