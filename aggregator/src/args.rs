@@ -216,9 +216,9 @@ impl Args {
     }
 
     /// The Service of --peers-service, if set and well formed.
-    pub fn peer_service(&self) -> Option<crate::membership::PeerService> {
+    pub fn peer_service(&self) -> Option<crate::membership::HeadlessService> {
         let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into());
-        crate::membership::PeerService::parse(
+        crate::membership::HeadlessService::parse(
             self.peers_service.as_deref()?,
             &namespace,
             &self.peers_port_name,

@@ -81,7 +81,7 @@ pub struct Aggregator {
     cert: Arc<tls::ReloadingCert>,
     delegated: Option<auth::setup::Delegated>,
     /// Client and Service for EndpointSlice membership.
-    membership: Option<(kube::Client, membership::PeerService)>,
+    membership: Option<(kube::Client, membership::HeadlessService)>,
     store: Arc<Store>,
     shard: Option<shard::SharedShard>,
 }

@@ -17,21 +17,21 @@ use crate::shard::{Shard, SharedShard};
 
 /// The headless Service whose endpoints are the replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerService {
+pub struct HeadlessService {
     pub namespace: String,
     pub name: String,
     /// Name of the gRPC port in the slices.
     pub port_name: String,
 }
 
-impl PeerService {
+impl HeadlessService {
     /// `NAME` (in `default_namespace`) or `NAMESPACE/NAME`.
     pub fn parse(s: &str, default_namespace: &str, port_name: &str) -> Option<Self> {
         let (namespace, name) = match s.split_once('/') {
             Some((ns, n)) => (ns, n),
             None => (default_namespace, s),
         };
-        (!namespace.is_empty() && !name.is_empty()).then(|| PeerService {
+        (!namespace.is_empty() && !name.is_empty()).then(|| HeadlessService {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             port_name: port_name.to_owned(),
@@ -41,7 +41,7 @@ impl PeerService {
 
 /// The members (ID → gRPC URL) the slices describe, sorted by ID.
 pub fn members<'a>(
-    svc: &PeerService,
+    svc: &HeadlessService,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> Vec<(String, String)> {
     let mut out = BTreeMap::new();
@@ -91,7 +91,7 @@ fn resource_version(slice: &EndpointSlice) -> u64 {
 /// member list with the newest resourceVersion seen as its generation.
 pub async fn watch(
     client: kube::Client,
-    svc: PeerService,
+    svc: HeadlessService,
     shared: SharedShard,
     cancel: CancellationToken,
 ) {
@@ -204,7 +204,8 @@ mod tests {
 
     #[test]
     fn members_from_slices() {
-        let svc = PeerService::parse("kube-system/metrics-aggregator-peers", "x", "grpc").unwrap();
+        let svc =
+            HeadlessService::parse("kube-system/metrics-aggregator-peers", "x", "grpc").unwrap();
         let slices = vec![
             slice(
                 10251,
@@ -253,11 +254,11 @@ mod tests {
         }];
         assert!(members(&svc, &no_port).is_empty());
         assert_eq!(
-            PeerService::parse("peers", "monitoring", "grpc")
+            HeadlessService::parse("peers", "monitoring", "grpc")
                 .unwrap()
                 .namespace,
             "monitoring"
         );
-        assert!(PeerService::parse("ns/", "x", "grpc").is_none());
+        assert!(HeadlessService::parse("ns/", "x", "grpc").is_none());
     }
 }
