@@ -11,54 +11,13 @@ use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
 use metrics_e2e::kubelet::{self, FakeKubelet, FakeNode};
-use metrics_e2e::procs::{
-    free_port, shared_cert, start_agent, start_aggregator, AggregatorProc, Proc,
-};
+use metrics_e2e::procs::{start_agent, AggregatorProc, Proc};
+use metrics_e2e::replicas::ReplicaSet;
 use metrics_proto::ring;
 
 const REPLICAS: usize = 3;
 const NODES: usize = 6;
 const PEER_TIMEOUT_MS: u64 = 500;
-
-struct Replicas {
-    dir: std::path::PathBuf,
-    ids: Vec<String>,
-    grpc_ports: Vec<u16>,
-    api_ports: Vec<u16>,
-    cert: (String, String),
-}
-
-impl Replicas {
-    fn peers_flag(&self) -> String {
-        let list: Vec<String> = self
-            .ids
-            .iter()
-            .zip(&self.grpc_ports)
-            .map(|(id, p)| format!("{id}=https://127.0.0.1:{p}"))
-            .collect();
-        format!("--peers={}", list.join(","))
-    }
-
-    async fn start(&self, i: usize) -> AggregatorProc {
-        let dir = self.dir.join(&self.ids[i]);
-        std::fs::create_dir_all(&dir).unwrap();
-        start_aggregator(
-            &dir,
-            &[
-                &format!("--shard-id={}", self.ids[i]),
-                &self.peers_flag(),
-                "--replication-factor=2",
-                &format!("--peer-timeout={PEER_TIMEOUT_MS}ms"),
-                &format!("--grpc-port={}", self.grpc_ports[i]),
-                &format!("--secure-port={}", self.api_ports[i]),
-                &format!("--tls-cert-file={}", self.cert.0),
-                &format!("--tls-private-key-file={}", self.cert.1),
-            ],
-        )
-        .await
-        .unwrap()
-    }
-}
 
 async fn wait_full(agg: &AggregatorProc, want_nodes: &[String]) -> bool {
     eventually(Duration::from_secs(30), async || {
@@ -73,17 +32,9 @@ async fn wait_full(agg: &AggregatorProc, want_nodes: &[String]) -> bool {
 async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
     metrics_proto::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let replicas = Replicas {
-        dir: dir.path().to_owned(),
-        ids: (0..REPLICAS).map(|i| format!("agg-{i}")).collect(),
-        grpc_ports: (0..REPLICAS).map(|_| free_port()).collect(),
-        api_ports: (0..REPLICAS).map(|_| free_port()).collect(),
-        cert: shared_cert(dir.path()),
-    };
-    let mut aggs = Vec::new();
-    for i in 0..REPLICAS {
-        aggs.push(replicas.start(i).await);
-    }
+    let peer_timeout = format!("--peer-timeout={PEER_TIMEOUT_MS}ms");
+    let replicas = ReplicaSet::new(dir.path(), REPLICAS, 2, &[&peer_timeout]);
+    let mut aggs = replicas.start_all().await.unwrap();
 
     let node_names: Vec<String> = (0..NODES).map(|i| format!("node-{i}")).collect();
     let mut kubelets: Vec<FakeKubelet> = Vec::new();
@@ -181,7 +132,7 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
 
     // Restart it on the same ports: agents reconnect, it holds its own
     // nodes again, and it answers for the cluster.
-    aggs[1] = replicas.start(1).await;
+    aggs[1] = replicas.start(1).await.unwrap();
     assert!(
         wait_full(&aggs[1], &node_names).await,
         "restarted replica: {}",

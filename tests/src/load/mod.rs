@@ -1,0 +1,293 @@
+//! The load generator: real `metrics-aggregator` replicas on 127.0.0.1 fed
+//! by a fleet of simulated agents in this process, then queried. It
+//! measures each replica's CPU (utime + stime) and RSS over whole periods,
+//! ingest lag (report sent → ack), API latency for the four queries with
+//! 1 and with several clients, and metric age at query time; and it checks
+//! that every answer is complete. Everything is bounded in count and time.
+
+pub mod fleet;
+pub mod queries;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::procs::AggregatorProc;
+use crate::procstat;
+use crate::replicas::ReplicaSet;
+use fleet::{Fleet, FleetStats};
+use queries::{Api, Outcome, QueryKind};
+use workload::Shape;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub shape: Shape,
+    pub replicas: usize,
+    pub replication: usize,
+    pub period: Duration,
+    /// Whole periods measured for ingest cost.
+    pub measure_periods: u32,
+    /// Client counts to run the queries with, e.g. `[1, 4]`.
+    pub clients: Vec<usize>,
+    /// Queries per client and kind: HPA, pod GET, nodes, pods.
+    pub queries: [usize; 4],
+    /// Longest time one query phase may take.
+    pub phase_limit: Duration,
+    /// Extra flags for every replica.
+    pub extra: Vec<String>,
+    /// Where replicas keep their files.
+    pub dir: PathBuf,
+}
+
+/// Percentiles of a sample, ms.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut ms: Vec<f64>) -> Self {
+        if ms.is_empty() {
+            return Self::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let round = |v: f64| (v * 1e3).round() / 1e3;
+        let at = |q: f64| round(ms[((ms.len() - 1) as f64 * q).round() as usize]);
+        Self {
+            count: ms.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: round(ms[ms.len() - 1]),
+        }
+    }
+}
+
+/// One replica's cost over the measured periods.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaCost {
+    pub id: String,
+    pub nodes_owned: usize,
+    /// CPU over the measured interval, millicores.
+    pub mcpu: f64,
+    pub rss_kib_idle: u64,
+    pub rss_kib: u64,
+}
+
+/// One query kind at one concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    pub latency_ms: Percentiles,
+    pub incomplete: usize,
+    pub warned: usize,
+    pub problems: Vec<String>,
+}
+
+/// The JSON summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub shape: Shape,
+    pub replicas: usize,
+    pub replication: usize,
+    pub period_s: f64,
+    pub measured_s: f64,
+    /// From the first report to every replica answering every object.
+    pub converged_s: f64,
+    pub replica_cost: Vec<ReplicaCost>,
+    /// All replicas' CPU divided by the nodes, millicores.
+    pub central_mcpu_per_node: f64,
+    /// All replicas' RSS growth under load divided by the nodes, KiB.
+    pub central_rss_kib_per_node: f64,
+    pub reports_sent: u64,
+    pub reports_accepted: u64,
+    pub reports_refused: u64,
+    pub reports_dropped: u64,
+    pub last_refusal: Option<String>,
+    pub stream_connects: u64,
+    pub stream_errors: u64,
+    pub ingest_lag_ms: Percentiles,
+    /// clients → query kind → result.
+    pub queries: BTreeMap<usize, BTreeMap<QueryKind, QueryResult>>,
+    pub metric_age_ms: Percentiles,
+    /// Every replica answered every node and pod at the end, and no query
+    /// answer was incomplete.
+    pub complete: bool,
+}
+
+impl Serialize for QueryKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            QueryKind::Hpa => "hpa_namespace_selector",
+            QueryKind::PodGet => "pod_get",
+            QueryKind::Nodes => "all_nodes",
+            QueryKind::Pods => "all_pods",
+        })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn pid(agg: &AggregatorProc) -> anyhow::Result<u32> {
+    agg.proc.child.id().context("replica exited")
+}
+
+/// Whether every replica answers every node and every pod.
+async fn all_complete(api: &Api, shape: &Shape, replicas: usize) -> bool {
+    let mut pick = queries::Picker::new(1);
+    for r in 0..replicas {
+        for kind in [QueryKind::Nodes, QueryKind::Pods] {
+            if !queries::one(api, shape, kind, r, &mut pick).await.complete {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn summarize(outcomes: &[Outcome]) -> QueryResult {
+    QueryResult {
+        latency_ms: Percentiles::of(outcomes.iter().map(|o| ms(o.latency)).collect()),
+        incomplete: outcomes.iter().filter(|o| !o.complete).count(),
+        warned: outcomes.iter().filter(|o| o.warned).count(),
+        problems: outcomes
+            .iter()
+            .filter_map(|o| o.problem.clone())
+            .take(5)
+            .collect(),
+    }
+}
+
+/// Runs the whole measurement and returns its summary.
+pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
+    let shape = cfg.shape;
+    let extra: Vec<&str> = cfg.extra.iter().map(String::as_str).collect();
+    let set = ReplicaSet::new(&cfg.dir, cfg.replicas, cfg.replication, &extra);
+    let aggs = set.start_all().await?;
+    let idle: Vec<u64> = aggs
+        .iter()
+        .map(|a| procstat::rss_kib(pid(a)?))
+        .collect::<anyhow::Result<_>>()?;
+    let ca = PathBuf::from(&set.cert.0);
+    let api = Api::new(&ca, aggs.iter().map(AggregatorProc::api_url).collect())?;
+    let tls = metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&ca), &[b"h2"])?;
+    let bootstrap: Vec<String> = (0..cfg.replicas).map(|i| set.grpc_url(i)).collect();
+
+    let started = Instant::now();
+    let fleet = Fleet::start(shape, cfg.period, bootstrap, tls);
+    let converge_limit = (cfg.period * 10).max(Duration::from_secs(120));
+    let converged = crate::wait::eventually(converge_limit, async || {
+        all_complete(&api, &shape, cfg.replicas).await
+    })
+    .await;
+    if !converged {
+        anyhow::bail!(
+            "replicas did not converge within {converge_limit:?}: sent {} accepted {} refused {} (last: {:?}), stream errors {}",
+            FleetStats::get(&fleet.stats.sent),
+            FleetStats::get(&fleet.stats.accepted),
+            FleetStats::get(&fleet.stats.refused),
+            fleet.stats.last_refusal(),
+            FleetStats::get(&fleet.stats.stream_errors),
+        );
+    }
+    let converged_s = started.elapsed().as_secs_f64();
+    // One more period so every stream has settled on its owners.
+    tokio::time::sleep(cfg.period).await;
+    fleet.stats.take_lags();
+
+    // Ingest cost over whole periods, with no queries running.
+    let cpu0: Vec<f64> = aggs
+        .iter()
+        .map(|a| procstat::cpu_seconds(pid(a)?))
+        .collect::<anyhow::Result<_>>()?;
+    let t0 = Instant::now();
+    tokio::time::sleep(cfg.period * cfg.measure_periods).await;
+    let measured = t0.elapsed().as_secs_f64();
+    let mut replica_cost = Vec::new();
+    for (i, a) in aggs.iter().enumerate() {
+        let p = pid(a)?;
+        let owned = (0..shape.nodes)
+            .filter(|n| {
+                metrics_proto::ring::owns(
+                    &set.ids,
+                    &shape.node_name(*n),
+                    cfg.replication,
+                    &set.ids[i],
+                )
+            })
+            .count();
+        replica_cost.push(ReplicaCost {
+            id: set.ids[i].clone(),
+            nodes_owned: owned,
+            mcpu: (procstat::cpu_seconds(p)? - cpu0[i]) / measured * 1e3,
+            rss_kib_idle: idle[i],
+            rss_kib: procstat::rss_kib(p)?,
+        });
+    }
+    let ingest_lag_ms = Percentiles::of(
+        fleet
+            .stats
+            .take_lags()
+            .into_iter()
+            .map(|us| f64::from(us) / 1e3)
+            .collect(),
+    );
+
+    let mut results = BTreeMap::new();
+    let mut ages = Vec::new();
+    let mut any_incomplete = false;
+    for &clients in &cfg.clients {
+        let mut by_kind = BTreeMap::new();
+        for (kind, count) in QueryKind::ALL.into_iter().zip(cfg.queries) {
+            if count == 0 {
+                continue;
+            }
+            let outcomes = queries::run(&api, shape, kind, clients, count, cfg.phase_limit).await;
+            ages.extend(outcomes.iter().flat_map(|o| o.ages_ms.iter().copied()));
+            let r = summarize(&outcomes);
+            any_incomplete |= r.incomplete > 0;
+            by_kind.insert(kind, r);
+        }
+        results.insert(clients, by_kind);
+    }
+    let complete = !any_incomplete && all_complete(&api, &shape, cfg.replicas).await;
+    fleet.stop();
+
+    let nodes = shape.nodes.max(1) as f64;
+    Ok(Summary {
+        shape,
+        replicas: cfg.replicas,
+        replication: cfg.replication,
+        period_s: cfg.period.as_secs_f64(),
+        measured_s: measured,
+        converged_s,
+        central_mcpu_per_node: replica_cost.iter().map(|r| r.mcpu).sum::<f64>() / nodes,
+        central_rss_kib_per_node: replica_cost
+            .iter()
+            .map(|r| r.rss_kib.saturating_sub(r.rss_kib_idle) as f64)
+            .sum::<f64>()
+            / nodes,
+        replica_cost,
+        reports_sent: FleetStats::get(&fleet.stats.sent),
+        reports_accepted: FleetStats::get(&fleet.stats.accepted),
+        reports_refused: FleetStats::get(&fleet.stats.refused),
+        reports_dropped: FleetStats::get(&fleet.stats.dropped),
+        last_refusal: fleet.stats.last_refusal(),
+        stream_connects: FleetStats::get(&fleet.stats.connects),
+        stream_errors: FleetStats::get(&fleet.stats.stream_errors),
+        ingest_lag_ms,
+        queries: results,
+        metric_age_ms: Percentiles::of(ages),
+        complete,
+    })
+}

@@ -1,0 +1,38 @@
+//! The kernel's own accounting of a process: CPU time (utime + stime from
+//! `/proc/PID/stat`) and resident memory (`VmRSS`), for load harnesses.
+
+use procfs::process::Process;
+
+/// CPU time `pid` has used so far, user plus system, in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = Process::new(i32::try_from(pid)?)?.stat()?;
+    let ticks = stat.utime + stat.stime;
+    Ok(ticks as f64 / procfs::ticks_per_second().max(1) as f64)
+}
+
+/// Resident set size of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = Process::new(i32::try_from(pid)?)?.status()?;
+    status
+        .vmrss
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_accounted() {
+        let me = std::process::id();
+        let before = cpu_seconds(me).unwrap();
+        // Burn until the kernel has charged at least one tick more.
+        let mut x = 0u64;
+        while cpu_seconds(me).unwrap() <= before {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(rss_kib(me).unwrap() > 100);
+    }
+}
