@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cluster;
 pub mod files;
 pub mod format;
+pub mod index;
 pub mod ingest;
 pub mod membership;
 pub mod metrics;

@@ -120,9 +120,11 @@ impl Query {
                     })
                     .collect()
             }
-            Kind::Pods => store
-                .pods(self.namespace.as_deref(), now)
-                .iter()
+            Kind::Pods => match (&self.namespace, &self.name) {
+                (Some(ns), Some(name)) => store.pod(ns, name, now),
+                (ns, _) => store.pods(ns.as_deref(), now),
+            }
+            .iter()
                 .map(|h| h.pod())
                 .filter(|p| {
                     name_ok(&p.name)

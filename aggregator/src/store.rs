@@ -1,21 +1,27 @@
 //! The latest report of every node this aggregator receives, keyed by node
-//! name. Reads never block ingest: entries are immutable `Arc`s swapped
-//! whole on each report, and expired ones vanish from answers at once and
-//! from memory at the next sweep.
+//! name, with a cluster-wide index of namespaces and pods (`index.rs`).
+//! Reads never block ingest: entries are immutable `Arc`s swapped whole on
+//! each report, and expired ones vanish from answers at once and from
+//! memory (and the index) at the next sweep.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::index::PodIndex;
 use crate::report::{NodeEntry, PodEntry};
 
 /// Node name → latest entry.
 #[derive(Debug, Default)]
 pub struct Store {
     nodes: DashMap<String, Arc<NodeEntry>>,
+    /// Updated under the node's map entry lock, so it follows the entries
+    /// in the order they were stored.
+    index: PodIndex,
     has_data: AtomicBool,
 }
 
@@ -42,7 +48,16 @@ impl Store {
         if entry.node.is_some() || !entry.pods.is_empty() {
             self.has_data.store(true, Ordering::Relaxed);
         }
-        self.nodes.insert(entry.name.clone(), Arc::new(entry));
+        match self.nodes.entry(entry.name.clone()) {
+            Entry::Occupied(mut o) => {
+                self.index.update(&entry.name, &o.get().pods, &entry.pods);
+                o.insert(Arc::new(entry));
+            }
+            Entry::Vacant(v) => {
+                self.index.update(&entry.name, &[], &entry.pods);
+                v.insert(Arc::new(entry));
+            }
+        }
     }
 
     /// True once any report with usage has arrived.
@@ -79,13 +94,13 @@ impl Store {
     /// Live pods, optionally of one namespace, in no particular order; a
     /// pod reported by two nodes (it moved) appears twice, and
     /// `query::merge` keeps the freshest copy while it orders the answer.
+    /// A namespace visits only the nodes the index lists for it.
     pub fn pods(&self, namespace: Option<&str>, now: Instant) -> Vec<PodHit> {
         let mut out = Vec::new();
-        for e in self.nodes.iter() {
-            if e.expires <= now {
-                continue;
+        let mut add = |entry: &Arc<NodeEntry>| {
+            if entry.expires <= now {
+                return;
             }
-            let entry = e.value();
             let range = match namespace {
                 None => 0..entry.pods.len(),
                 Some(ns) => {
@@ -98,14 +113,57 @@ impl Store {
                 entry: Arc::clone(entry),
                 index,
             }));
+        };
+        match namespace {
+            None => self.nodes.iter().for_each(|e| add(e.value())),
+            Some(ns) => {
+                for node in self.index.nodes_with_namespace(ns) {
+                    if let Some(e) = self.nodes.get(&node) {
+                        add(e.value());
+                    }
+                }
+            }
         }
         out
+    }
+
+    /// Live copies of the pod `namespace/name` (one per node reporting it),
+    /// found through the index.
+    pub fn pod(&self, namespace: &str, name: &str, now: Instant) -> Vec<PodHit> {
+        let mut out = Vec::new();
+        for node in self.index.nodes_with_pod(namespace, name) {
+            let Some(entry) = self.nodes.get(&node).map(|e| Arc::clone(e.value())) else {
+                continue;
+            };
+            if entry.expires <= now {
+                continue;
+            }
+            let key = (namespace, name);
+            if let Ok(index) = entry
+                .pods
+                .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&key))
+            {
+                out.push(PodHit { entry, index });
+            }
+        }
+        out
+    }
+
+    /// Namespaces and pod keys in the index.
+    pub fn index_sizes(&self) -> (usize, usize) {
+        self.index.sizes()
     }
 
     /// Drops expired entries; returns how many went.
     pub fn sweep(&self, now: Instant) -> usize {
         let before = self.nodes.len();
-        self.nodes.retain(|_, e| e.expires > now);
+        self.nodes.retain(|name, e| {
+            let keep = e.expires > now;
+            if !keep {
+                self.index.update(name, &e.pods, &[]);
+            }
+            keep
+        });
         before - self.nodes.len()
     }
 
@@ -215,5 +273,73 @@ mod tests {
         assert_eq!(names(&store.pods(Some("a"), t0)), ["a/y@5", "a/z@5"]);
         assert_eq!(names(&store.pods(Some("b"), t0)), ["b/x@5", "b/x@9"]);
         assert!(store.pods(Some("zz"), t0).is_empty());
+    }
+
+    #[test]
+    fn namespace_and_pod_lookups_follow_moves_and_expiry() {
+        let store = Store::new();
+        let t0 = Instant::now();
+        store.insert(to_entry(&report("n1", &[("a", "x", 1), ("b", "y", 1)]), None, t0, 3).unwrap());
+        store.insert(to_entry(&report("n2", &[("b", "z", 1)]), None, t0, 3).unwrap());
+        assert_eq!(store.index_sizes(), (2, 3));
+        assert_eq!(names(&store.pod("b", "y", t0)), ["b/y@1"]);
+        assert!(store.pod("b", "x", t0).is_empty());
+        // b/y moves from n1 to n2; namespace b leaves n1.
+        store.insert(to_entry(&report("n1", &[("a", "x", 2)]), None, t0, 3).unwrap());
+        store.insert(
+            to_entry(&report("n2", &[("b", "z", 2), ("b", "y", 2)]), None, t0, 3).unwrap(),
+        );
+        assert_eq!(names(&store.pod("b", "y", t0)), ["b/y@2"]);
+        assert_eq!(names(&store.pods(Some("b"), t0)), ["b/y@2", "b/z@2"]);
+        assert_eq!(store.index_sizes(), (2, 3));
+        // n2 expires (a 1 s period here): its pods leave answers, then
+        // the index at the sweep.
+        store.insert(to_entry(&report("n1", &[("a", "x", 3)]), None, t0 + Duration::from_secs(2), 3).unwrap());
+        let later = t0 + Duration::from_secs(4);
+        assert!(store.pod("b", "y", later).is_empty());
+        assert!(store.pods(Some("b"), later).is_empty());
+        assert_eq!(store.sweep(later), 1);
+        assert_eq!(store.index_sizes(), (1, 1));
+        assert_eq!(names(&store.pod("a", "x", later)), ["a/x@3"]);
+    }
+
+    proptest::proptest! {
+        /// After any sequence of reports, every namespace and pod lookup
+        /// through the index equals a scan of every node.
+        #[test]
+        fn index_lookups_equal_a_full_scan(
+            reports in proptest::collection::vec(
+                (0..4usize, proptest::collection::vec((0..3usize, 0..5usize), 0..6)),
+                1..30,
+            )
+        ) {
+            let store = Store::new();
+            let t0 = Instant::now();
+            for (i, (node, pods)) in reports.iter().enumerate() {
+                let pods: Vec<(String, String, i64)> = pods
+                    .iter()
+                    .map(|(ns, p)| (format!("ns{ns}"), format!("p{p}"), i as i64 + 1))
+                    .collect();
+                let refs: Vec<(&str, &str, i64)> =
+                    pods.iter().map(|(a, b, t)| (a.as_str(), b.as_str(), *t)).collect();
+                store.insert(to_entry(&report(&format!("n{node}"), &refs), None, t0, 3).unwrap());
+            }
+            let all = store.pods(None, t0);
+            for ns in 0..3 {
+                let ns = format!("ns{ns}");
+                let mut want: Vec<PodHit> =
+                    all.iter().filter(|h| h.pod().namespace == ns).cloned().collect();
+                proptest::prop_assert_eq!(names(&store.pods(Some(&ns), t0)), names(&want));
+                for p in 0..5 {
+                    let name = format!("p{p}");
+                    want = all
+                        .iter()
+                        .filter(|h| h.pod().namespace == ns && h.pod().name == name)
+                        .cloned()
+                        .collect();
+                    proptest::prop_assert_eq!(names(&store.pod(&ns, &name, t0)), names(&want));
+                }
+            }
+        }
     }
 }

@@ -23,8 +23,13 @@ fn bin_dir() -> PathBuf {
     }
 }
 
-/// Builds both binaries once per test process and returns the path of `name`.
+/// Builds both binaries once per test process and returns the path of `name`;
+/// with `METRICS_BIN_DIR` set, takes them from there unbuilt (to measure
+/// another build side by side).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("METRICS_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = bin_dir();
     let built = BUILT.get_or_init(|| {

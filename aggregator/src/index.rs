@@ -1,0 +1,160 @@
+//! Cluster-wide lookups over this replica's nodes: which nodes hold pods of
+//! a namespace, and which hold a given pod. A namespaced list (the HPA's
+//! query) visits only the nodes running that namespace, and a pod GET only
+//! the node running the pod, never every node.
+//!
+//! The index is updated from the difference between a node's previous and
+//! new entry; both keep their pods sorted by (namespace, name), so the
+//! difference is one merge walk, and a report whose pods did not change
+//! (the usual case) writes nothing.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+
+use dashmap::DashMap;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::report::PodEntry;
+
+/// Namespace → nodes, and pod key hash → nodes.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    namespaces: DashMap<String, HashSet<String>>,
+    /// Keyed by a 64-bit hash of (namespace, name); a collision only adds a
+    /// node to look at, since every hit is checked in the node's entry.
+    pods: DashMap<u64, Vec<String>>,
+}
+
+fn pod_key(namespace: &str, name: &str) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(namespace.as_bytes());
+    h.update(&[0]);
+    h.update(name.as_bytes());
+    h.digest()
+}
+
+/// Distinct namespaces of pods sorted by namespace.
+fn namespaces(pods: &[PodEntry]) -> impl Iterator<Item = &str> {
+    let mut last: Option<&str> = None;
+    pods.iter().filter_map(move |p| {
+        let ns = p.namespace.as_str();
+        if last == Some(ns) {
+            None
+        } else {
+            last = Some(ns);
+            Some(ns)
+        }
+    })
+}
+
+/// Calls `gone` for items only in `old` and `added` for items only in
+/// `new`; both sorted ascending and free of duplicates.
+fn diff<T: Ord + Copy>(
+    old: impl IntoIterator<Item = T>,
+    new: impl IntoIterator<Item = T>,
+    mut gone: impl FnMut(T),
+    mut added: impl FnMut(T),
+) {
+    let (mut old, mut new) = (old.into_iter(), new.into_iter());
+    let (mut o, mut n) = (old.next(), new.next());
+    loop {
+        match (o, n) {
+            (None, None) => return,
+            (Some(a), None) => {
+                gone(a);
+                o = old.next();
+            }
+            (None, Some(b)) => {
+                added(b);
+                n = new.next();
+            }
+            (Some(a), Some(b)) => match a.cmp(&b) {
+                Ordering::Less => {
+                    gone(a);
+                    o = old.next();
+                }
+                Ordering::Greater => {
+                    added(b);
+                    n = new.next();
+                }
+                Ordering::Equal => {
+                    o = old.next();
+                    n = new.next();
+                }
+            },
+        }
+    }
+}
+
+fn keys(pods: &[PodEntry]) -> impl Iterator<Item = Key<'_>> {
+    pods.iter().map(|p| Key(&p.namespace, &p.name))
+}
+
+/// A pod's sort key, borrowed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(&'a str, &'a str);
+
+impl PodIndex {
+    /// Records that `node`'s pods changed from `old` to `new` (either empty
+    /// when the node appears or goes). Both are sorted by (namespace, name).
+    pub fn update(&self, node: &str, old: &[PodEntry], new: &[PodEntry]) {
+        diff(
+            namespaces(old),
+            namespaces(new),
+            |ns| self.remove_namespace(ns, node),
+            |ns| {
+                self.namespaces
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .insert(node.to_owned());
+            },
+        );
+        diff(
+            keys(old),
+            keys(new),
+            |k| self.remove_pod(pod_key(k.0, k.1), node),
+            |k| {
+                let mut nodes = self.pods.entry(pod_key(k.0, k.1)).or_default();
+                if !nodes.iter().any(|n| n == node) {
+                    nodes.push(node.to_owned());
+                }
+            },
+        );
+    }
+
+    fn remove_namespace(&self, ns: &str, node: &str) {
+        if let Some(mut nodes) = self.namespaces.get_mut(ns) {
+            nodes.remove(node);
+        }
+        self.namespaces.remove_if(ns, |_, nodes| nodes.is_empty());
+    }
+
+    fn remove_pod(&self, key: u64, node: &str) {
+        if let Some(mut nodes) = self.pods.get_mut(&key) {
+            nodes.retain(|n| n != node);
+        }
+        self.pods.remove_if(&key, |_, nodes| nodes.is_empty());
+    }
+
+    /// Nodes holding pods of `namespace`.
+    pub fn nodes_with_namespace(&self, namespace: &str) -> Vec<String> {
+        self.namespaces
+            .get(namespace)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Nodes holding the pod `namespace/name` (usually one; two while it
+    /// moves; more only on a hash collision).
+    pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<String> {
+        self.pods
+            .get(&pod_key(namespace, name))
+            .map(|n| n.clone())
+            .unwrap_or_default()
+    }
+
+    /// Namespaces and pod keys held (for tests and self-metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.namespaces.len(), self.pods.len())
+    }
+}
