@@ -88,9 +88,15 @@ pub struct Args {
     #[arg(long, default_value_t = 2, env = "REPLICATION_FACTOR")]
     pub replication_factor: usize,
 
-    /// Deadline of one peer query.
+    /// Deadline of one peer query's first chunk, and of each later chunk; a whole answer
+    /// may take 30 times as long.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PEER_TIMEOUT")]
     pub peer_timeout: Duration,
+
+    /// Largest estimated share of nodes (0 to 1) a list may miss because replicas did not
+    /// answer; a list missing less carries a Warning header, one missing more fails with 503.
+    #[arg(long, default_value_t = 0.5, env = "MAX_MISSING_SHARE")]
+    pub max_missing_share: f64,
 
     /// CA that signs the peers' serving certificates (default: this replica's certificate,
     /// for replicas sharing one).
@@ -165,6 +171,8 @@ pub enum ArgsError {
     PeerToken,
     #[error("--peers-service must be NAME or NAMESPACE/NAME")]
     PeersService,
+    #[error("--max-missing-share must be between 0 and 1, got {0}")]
+    MissingShare(f64),
 }
 
 impl Args {
@@ -187,6 +195,9 @@ impl Args {
         }
         if self.replication_factor == 0 {
             return Err(ArgsError::Replication);
+        }
+        if !(0.0..=1.0).contains(&self.max_missing_share) {
+            return Err(ArgsError::MissingShare(self.max_missing_share));
         }
         let multi =
             !self.peers.is_empty() || self.peers_file.is_some() || self.peers_service.is_some();

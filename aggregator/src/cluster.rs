@@ -13,7 +13,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use metrics_proto::channel::Dialer;
@@ -45,7 +50,16 @@ pub struct Cluster {
     observed: AtomicU64,
     /// ServiceAccount token sent with every peer query.
     token_file: Option<metrics_proto::token::TokenFile>,
+    /// Largest share of nodes a list may miss and still be served.
+    max_missing_share: f64,
+    /// Partial answers, by `result` (`warned`, `refused`).
+    partial: Family<[(&'static str, &'static str); 1], Counter>,
+    /// When a partial answer was last logged (seconds on a monotonic clock).
+    partial_logged: Mutex<Option<Instant>>,
 }
+
+/// Partial answers are logged at most this often.
+const PARTIAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 fn latency_family() -> Family<[(&'static str, String); 1], Histogram> {
     Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)))
@@ -66,6 +80,9 @@ impl Cluster {
             members: Gauge::default(),
             observed: AtomicU64::new(0),
             token_file: None,
+            max_missing_share: 0.5,
+            partial: Family::default(),
+            partial_logged: Mutex::new(None),
         }
     }
 
@@ -101,12 +118,40 @@ impl Cluster {
             c.map_info.clone(),
         );
         sub.register(
+            "partial_answers",
+            "Answers some nodes' owners could not contribute to, by result (warned: served with a Warning header; refused: 503)",
+            c.partial.clone(),
+        );
+        sub.register(
             "shard_members",
             "Replicas in the shard map",
             c.members.clone(),
         );
         c.observe();
         c
+    }
+
+    /// Lists estimated to miss more than `share` of the nodes fail.
+    pub fn with_max_missing_share(mut self, share: f64) -> Self {
+        self.max_missing_share = share;
+        self
+    }
+
+    /// Whether an answer missing `m` may still be served; counts it and
+    /// logs it (at most every 10 s).
+    pub fn judge_partial(&self, m: &Missing) -> bool {
+        let served = m.share <= self.max_missing_share;
+        let result = if served { "warned" } else { "refused" };
+        self.partial.get_or_create(&[("result", result)]).inc();
+        let mut last = match self.partial_logged.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if last.is_none_or(|t| t.elapsed() >= PARTIAL_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(peers = ?m.peers, share = m.share, result, "partial answer");
+        }
+        served
     }
 
     /// Sends the token in `path` with every peer query.
@@ -158,8 +203,8 @@ impl Cluster {
         }
         match Dialer::new(url, self.tls.clone()) {
             Ok(d) => {
-                let c = PeerClient::new(d.connect_lazy())
-                    .max_decoding_message_size(64 * MAX_MESSAGE_BYTES);
+                let c =
+                    PeerClient::new(d.connect_lazy()).max_decoding_message_size(MAX_MESSAGE_BYTES);
                 conns.insert(url.to_owned(), c.clone());
                 Some(c)
             }
@@ -171,10 +216,12 @@ impl Cluster {
     }
 
     /// Answers `q` for the whole cluster. A GET for one node asks only its
-    /// owners; everything else asks every member.
-    pub async fn gather(&self, q: &Query) -> Vec<Hit> {
+    /// owners; everything else asks every member. The answer says which
+    /// peers did not answer and what share of nodes that may have cost.
+    pub async fn gather(&self, q: &Query) -> Gathered {
         let mut targets: Vec<(String, String)> = Vec::new();
-        if let Some(shard) = self.observe() {
+        let shard = self.observe();
+        if let Some(shard) = &shard {
             let owners = match (&q.kind, &q.name) {
                 (Kind::Nodes, Some(node)) => Some(shard.owners(node)),
                 _ => None,
@@ -193,24 +240,23 @@ impl Cluster {
         } else {
             self.authorization().await
         };
+        let mut failed: Vec<String> = Vec::new();
         for (id, url) in targets {
-            let Some(mut client) = self.client(&url) else {
+            let Some(client) = self.client(&url) else {
+                failed.push(id);
                 continue;
             };
             let (req, deadline) = (q.to_request(), self.deadline);
             let authorization = authorization.clone();
             calls.spawn(async move {
-                let mut req = Request::new(req);
-                if let Some(v) = authorization {
-                    req.metadata_mut().insert("authorization", v);
-                }
-                req.set_timeout(deadline);
                 let started = tokio::time::Instant::now();
-                let r = tokio::time::timeout(deadline, client.query(req)).await;
+                let r = ask(client, req, authorization, deadline).await;
                 (id, r, started.elapsed())
             });
         }
-        let mut parts = vec![q.local(&self.store, Instant::now())];
+        let (local_q, store) = (q.clone(), Arc::clone(&self.store));
+        let local = tokio::task::spawn_blocking(move || local_q.local(&store, Instant::now()));
+        let mut parts = Vec::new();
         while let Some(joined) = calls.join_next().await {
             let Ok((id, result, took)) = joined else {
                 continue;
@@ -219,22 +265,18 @@ impl Cluster {
                 .get_or_create(&[("peer", id.clone())])
                 .observe(took.as_secs_f64());
             let outcome = match result {
-                Ok(Ok(resp)) => {
-                    parts.push(
-                        resp.into_inner()
-                            .objects
-                            .iter()
-                            .map(Hit::from_wire)
-                            .collect(),
-                    );
+                Ok(hits) => {
+                    parts.push(hits);
                     "ok"
                 }
-                Ok(Err(status)) => {
+                Err(PeerError::Status(status)) => {
                     tracing::warn!(peer = %id, error = %status, "peer query failed");
+                    failed.push(id.clone());
                     "error"
                 }
-                Err(_) => {
+                Err(PeerError::Timeout) => {
                     tracing::warn!(peer = %id, deadline = ?self.deadline, "peer query timed out");
+                    failed.push(id.clone());
                     "timeout"
                 }
             };
@@ -242,8 +284,121 @@ impl Cluster {
                 .get_or_create(&[("peer", id), ("result", outcome.to_owned())])
                 .inc();
         }
-        merge(parts)
+        match local.await {
+            Ok(hits) => parts.push(hits),
+            Err(e) => tracing::error!(error = %e, "local query failed"),
+        }
+        let missing = shard
+            .as_ref()
+            .and_then(|shard| missing_share(shard, q, &failed))
+            .map(|share| {
+                failed.sort();
+                Missing {
+                    peers: failed,
+                    share,
+                }
+            });
+        let hits = tokio::task::spawn_blocking(move || merge(parts))
+            .await
+            .unwrap_or_default();
+        Gathered { hits, missing }
     }
+}
+
+/// An answer from the whole cluster.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub hits: Vec<Hit>,
+    /// Set when some nodes' owners could not answer.
+    pub missing: Option<Missing>,
+}
+
+/// What a partial answer lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Missing {
+    /// Replicas that did not answer, sorted.
+    pub peers: Vec<String>,
+    /// Estimated share of nodes none of whose owners answered (0 to 1]; 1
+    /// for a node GET whose every owner failed.
+    pub share: f64,
+}
+
+impl Missing {
+    /// The text for a `Warning` header or a Status message.
+    pub fn describe(&self) -> String {
+        format!(
+            "replicas {} did not answer: about {:.0}% of nodes may be missing from this answer",
+            self.peers.join(", "),
+            self.share * 100.0
+        )
+    }
+}
+
+/// Share of nodes whose every owner is among `failed` (this replica always
+/// answers). Under rendezvous hashing every set of R owners is equally
+/// likely, so it is C(|failed|, R) / C(members, R); for a node GET it is 1
+/// or 0 for that node's owners. `None` when nothing can be missing.
+pub fn missing_share(shard: &Shard, q: &Query, failed: &[String]) -> Option<f64> {
+    if failed.is_empty() {
+        return None;
+    }
+    if let (Kind::Nodes, Some(node)) = (&q.kind, &q.name) {
+        let owners = shard.owners(node);
+        return owners.iter().all(|o| failed.contains(o)).then_some(1.0);
+    }
+    let n = shard.members.len();
+    let r = shard.replication().min(n);
+    let f = failed.len().min(n);
+    if r == 0 || f < r {
+        return None;
+    }
+    // C(f, r) / C(n, r) = Π_{i<r} (f − i) / (n − i)
+    let share = (0..r).fold(1.0, |acc, i| acc * (f - i) as f64 / (n - i) as f64);
+    (share > 0.0).then_some(share)
+}
+
+/// Why a peer's answer is missing.
+enum PeerError {
+    Status(Status),
+    Timeout,
+}
+
+/// How much longer than one chunk's deadline a whole answer may take.
+const ANSWER_DEADLINES: u32 = 30;
+
+/// Asks one peer: the first chunk and each later one within `deadline`,
+/// the whole answer within `ANSWER_DEADLINES` of them.
+async fn ask(
+    mut client: PeerClient<tonic::transport::Channel>,
+    req: QueryRequest,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    deadline: Duration,
+) -> Result<Vec<Hit>, PeerError> {
+    let whole = deadline * ANSWER_DEADLINES;
+    let mut req = Request::new(req);
+    if let Some(v) = authorization {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req.set_timeout(whole);
+    let answer = async {
+        let mut stream = tokio::time::timeout(deadline, client.query(req))
+            .await
+            .map_err(|_| PeerError::Timeout)?
+            .map_err(PeerError::Status)?
+            .into_inner();
+        let mut hits = Vec::new();
+        loop {
+            match tokio::time::timeout(deadline, stream.message()).await {
+                Err(_) => return Err(PeerError::Timeout),
+                Ok(Err(status)) => return Err(PeerError::Status(status)),
+                Ok(Ok(None)) => return Ok(hits),
+                Ok(Ok(Some(chunk))) => hits.extend(chunk.objects.iter().map(Hit::from_wire)),
+            }
+        }
+    };
+    tokio::time::timeout(whole, answer)
+        .await
+        .unwrap_or(Err(PeerError::Timeout))
 }
 
 /// The `Peer` gRPC service: answers from the local store only.
@@ -270,16 +425,24 @@ impl PeerService {
     pub fn into_server(self) -> PeerServer<Self> {
         PeerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(64 * MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
+/// Rendered bytes per answer chunk: well under the message bound, large
+/// enough that a 150,000-pod answer is a few hundred messages.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<QueryResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type QueryStream = ChunkStream;
+
     async fn query(
         &self,
         request: Request<QueryRequest>,
-    ) -> Result<Response<QueryResponse>, Status> {
+    ) -> Result<Response<Self::QueryStream>, Status> {
         if let Some(callers) = &self.callers {
             if let Err(status) = callers.check(request.metadata()).await {
                 tracing::warn!(peer = ?request.remote_addr(), error = %status.message(), "peer query refused");
@@ -288,11 +451,79 @@ impl Peer for PeerService {
         }
         let q =
             Query::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.0))?;
-        let objects = q
-            .local(&self.store, Instant::now())
-            .iter()
-            .map(Hit::to_wire)
+        let store = Arc::clone(&self.store);
+        // Two chunks in flight at most: a slow asker slows the answer, and
+        // one that goes away ends it.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let hits = q.local(&store, Instant::now());
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for h in &hits {
+                bytes += h.rendered.len();
+                chunk.push(h.to_wire());
+                if bytes >= CHUNK_BYTES {
+                    let objects = std::mem::take(&mut chunk);
+                    bytes = 0;
+                    if tx.blocking_send(Ok(QueryResponse { objects })).is_err() {
+                        return;
+                    }
+                }
+            }
+            if !chunk.is_empty() || hits.is_empty() {
+                let _ = tx.blocking_send(Ok(QueryResponse { objects: chunk }));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(n: usize, r: usize) -> Shard {
+        let members = (0..n)
+            .map(|i| (format!("agg-{i}"), format!("https://10.0.0.{i}:10251")))
             .collect();
-        Ok(Response::new(QueryResponse { objects }))
+        Shard::new("agg-0".into(), members, r)
+    }
+
+    fn list() -> Query {
+        Query::new(Kind::Pods, None, None, "", "").unwrap()
+    }
+
+    fn failed(ids: &[usize]) -> Vec<String> {
+        ids.iter().map(|i| format!("agg-{i}")).collect()
+    }
+
+    #[test]
+    fn share_of_nodes_whose_owners_all_failed() {
+        // Fewer failures than owners: every node still has an owner.
+        assert_eq!(missing_share(&shard(3, 2), &list(), &failed(&[1])), None);
+        assert_eq!(missing_share(&shard(3, 2), &list(), &[]), None);
+        // R=1: each failed replica takes its share.
+        let s = missing_share(&shard(3, 1), &list(), &failed(&[2])).unwrap();
+        assert!((s - 1.0 / 3.0).abs() < 1e-9, "{s}");
+        // R=2 of 3, two failed: one owner pair of three.
+        let s = missing_share(&shard(3, 2), &list(), &failed(&[1, 2])).unwrap();
+        assert!((s - 1.0 / 3.0).abs() < 1e-9, "{s}");
+        // R=2 of 5, three failed: C(3,2)/C(5,2) = 3/10.
+        let s = missing_share(&shard(5, 2), &list(), &failed(&[1, 2, 3])).unwrap();
+        assert!((s - 0.3).abs() < 1e-9, "{s}");
+        // Full replication never misses anything this replica holds.
+        assert_eq!(missing_share(&shard(3, 3), &list(), &failed(&[1, 2])), None);
+    }
+
+    #[test]
+    fn node_get_misses_only_when_its_owners_all_failed() {
+        let s = shard(3, 1);
+        let node = (0..100)
+            .map(|i| format!("node-{i}"))
+            .find(|n| s.owners(n) == ["agg-2"])
+            .unwrap();
+        let get = Query::new(Kind::Nodes, None, Some(node), "", "").unwrap();
+        assert_eq!(missing_share(&s, &get, &failed(&[2])), Some(1.0));
+        assert_eq!(missing_share(&s, &get, &failed(&[1])), None);
     }
 }

@@ -197,7 +197,8 @@ impl Aggregator {
             Arc::clone(&self.store),
             registry,
         )
-        .with_token_file(a.auth.peer_token_file.as_deref()))
+        .with_token_file(a.auth.peer_token_file.as_deref())
+        .with_max_missing_share(a.max_missing_share))
     }
 
     /// Serves until `cancel` fires, then drains.

@@ -125,19 +125,19 @@ impl Query {
                 (ns, _) => store.pods(ns.as_deref(), now),
             }
             .iter()
-                .map(|h| h.pod())
-                .filter(|p| {
-                    name_ok(&p.name)
-                        && self.fields.matches(&p.namespace, &p.name)
-                        && self.labels.matches(&p.labels)
-                })
-                .map(|p| Hit {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    timestamp_ns: p.timestamp_ns,
-                    rendered: p.rendered.clone(),
-                })
-                .collect(),
+            .map(|h| h.pod())
+            .filter(|p| {
+                name_ok(&p.name)
+                    && self.fields.matches(&p.namespace, &p.name)
+                    && self.labels.matches(&p.labels)
+            })
+            .map(|p| Hit {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                timestamp_ns: p.timestamp_ns,
+                rendered: p.rendered.clone(),
+            })
+            .collect(),
         }
     }
 }

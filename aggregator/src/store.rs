@@ -279,22 +279,30 @@ mod tests {
     fn namespace_and_pod_lookups_follow_moves_and_expiry() {
         let store = Store::new();
         let t0 = Instant::now();
-        store.insert(to_entry(&report("n1", &[("a", "x", 1), ("b", "y", 1)]), None, t0, 3).unwrap());
+        store
+            .insert(to_entry(&report("n1", &[("a", "x", 1), ("b", "y", 1)]), None, t0, 3).unwrap());
         store.insert(to_entry(&report("n2", &[("b", "z", 1)]), None, t0, 3).unwrap());
         assert_eq!(store.index_sizes(), (2, 3));
         assert_eq!(names(&store.pod("b", "y", t0)), ["b/y@1"]);
         assert!(store.pod("b", "x", t0).is_empty());
         // b/y moves from n1 to n2; namespace b leaves n1.
         store.insert(to_entry(&report("n1", &[("a", "x", 2)]), None, t0, 3).unwrap());
-        store.insert(
-            to_entry(&report("n2", &[("b", "z", 2), ("b", "y", 2)]), None, t0, 3).unwrap(),
-        );
+        store
+            .insert(to_entry(&report("n2", &[("b", "z", 2), ("b", "y", 2)]), None, t0, 3).unwrap());
         assert_eq!(names(&store.pod("b", "y", t0)), ["b/y@2"]);
         assert_eq!(names(&store.pods(Some("b"), t0)), ["b/y@2", "b/z@2"]);
         assert_eq!(store.index_sizes(), (2, 3));
         // n2 expires (a 1 s period here): its pods leave answers, then
         // the index at the sweep.
-        store.insert(to_entry(&report("n1", &[("a", "x", 3)]), None, t0 + Duration::from_secs(2), 3).unwrap());
+        store.insert(
+            to_entry(
+                &report("n1", &[("a", "x", 3)]),
+                None,
+                t0 + Duration::from_secs(2),
+                3,
+            )
+            .unwrap(),
+        );
         let later = t0 + Duration::from_secs(4);
         assert!(store.pod("b", "y", later).is_empty());
         assert!(store.pods(Some("b"), later).is_empty());

@@ -140,6 +140,35 @@ impl AggregatorProc {
         )
     }
 
+    /// Every object of a `Peer.Query` answer (all its chunks), sending
+    /// `token` as the bearer token when given.
+    pub async fn peer_query(
+        &self,
+        req: metrics_proto::v1::QueryRequest,
+        token: Option<&str>,
+    ) -> Result<Vec<metrics_proto::v1::RenderedObject>, tonic::Status> {
+        let channel = self
+            .grpc_channel()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(req);
+        if let Some(t) = token {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("token"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        let mut chunks = metrics_proto::v1::peer_client::PeerClient::new(channel)
+            .query(req)
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            out.extend(chunk.objects);
+        }
+        Ok(out)
+    }
+
     /// Names of the items of the list at `path` under
     /// `/apis/metrics.k8s.io/v1beta1/`, asked anonymously; `None` unless
     /// the answer is a 200 list.

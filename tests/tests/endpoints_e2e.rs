@@ -12,19 +12,15 @@ use metrics_e2e::kubelet::{self, FakeNode};
 use metrics_e2e::procs::{free_port, shared_cert, start_agent, start_aggregator, AggregatorProc};
 use metrics_e2e::wait::until;
 use metrics_proto::ring;
-use metrics_proto::v1::peer_client::PeerClient;
 use metrics_proto::v1::QueryRequest;
 
 const SERVICE: &str = "metrics-aggregator-peers";
 
 /// Nodes this replica holds itself (a peer query answers from its store).
 async fn local_nodes(agg: &AggregatorProc) -> usize {
-    PeerClient::new(agg.grpc_channel().await.unwrap())
-        .query(QueryRequest::default())
+    agg.peer_query(QueryRequest::default(), None)
         .await
         .unwrap()
-        .into_inner()
-        .objects
         .len()
 }
 

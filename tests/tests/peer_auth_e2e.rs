@@ -19,7 +19,6 @@ use metrics_e2e::pki::{Leaf, Pair, TestCa};
 use metrics_e2e::procs::{
     free_port, shared_cert, start_agent, start_secure_aggregator, AggregatorProc, Proc,
 };
-use metrics_proto::v1::peer_client::PeerClient;
 use metrics_proto::v1::QueryRequest;
 
 const AUDIENCE: &str = "metrics-aggregator";
@@ -46,21 +45,11 @@ async fn node_names(agg: &AggregatorProc, admin: &Pair) -> Vec<String> {
 }
 
 async fn peer_query(agg: &AggregatorProc, token: Option<&str>) -> Result<usize, tonic::Status> {
-    let channel = agg.grpc_channel().await.unwrap();
-    let mut req = tonic::Request::new(QueryRequest {
+    let req = QueryRequest {
         kind: metrics_proto::v1::query_request::Kind::Nodes as i32,
         ..QueryRequest::default()
-    });
-    if let Some(t) = token {
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    Ok(PeerClient::new(channel)
-        .query(req)
-        .await?
-        .into_inner()
-        .objects
-        .len())
+    };
+    Ok(agg.peer_query(req, token).await?.len())
 }
 
 fn agent(dir: &Path, node: &str, k: &FakeKubelet, agg: &AggregatorProc) -> Proc {

@@ -9,6 +9,7 @@ use axum::response::Response;
 use crate::api::discovery::json;
 use crate::api::status::ApiError;
 use crate::api::AppState;
+use crate::cluster::Missing;
 use crate::format::rfc3339;
 use crate::query::{Hit, Kind, Query};
 
@@ -100,12 +101,34 @@ async fn list(
     raw: Option<&str>,
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw).query(kind, namespace, None)?;
-    let hits = s.cluster.gather(&q).await;
+    let got = s.cluster.gather(&q).await;
+    let warning = match &got.missing {
+        None => None,
+        Some(m) if s.cluster.judge_partial(m) => Some(warning(m)),
+        Some(m) => {
+            return Err(ApiError::Unavailable(format!(
+                "the list is incomplete: {}",
+                m.describe()
+            )))
+        }
+    };
     let list_kind = match kind {
         Kind::Nodes => "NodeMetricsList",
         Kind::Pods => "PodMetricsList",
     };
-    Ok(json(list_body(list_kind, &hits)))
+    let mut resp = json(list_body(list_kind, &got.hits));
+    if let Some(w) = warning {
+        resp.headers_mut().insert(http::header::WARNING, w);
+    }
+    Ok(resp)
+}
+
+/// A `Warning` header (RFC 7234, code 299 as k8s.io/apiserver sends them,
+/// which kubectl prints) saying what an answer lacks.
+fn warning(m: &Missing) -> http::HeaderValue {
+    let text = m.describe().replace(['"', '\\'], "");
+    http::HeaderValue::from_str(&format!("299 - \"{text}\""))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("299 - \"partial answer\""))
 }
 
 async fn get(
@@ -116,8 +139,16 @@ async fn get(
     raw: Option<&str>,
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw).query(kind, namespace.clone(), Some(name.clone()))?;
-    let hits = s.cluster.gather(&q).await;
-    match hits.first() {
+    let got = s.cluster.gather(&q).await;
+    if let (None, Some(m)) = (got.hits.first(), &got.missing) {
+        // Not found, but its owners may be the replicas that did not answer.
+        s.cluster.judge_partial(m);
+        return Err(ApiError::Unavailable(format!(
+            "{name:?} cannot be looked up: {}",
+            m.describe()
+        )));
+    }
+    match got.hits.first() {
         Some(h) => {
             let mut out = Vec::with_capacity(h.rendered.len() + 24);
             h.rendered.write_to(&mut out, &now_rfc3339());

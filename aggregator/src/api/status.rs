@@ -42,6 +42,9 @@ pub enum ApiError {
     /// A review could not be made.
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// The answer cannot be given now (too many replicas did not answer).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// k8s.io/apiserver's wording: `pods.metrics.k8s.io is forbidden: User "u"
@@ -140,6 +143,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -151,6 +155,7 @@ impl ApiError {
             ApiError::Unauthorized => "Unauthorized",
             ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
         }
     }
 
@@ -172,7 +177,7 @@ impl ApiError {
                 group: Some("metrics.k8s.io"),
                 kind: Some(resource),
             }),
-            ApiError::BadRequest(_) | ApiError::Unauthorized => None,
+            ApiError::BadRequest(_) | ApiError::Unauthorized | ApiError::Unavailable(_) => None,
             ApiError::Forbidden { attrs, .. } => Some(match attrs.as_ref() {
                 Attributes::Resource {
                     group,
