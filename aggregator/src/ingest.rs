@@ -18,8 +18,9 @@ use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::auth::callers::{wrong_node, Caller, CallerAuth};
+use crate::labelset::StreamLabels;
 use crate::metrics::AggregatorMetrics;
-use crate::report::to_entry;
+use crate::report::{to_entry_with, ReportError};
 use crate::shard::SharedShard;
 use crate::store::Store;
 
@@ -78,21 +79,29 @@ impl IngestService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Handles one report; returns the Ack to send.
-    pub fn handle(&self, report: &NodeReport, bound: &mut Option<String>) -> Ack {
-        let checked = to_entry(
-            report,
-            bound.as_deref(),
-            Instant::now(),
-            self.expiry_periods,
-        )
-        .and_then(|e| match self.shard.as_ref().map(SharedShard::get) {
-            Some(shard) if !shard.owns(&e.name) => Err(crate::report::ReportError::NotOwner {
-                node: e.name,
-                shard: shard.self_id.clone(),
-            }),
-            _ => Ok(e),
-        });
+    /// Handles one report of `stream`; returns the Ack to send.
+    pub fn handle(&self, report: &NodeReport, stream: &mut StreamState) -> Ack {
+        let bound = &mut stream.bound;
+        let checked = stream
+            .labels
+            .resolve(report)
+            .map_err(ReportError::from)
+            .and_then(|labels| {
+                to_entry_with(
+                    report,
+                    labels,
+                    bound.as_deref(),
+                    Instant::now(),
+                    self.expiry_periods,
+                )
+            })
+            .and_then(|e| match self.shard.as_ref().map(SharedShard::get) {
+                Some(shard) if !shard.owns(&e.name) => Err(ReportError::NotOwner {
+                    node: e.name,
+                    shard: shard.self_id.clone(),
+                }),
+                _ => Ok(e),
+            });
         match checked {
             Ok(entry) => {
                 if bound.is_none() {
@@ -118,6 +127,15 @@ impl IngestService {
             }
         }
     }
+}
+
+/// What one agent stream remembers between reports.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// The node the stream reports for, from its first accepted report.
+    pub bound: Option<String>,
+    /// The labels it last carried.
+    labels: StreamLabels,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
@@ -150,8 +168,7 @@ impl Ingest for IngestService {
         let span = tracing::info_span!("ingest", ?peer);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let mut bound = None;
-                let mut labels = metrics_proto::labels::LabelCache::default();
+                let mut state = StreamState::default();
                 let mut map_sent: Option<u64> = None;
                 let mut checked = Instant::now();
                 loop {
@@ -159,11 +176,11 @@ impl Ingest for IngestService {
                         _ = this.cancel.cancelled() => break,
                         m = inbound.message() => m,
                     };
-                    let mut report = match msg {
+                    let report = match msg {
                         Ok(Some(r)) => r,
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::info!(node = ?bound, error = %e, "agent stream ended");
+                            tracing::info!(node = ?state.bound, error = %e, "agent stream ended");
                             // Tell the agent why (e.g. an oversized message).
                             let _ = tx.send(Err(e)).await;
                             break;
@@ -173,7 +190,7 @@ impl Ingest for IngestService {
                         if checked.elapsed() >= this.recheck {
                             if let Err(status) = agents.recheck(id).await {
                                 this.metrics.refused_stream(status.code());
-                                tracing::warn!(node = ?bound, error = %status.message(), "agent stream ended: token no longer accepted");
+                                tracing::warn!(node = ?state.bound, error = %status.message(), "agent stream ended: token no longer accepted");
                                 let _ = tx.send(Err(status)).await;
                                 break;
                             }
@@ -200,17 +217,7 @@ impl Ingest for IngestService {
                             map_sent = Some(shard.map.version);
                         }
                     }
-                    let ack = match labels.apply(&mut report) {
-                        Ok(()) => this.handle(&report, &mut bound),
-                        Err(e) => {
-                            this.metrics.report(false);
-                            Ack {
-                                sequence: report.sequence,
-                                accepted: false,
-                                error: e.to_string(),
-                            }
-                        }
-                    };
+                    let ack = this.handle(&report, &mut state);
                     let msg = AggregatorMessage {
                         kind: Some(Kind::Ack(ack)),
                     };

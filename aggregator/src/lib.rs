@@ -9,6 +9,7 @@ pub mod files;
 pub mod format;
 pub mod index;
 pub mod ingest;
+pub mod labelset;
 pub mod membership;
 pub mod metrics;
 pub mod query;

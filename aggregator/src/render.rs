@@ -2,13 +2,13 @@
 //! `creationTimestamp` (the response time) is filled in per request, so an
 //! object is split around it: `head + time + tail`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
 use metrics_proto::v1::{PodUsage, Usage};
 
 use crate::format::{cpu_quantity, go_duration, memory_quantity, rfc3339};
+use crate::labelset::Labels;
 
 /// A pre-rendered object; see the module doc. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,22 +57,6 @@ fn json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
-fn labels_json(out: &mut String, labels: &BTreeMap<String, String>) {
-    if labels.is_empty() {
-        return;
-    }
-    out.push_str(",\"labels\":{");
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_str(out, k);
-        out.push(':');
-        json_str(out, v);
-    }
-    out.push('}');
-}
-
 fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64) {
     let _ = write!(
         out,
@@ -107,10 +91,10 @@ fn times(t: &mut String, timestamp_nanos: i64, window_nanos: i64) {
 }
 
 /// A NodeMetrics object.
-pub fn node_metrics(name: &str, labels: &BTreeMap<String, String>, u: &Usage) -> Rendered {
-    let mut tail = String::with_capacity(160);
+pub fn node_metrics(name: &str, labels: &Labels, u: &Usage) -> Rendered {
+    let mut tail = String::with_capacity(160 + labels.json().len());
     tail.push('"');
-    labels_json(&mut tail, labels);
+    tail.push_str(labels.json());
     times(&mut tail, u.timestamp_unix_nanos, u.window_nanos);
     tail.push_str(",\"usage\":");
     usage_json(&mut tail, u.cpu_nanocores, u.memory_working_set_bytes);
@@ -119,10 +103,10 @@ pub fn node_metrics(name: &str, labels: &BTreeMap<String, String>, u: &Usage) ->
 }
 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
-pub fn pod_metrics(p: &PodUsage, labels: &BTreeMap<String, String>) -> Rendered {
-    let mut tail = String::with_capacity(128 + 80 * p.containers.len());
+pub fn pod_metrics(p: &PodUsage, labels: &Labels) -> Rendered {
+    let mut tail = String::with_capacity(128 + labels.json().len() + 80 * p.containers.len());
     tail.push('"');
-    labels_json(&mut tail, labels);
+    tail.push_str(labels.json());
     times(&mut tail, p.timestamp_unix_nanos, p.window_nanos);
     tail.push_str(",\"containers\":[");
     let mut containers: Vec<_> = p.containers.iter().collect();
@@ -160,10 +144,11 @@ mod tests {
             cpu_nanocores: 487_558_164,
             memory_working_set_bytes: 749_785_088,
         };
-        let labels = BTreeMap::from([
+        let labels = Labels::new(&std::collections::HashMap::from([
             ("b".to_string(), "2".to_string()),
             ("a\"".to_string(), "1".to_string()),
-        ]);
+        ]))
+        .unwrap();
         let got = render(
             &node_metrics("minikube", &labels, &u),
             "2022-01-27T18:48:43Z",
@@ -188,7 +173,7 @@ mod tests {
                 memory_working_set_bytes: 22_244 * 1024,
             }],
         };
-        let got = render(&pod_metrics(&p, &BTreeMap::new()), "2022-01-27T19:25:00Z");
+        let got = render(&pod_metrics(&p, &Labels::empty()), "2022-01-27T19:25:00Z");
         let v: serde_json::Value = serde_json::from_str(&got).unwrap();
         assert_eq!(v["metadata"]["namespace"], "kube-system");
         assert_eq!(v["timestamp"], "2022-01-27T19:24:31Z");

@@ -1,18 +1,17 @@
 //! Checking a NodeReport from the network and turning it into a store entry
 //! (with every object rendered once).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics_proto::v1::NodeReport;
 use metrics_proto::{MAX_CONTAINERS_PER_POD, MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
 
+use crate::labelset::{self, LabelError, Labels, Resolved};
 use crate::render::{self, Rendered};
 
 /// Shortest and longest period an agent may announce.
 const PERIOD_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
-/// Most labels on one object (well above what clusters use).
-const MAX_LABELS: usize = 256;
 
 /// Why a report was refused; sent back in its Ack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,8 +30,8 @@ pub enum ReportError {
     Pod { pod: String, reason: String },
     #[error("node usage: {0}")]
     NodeUsage(&'static str),
-    #[error("node labels: {0}")]
-    Labels(String),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
     #[error("replica {shard} does not own node {node:?}; report to its owners from the shard map")]
     NotOwner { node: String, shard: String },
 }
@@ -42,7 +41,7 @@ pub enum ReportError {
 pub struct PodEntry {
     pub namespace: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<Labels>,
     pub timestamp_ns: i64,
     pub rendered: Rendered,
 }
@@ -51,7 +50,7 @@ pub struct PodEntry {
 #[derive(Debug)]
 pub struct NodeEntry {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<Labels>,
     /// Sample time of the node usage, ns since the epoch.
     pub timestamp_ns: i64,
     pub node: Option<Rendered>,
@@ -75,20 +74,6 @@ pub fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
-fn check_labels<'a>(
-    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
-) -> Result<(), String> {
-    if labels.len() > MAX_LABELS {
-        return Err(format!("{} labels exceed {MAX_LABELS}", labels.len()));
-    }
-    for (k, v) in labels {
-        if k.is_empty() || k.len() > 317 || v.len() > 63 {
-            return Err(format!("label {k:?} has an invalid key or value length"));
-        }
-    }
-    Ok(())
-}
-
 fn check_time(ts: i64, window: i64) -> Result<(), &'static str> {
     if ts <= 0 {
         return Err("timestamp must be positive");
@@ -99,10 +84,24 @@ fn check_time(ts: i64, window: i64) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Validates `report` (for a stream bound to `bound`, if any) and builds
-/// the entry; `expiry_periods` periods without a report expire it.
+/// Validates `report` (for a stream bound to `bound`, if any), with the
+/// labels it carries, and builds the entry; `expiry_periods` periods
+/// without a report expire it.
 pub fn to_entry(
     report: &NodeReport,
+    bound: Option<&str>,
+    now: Instant,
+    expiry_periods: u32,
+) -> Result<NodeEntry, ReportError> {
+    let labels = labelset::carried(report)?;
+    to_entry_with(report, labels, bound, now, expiry_periods)
+}
+
+/// [`to_entry`] with the report's labels already resolved (one per pod,
+/// in order; a stream's cache supplies those a report left out).
+pub fn to_entry_with(
+    report: &NodeReport,
+    labels: Resolved,
     bound: Option<&str>,
     now: Instant,
     expiry_periods: u32,
@@ -127,12 +126,10 @@ pub fn to_entry(
     if report.pods.len() > MAX_PODS_PER_REPORT {
         return Err(ReportError::TooManyPods(report.pods.len()));
     }
-    check_labels(report.node_labels.iter()).map_err(ReportError::Labels)?;
-    let labels: BTreeMap<String, String> = report
-        .node_labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let Resolved {
+        node: labels,
+        pods: pod_labels,
+    } = labels;
     let (node, timestamp_ns) = match &report.node {
         Some(u) => {
             check_time(u.timestamp_unix_nanos, u.window_nanos).map_err(ReportError::NodeUsage)?;
@@ -144,7 +141,7 @@ pub fn to_entry(
         None => (None, 0),
     };
     let mut pods = Vec::with_capacity(report.pods.len());
-    for p in &report.pods {
+    for (p, labels) in report.pods.iter().zip(pod_labels) {
         let bad = |reason: String| ReportError::Pod {
             pod: format!("{}/{}", p.namespace, p.name)
                 .chars()
@@ -165,12 +162,6 @@ pub fn to_entry(
             return Err(bad("invalid container name".into()));
         }
         check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(|e| bad(e.into()))?;
-        check_labels(p.labels.iter()).map_err(bad)?;
-        let labels: BTreeMap<String, String> = p
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         pods.push(PodEntry {
             namespace: p.namespace.clone(),
             name: p.name.clone(),

@@ -140,10 +140,10 @@ pub fn start(
     if let Some(k) = kubelet {
         collector = collector.with_pods(PodCache::new(k, args.host.pod_labels_refresh));
     }
-    let mut bound = None;
+    let mut stream = crate::ingest::StreamState::default();
     tasks.spawn(collector.run(
         move |report| {
-            let _ = ingest.handle(&report, &mut bound);
+            let _ = ingest.handle(&report, &mut stream);
         },
         cancel,
     ));

@@ -57,47 +57,6 @@ pub fn omit(report: &mut NodeReport) {
 #[error("labels omitted for unknown labels_version {0:016x}; send them in full")]
 pub struct UnknownLabels(pub u64);
 
-/// The labels last carried on one stream (receiving side).
-#[derive(Debug, Default)]
-pub struct LabelCache {
-    version: u64,
-    node: HashMap<String, String>,
-    /// Namespace → pod name → labels, so a lookup borrows the report's names.
-    pods: HashMap<String, HashMap<String, HashMap<String, String>>>,
-}
-
-impl LabelCache {
-    /// Remembers a report's labels, or puts them back into a report that
-    /// omitted them.
-    pub fn apply(&mut self, report: &mut NodeReport) -> Result<(), UnknownLabels> {
-        if !report.labels_omitted {
-            if report.labels_version != self.version {
-                self.version = report.labels_version;
-                self.node = report.node_labels.clone();
-                self.pods.clear();
-                for p in report.pods.iter().filter(|p| !p.labels.is_empty()) {
-                    self.pods
-                        .entry(p.namespace.clone())
-                        .or_default()
-                        .insert(p.name.clone(), p.labels.clone());
-                }
-            }
-            return Ok(());
-        }
-        if report.labels_version == 0 || report.labels_version != self.version {
-            return Err(UnknownLabels(report.labels_version));
-        }
-        report.node_labels = self.node.clone();
-        for p in &mut report.pods {
-            if let Some(l) = self.pods.get(&p.namespace).and_then(|ns| ns.get(&p.name)) {
-                p.labels = l.clone();
-            }
-        }
-        report.labels_omitted = false;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,27 +89,5 @@ mod tests {
         assert_eq!(version(&r), v, "pod order does not matter");
         assert_ne!(version(&report("checkout")), v);
         assert_eq!(version(&NodeReport::default()), 0);
-    }
-
-    #[test]
-    fn omitted_labels_come_back() {
-        let mut cache = LabelCache::default();
-        let mut full = report("shop");
-        full.labels_version = version(&full);
-        let expected = full.clone();
-        cache.apply(&mut full).unwrap();
-        let mut next = expected.clone();
-        omit(&mut next);
-        assert!(next.pods[0].labels.is_empty());
-        cache.apply(&mut next).unwrap();
-        assert_eq!(next, expected);
-
-        let mut changed = report("checkout");
-        changed.labels_version = version(&changed);
-        omit(&mut changed);
-        assert_eq!(
-            cache.apply(&mut changed),
-            Err(UnknownLabels(version(&report("checkout"))))
-        );
     }
 }
