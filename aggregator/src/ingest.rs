@@ -18,7 +18,7 @@ use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::auth::callers::{wrong_node, Caller, CallerAuth};
-use crate::labelset::StreamLabels;
+use crate::labelset::{Interner, StreamLabels};
 use crate::metrics::AggregatorMetrics;
 use crate::report::{to_entry_with, ReportError};
 use crate::shard::SharedShard;
@@ -35,6 +35,8 @@ pub struct IngestService {
     metrics: Arc<AggregatorMetrics>,
     expiry_periods: u32,
     cancel: CancellationToken,
+    /// Label sets shared by every stream.
+    interner: Arc<Interner>,
 }
 
 impl IngestService {
@@ -52,6 +54,7 @@ impl IngestService {
             metrics,
             expiry_periods,
             cancel,
+            interner: Arc::default(),
         }
     }
 
@@ -84,7 +87,7 @@ impl IngestService {
         let bound = &mut stream.bound;
         let checked = stream
             .labels
-            .resolve(report)
+            .resolve(report, &self.interner)
             .map_err(ReportError::from)
             .and_then(|labels| {
                 to_entry_with(

@@ -4,8 +4,12 @@
 //! stream's cache, the store and every later report that omits them
 //! (`metrics_proto::labels`: labels travel only when they change).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+
+use dashmap::DashMap;
+use xxhash_rust::xxh3::Xxh3;
 
 use metrics_proto::labels::UnknownLabels;
 use metrics_proto::v1::NodeReport;
@@ -13,12 +17,15 @@ use metrics_proto::v1::NodeReport;
 /// Most labels on one object (well above what clusters use).
 pub const MAX_LABELS: usize = 256;
 
-/// One object's labels.
+/// One object's labels, compactly: keys and values concatenated in key
+/// order with their end offsets, and the rendered JSON member.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Labels {
-    map: BTreeMap<String, String>,
+    text: Box<str>,
+    /// End of key i at `ends[2i]`, of its value at `ends[2i + 1]`.
+    ends: Box<[u32]>,
     /// `,"labels":{...}` in key order, or empty without labels.
-    json: String,
+    json: Box<str>,
 }
 
 static EMPTY: LazyLock<Arc<Labels>> = LazyLock::new(|| Arc::new(Labels::default()));
@@ -28,30 +35,43 @@ fn json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
+/// Checks a label set's count and sizes.
+fn check(labels: &HashMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("{} labels exceed {MAX_LABELS}", labels.len()));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 317 || v.len() > 63 {
+            return Err(format!("label {k:?} has an invalid key or value length"));
+        }
+    }
+    Ok(())
+}
+
 impl Labels {
-    /// Checks `labels` (count and sizes) and renders them.
+    /// Checks `labels` (count and sizes) and builds them.
     pub fn new(labels: &HashMap<String, String>) -> Result<Arc<Self>, String> {
+        check(labels)?;
+        Ok(Self::build(labels))
+    }
+
+    fn build(labels: &HashMap<String, String>) -> Arc<Self> {
         if labels.is_empty() {
-            return Ok(Self::empty());
+            return Self::empty();
         }
-        if labels.len() > MAX_LABELS {
-            return Err(format!("{} labels exceed {MAX_LABELS}", labels.len()));
-        }
-        for (k, v) in labels {
-            if k.is_empty() || k.len() > 317 || v.len() > 63 {
-                return Err(format!("label {k:?} has an invalid key or value length"));
-            }
-        }
-        let map: BTreeMap<String, String> =
-            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut json = String::with_capacity(
-            16 + map
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 6)
-                .sum::<usize>(),
-        );
+        let mut pairs: Vec<(&String, &String)> = labels.iter().collect();
+        pairs.sort_unstable();
+        let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut text = String::with_capacity(size);
+        let mut ends = Vec::with_capacity(2 * pairs.len());
+        let mut json = String::with_capacity(16 + size + 6 * pairs.len());
         json.push_str(",\"labels\":{");
-        for (i, (k, v)) in map.iter().enumerate() {
+        for (i, (k, v)) in pairs.into_iter().enumerate() {
+            for s in [k, v] {
+                text.push_str(s);
+                // Bounded by MAX_LABELS × 380 bytes, far below u32::MAX.
+                ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+            }
             if i > 0 {
                 json.push(',');
             }
@@ -60,7 +80,11 @@ impl Labels {
             json_str(&mut json, v);
         }
         json.push('}');
-        Ok(Arc::new(Self { map, json }))
+        Arc::new(Self {
+            text: text.into(),
+            ends: ends.into(),
+            json: json.into(),
+        })
     }
 
     /// No labels (one shared instance).
@@ -68,13 +92,114 @@ impl Labels {
         Arc::clone(&EMPTY)
     }
 
-    pub fn map(&self) -> &BTreeMap<String, String> {
-        &self.map
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn pair(&self, i: usize) -> (&str, &str) {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[2 * i - 1] as usize
+        };
+        let (k_end, v_end) = (self.ends[2 * i] as usize, self.ends[2 * i + 1] as usize);
+        (&self.text[start..k_end], &self.text[k_end..v_end])
+    }
+
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (k, v) = self.pair(mid);
+            match k.cmp(key) {
+                std::cmp::Ordering::Equal => return Some(v),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    /// Every label in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        (0..self.len()).map(|i| self.pair(i))
     }
 
     /// The `,"labels":{...}` member of a metadata object, or "".
     pub fn json(&self) -> &str {
         &self.json
+    }
+}
+
+/// Label sets shared across streams: pods of one ReplicaSet, DaemonSet or
+/// Job carry identical labels on many nodes, and each distinct set is kept
+/// once. Entries are weak; dead ones are swept as new sets arrive.
+#[derive(Debug, Default)]
+pub struct Interner {
+    sets: DashMap<u64, Weak<Labels>>,
+    /// Live entries at the last sweep; the next one runs at twice as many.
+    swept_at: AtomicUsize,
+}
+
+fn content_hash(labels: &HashMap<String, String>) -> u64 {
+    let mut pairs: Vec<(&String, &String)> = labels.iter().collect();
+    pairs.sort_unstable();
+    let mut h = Xxh3::new();
+    for (k, v) in pairs {
+        for s in [k, v] {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    h.digest()
+}
+
+fn same(a: &Labels, b: &HashMap<String, String>) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|bv| bv == v))
+}
+
+impl Interner {
+    /// Checks `labels` and returns the shared copy of that set.
+    pub fn intern(&self, labels: &HashMap<String, String>) -> Result<Arc<Labels>, String> {
+        check(labels)?;
+        if labels.is_empty() {
+            return Ok(Labels::empty());
+        }
+        let key = content_hash(labels);
+        let mut slot = self.sets.entry(key).or_default();
+        if let Some(existing) = slot.upgrade().filter(|l| same(l, labels)) {
+            return Ok(existing);
+        }
+        let built = Labels::build(labels);
+        // A hash collision replaces the older set in the table; both stay
+        // valid where they are used.
+        *slot = Arc::downgrade(&built);
+        drop(slot);
+        self.maybe_sweep();
+        Ok(built)
+    }
+
+    fn maybe_sweep(&self) {
+        let limit = 2 * self.swept_at.load(Ordering::Relaxed) + 1024;
+        if self.sets.len() >= limit {
+            self.sets.retain(|_, w| w.strong_count() > 0);
+            self.swept_at.store(self.sets.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Distinct label sets held (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
     }
 }
 
@@ -97,20 +222,24 @@ pub enum LabelError {
     Pod { pod: String, reason: String },
 }
 
-/// Builds every label set a report carries.
-pub fn carried(report: &NodeReport) -> Result<Resolved, LabelError> {
-    let node = Labels::new(&report.node_labels).map_err(LabelError::Node)?;
+/// Builds (or finds in `interner`) every label set a report carries.
+pub fn carried(report: &NodeReport, interner: &Interner) -> Result<Resolved, LabelError> {
+    let node = interner
+        .intern(&report.node_labels)
+        .map_err(LabelError::Node)?;
     let pods = report
         .pods
         .iter()
         .map(|p| {
-            Labels::new(&p.labels).map_err(|reason| LabelError::Pod {
-                pod: format!("{}/{}", p.namespace, p.name)
-                    .chars()
-                    .take(128)
-                    .collect(),
-                reason,
-            })
+            interner
+                .intern(&p.labels)
+                .map_err(|reason| LabelError::Pod {
+                    pod: format!("{}/{}", p.namespace, p.name)
+                        .chars()
+                        .take(128)
+                        .collect(),
+                    reason,
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok(Resolved { node, pods })
@@ -130,16 +259,20 @@ impl StreamLabels {
     /// stream has not seen (and remembered), else taken from the last set
     /// carried with the same `labels_version`. A report that omitted labels
     /// this stream does not know is refused.
-    pub fn resolve(&mut self, report: &NodeReport) -> Result<Resolved, LabelError> {
+    pub fn resolve(
+        &mut self,
+        report: &NodeReport,
+        interner: &Interner,
+    ) -> Result<Resolved, LabelError> {
         let known = report.labels_version != 0 && report.labels_version == self.version;
         if !report.labels_omitted && !known {
-            let resolved = carried(report)?;
+            let resolved = carried(report, interner)?;
             if report.labels_version != 0 {
                 self.version = report.labels_version;
                 self.node = Arc::clone(&resolved.node);
                 self.pods.clear();
                 for (p, l) in report.pods.iter().zip(&resolved.pods) {
-                    if !l.map.is_empty() {
+                    if !l.is_empty() {
                         self.pods
                             .entry(p.namespace.clone())
                             .or_default()
@@ -196,8 +329,9 @@ mod tests {
 
     #[test]
     fn omitted_labels_are_shared_from_the_carried_set() {
+        let interner = Interner::default();
         let mut cache = StreamLabels::default();
-        let full = cache.resolve(&report("shop")).unwrap();
+        let full = cache.resolve(&report("shop"), &interner).unwrap();
         assert_eq!(full.node.json(), r#","labels":{"zone":"z1"}"#);
         assert_eq!(
             full.pods[0].json(),
@@ -206,13 +340,13 @@ mod tests {
         assert_eq!(full.pods[1].json(), "");
         let mut next = report("shop");
         metrics_proto::labels::omit(&mut next);
-        let again = cache.resolve(&next).unwrap();
+        let again = cache.resolve(&next, &interner).unwrap();
         assert!(Arc::ptr_eq(&again.pods[0], &full.pods[0]));
         assert!(Arc::ptr_eq(&again.node, &full.node));
-        assert_eq!(again.pods[1].map(), &BTreeMap::new());
+        assert!(again.pods[1].is_empty());
         // Carried again with the same version: the shared set is reused.
         assert!(Arc::ptr_eq(
-            &cache.resolve(&report("shop")).unwrap().pods[0],
+            &cache.resolve(&report("shop"), &interner).unwrap().pods[0],
             &full.pods[0]
         ));
 
@@ -220,19 +354,67 @@ mod tests {
         let v = changed.labels_version;
         metrics_proto::labels::omit(&mut changed);
         assert_eq!(
-            cache.resolve(&changed).unwrap_err(),
+            cache.resolve(&changed, &interner).unwrap_err(),
             LabelError::Unknown(UnknownLabels(v))
         );
     }
 
     #[test]
     fn bad_labels_are_refused_and_not_remembered() {
+        let interner = Interner::default();
         let mut cache = StreamLabels::default();
         let mut r = report("shop");
         r.pods[0].labels.insert("k".into(), "v".repeat(64));
         r.labels_version = metrics_proto::labels::version(&r);
-        assert!(matches!(cache.resolve(&r), Err(LabelError::Pod { .. })));
+        assert!(matches!(
+            cache.resolve(&r, &interner),
+            Err(LabelError::Pod { .. })
+        ));
         metrics_proto::labels::omit(&mut r);
-        assert!(matches!(cache.resolve(&r), Err(LabelError::Unknown(_))));
+        assert!(matches!(
+            cache.resolve(&r, &interner),
+            Err(LabelError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn lookups_and_order() {
+        let l = Labels::new(&HashMap::from([
+            ("tier".to_string(), "web".to_string()),
+            ("app".to_string(), "shop".to_string()),
+            ("a/b".to_string(), "".to_string()),
+        ]))
+        .unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.get("app"), Some("shop"));
+        assert_eq!(l.get("a/b"), Some(""));
+        assert_eq!(l.get("tier"), Some("web"));
+        assert_eq!(l.get("zone"), None);
+        assert_eq!(l.get(""), None);
+        let keys: Vec<&str> = l.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a/b", "app", "tier"]);
+        assert_eq!(
+            l.json(),
+            r#","labels":{"a/b":"","app":"shop","tier":"web"}"#
+        );
+    }
+
+    #[test]
+    fn equal_sets_are_shared_across_streams_and_dead_ones_swept() {
+        let interner = Interner::default();
+        let set = |app: &str| HashMap::from([("app".to_string(), app.to_string())]);
+        let a = interner.intern(&set("shop")).unwrap();
+        let b = interner.intern(&set("shop")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &interner.intern(&set("cart")).unwrap()));
+        drop((a, b));
+        // Past the sweep threshold only live sets remain.
+        let keep: Vec<_> = (0..2000)
+            .map(|i| interner.intern(&set(&format!("app-{i}"))).unwrap())
+            .filter(|l| l.get("app").is_some_and(|v| v.ends_with('7')))
+            .collect();
+        assert!(interner.len() < 2000, "{}", interner.len());
+        assert!(interner.len() >= keep.len());
+        assert!(interner.intern(&HashMap::new()).unwrap().is_empty());
     }
 }

@@ -108,7 +108,7 @@ impl Query {
                     .filter(|e| {
                         name_ok(&e.name)
                             && self.fields.matches("", &e.name)
-                            && self.labels.matches(e.labels.map())
+                            && self.labels.matches_with(|k| e.labels.get(k))
                     })
                     .filter_map(|e| {
                         Some(Hit {
@@ -129,7 +129,7 @@ impl Query {
             .filter(|p| {
                 name_ok(&p.name)
                     && self.fields.matches(&p.namespace, &p.name)
-                    && self.labels.matches(p.labels.map())
+                    && self.labels.matches_with(|k| p.labels.get(k))
             })
             .map(|p| Hit {
                 namespace: p.namespace.clone(),

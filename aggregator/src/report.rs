@@ -93,7 +93,7 @@ pub fn to_entry(
     now: Instant,
     expiry_periods: u32,
 ) -> Result<NodeEntry, ReportError> {
-    let labels = labelset::carried(report)?;
+    let labels = labelset::carried(report, &labelset::Interner::default())?;
     to_entry_with(report, labels, bound, now, expiry_periods)
 }
 

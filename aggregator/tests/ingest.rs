@@ -260,9 +260,9 @@ async fn labels_left_out_are_restored_from_the_stream() {
         let nodes = store.nodes(Instant::now());
         let pods = store.pods(Some("ns"), Instant::now());
         (
-            nodes[0].labels.map().get("zone").cloned(),
+            nodes[0].labels.get("zone").map(str::to_owned),
             pods.iter()
-                .map(|p| p.pod().labels.map().get("app").cloned())
+                .map(|p| p.pod().labels.get("app").map(str::to_owned))
                 .collect::<Vec<_>>(),
         )
     };

@@ -293,13 +293,18 @@ impl LabelSelector {
 
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Whether the labels `get` looks up satisfy every requirement.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.reqs.iter().all(|r| {
-            let v = labels.get(&r.key);
+            let v = get(&r.key);
             match &r.op {
                 Op::Exists => v.is_some(),
                 Op::DoesNotExist => v.is_none(),
-                Op::In(set) => v.is_some_and(|v| set.contains(v)),
-                Op::NotIn(set) => v.is_none_or(|v| !set.contains(v)),
+                Op::In(set) => v.is_some_and(|v| set.iter().any(|s| s == v)),
+                Op::NotIn(set) => v.is_none_or(|v| !set.iter().any(|s| s == v)),
                 Op::Gt(n) => v
                     .and_then(|v| v.parse::<i64>().ok())
                     .is_some_and(|x| x > *n),
