@@ -8,8 +8,10 @@
 //! difference is one merge walk, and a report whose pods did not change
 //! (the usual case) writes nothing.
 
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use xxhash_rust::xxh3::Xxh3;
@@ -19,10 +21,10 @@ use crate::report::PodEntry;
 /// Namespace → nodes, and pod key hash → nodes.
 #[derive(Debug, Default)]
 pub struct PodIndex {
-    namespaces: DashMap<String, HashSet<String>>,
+    namespaces: DashMap<String, HashSet<Arc<str>>>,
     /// Keyed by a 64-bit hash of (namespace, name); a collision only adds a
     /// node to look at, since every hit is checked in the node's entry.
-    pods: DashMap<u64, Vec<String>>,
+    pods: DashMap<u64, Vec<Arc<str>>>,
 }
 
 fn pod_key(namespace: &str, name: &str) -> u64 {
@@ -98,6 +100,9 @@ impl PodIndex {
     /// Records that `node`'s pods changed from `old` to `new` (either empty
     /// when the node appears or goes). Both are sorted by (namespace, name).
     pub fn update(&self, node: &str, old: &[PodEntry], new: &[PodEntry]) {
+        // One shared copy of the node's name for every entry added now.
+        let shared: OnceCell<Arc<str>> = OnceCell::new();
+        let name = || Arc::clone(shared.get_or_init(|| Arc::from(node)));
         diff(
             namespaces(old),
             namespaces(new),
@@ -106,7 +111,7 @@ impl PodIndex {
                 self.namespaces
                     .entry(ns.to_owned())
                     .or_default()
-                    .insert(node.to_owned());
+                    .insert(name());
             },
         );
         diff(
@@ -115,8 +120,8 @@ impl PodIndex {
             |k| self.remove_pod(pod_key(k.0, k.1), node),
             |k| {
                 let mut nodes = self.pods.entry(pod_key(k.0, k.1)).or_default();
-                if !nodes.iter().any(|n| n == node) {
-                    nodes.push(node.to_owned());
+                if !nodes.iter().any(|n| &**n == node) {
+                    nodes.push(name());
                 }
             },
         );
@@ -131,13 +136,13 @@ impl PodIndex {
 
     fn remove_pod(&self, key: u64, node: &str) {
         if let Some(mut nodes) = self.pods.get_mut(&key) {
-            nodes.retain(|n| n != node);
+            nodes.retain(|n| &**n != node);
         }
         self.pods.remove_if(&key, |_, nodes| nodes.is_empty());
     }
 
     /// Nodes holding pods of `namespace`.
-    pub fn nodes_with_namespace(&self, namespace: &str) -> Vec<String> {
+    pub fn nodes_with_namespace(&self, namespace: &str) -> Vec<Arc<str>> {
         self.namespaces
             .get(namespace)
             .map(|n| n.iter().cloned().collect())
@@ -146,7 +151,7 @@ impl PodIndex {
 
     /// Nodes holding the pod `namespace/name` (usually one; two while it
     /// moves; more only on a hash collision).
-    pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<String> {
+    pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<Arc<str>> {
         self.pods
             .get(&pod_key(namespace, name))
             .map(|n| n.clone())

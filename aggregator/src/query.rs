@@ -149,7 +149,7 @@ impl Hit {
             name: self.name.clone(),
             timestamp_unix_nanos: self.timestamp_ns,
             head: self.rendered.head().to_owned(),
-            tail: self.rendered.tail().to_owned(),
+            tail: self.rendered.full_tail(),
         }
     }
 
@@ -218,5 +218,43 @@ mod tests {
         let mut bad = q.to_request();
         bad.kind = 9;
         assert!(Query::from_request(&bad).is_err());
+    }
+
+    #[test]
+    fn objects_with_labels_cross_the_wire_unchanged() {
+        let labels = crate::labelset::Labels::new(&std::collections::HashMap::from([(
+            "app".to_string(),
+            "shop".to_string(),
+        )]))
+        .unwrap();
+        let p = metrics_proto::v1::PodUsage {
+            namespace: "ns".into(),
+            name: "p".into(),
+            timestamp_unix_nanos: 1_700_000_000_000_000_000,
+            window_nanos: 15_000_000_000,
+            containers: vec![metrics_proto::v1::ContainerUsage {
+                name: "c".into(),
+                cpu_nanocores: 1,
+                memory_working_set_bytes: 1024,
+            }],
+            ..Default::default()
+        };
+        let local = Hit {
+            namespace: "ns".into(),
+            name: "p".into(),
+            timestamp_ns: p.timestamp_unix_nanos,
+            rendered: crate::render::pod_metrics(&p, &labels),
+        };
+        let remote = Hit::from_wire(&local.to_wire());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        local.rendered.write_to(&mut a, "2023-11-14T22:13:20Z");
+        remote.rendered.write_to(&mut b, "2023-11-14T22:13:20Z");
+        assert_eq!(
+            String::from_utf8(a.clone()).unwrap(),
+            String::from_utf8(b).unwrap()
+        );
+        assert_eq!(local.rendered.len() + 20, a.len());
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["metadata"]["labels"]["app"], "shop");
     }
 }

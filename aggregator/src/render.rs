@@ -10,10 +10,14 @@ use metrics_proto::v1::{PodUsage, Usage};
 use crate::format::{cpu_quantity, go_duration, memory_quantity, rfc3339};
 use crate::labelset::Labels;
 
-/// A pre-rendered object; see the module doc. Cheap to clone.
+/// A pre-rendered object; see the module doc. Cheap to clone. Objects
+/// rendered here keep their labels' JSON by reference (one copy per label
+/// set, not per object): head ‖ time ‖ `"` ‖ labels ‖ tail. Objects from
+/// peers arrive as head ‖ time ‖ tail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     head: Arc<str>,
+    labels: Option<Arc<Labels>>,
     tail: Arc<str>,
 }
 
@@ -22,6 +26,15 @@ impl Rendered {
     pub fn from_parts(head: &str, tail: &str) -> Self {
         Self {
             head: head.into(),
+            labels: None,
+            tail: tail.into(),
+        }
+    }
+
+    fn with_labels(head: &str, labels: &Arc<Labels>, tail: &str) -> Self {
+        Self {
+            head: head.into(),
+            labels: Some(Arc::clone(labels)),
             tail: tail.into(),
         }
     }
@@ -30,20 +43,35 @@ impl Rendered {
         &self.head
     }
 
-    pub fn tail(&self) -> &str {
-        &self.tail
+    /// Everything after the creationTimestamp value, as one string (for
+    /// peers).
+    pub fn full_tail(&self) -> String {
+        match &self.labels {
+            None => self.tail.to_string(),
+            Some(l) => {
+                let mut t = String::with_capacity(1 + l.json().len() + self.tail.len());
+                t.push('"');
+                t.push_str(l.json());
+                t.push_str(&self.tail);
+                t
+            }
+        }
     }
 
     /// Appends the object with `created` (RFC 3339) as its creationTimestamp.
     pub fn write_to(&self, out: &mut Vec<u8>, created: &str) {
         out.extend_from_slice(self.head.as_bytes());
         out.extend_from_slice(created.as_bytes());
+        if let Some(l) = &self.labels {
+            out.push(b'"');
+            out.extend_from_slice(l.json().as_bytes());
+        }
         out.extend_from_slice(self.tail.as_bytes());
     }
 
     /// Bytes this object adds to a response, minus the timestamp.
     pub fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
+        self.head.len() + self.tail.len() + self.labels.as_ref().map_or(0, |l| 1 + l.json().len())
     }
 
     /// Never true for a rendered object; for clippy's `len` convention.
@@ -91,22 +119,18 @@ fn times(t: &mut String, timestamp_nanos: i64, window_nanos: i64) {
 }
 
 /// A NodeMetrics object.
-pub fn node_metrics(name: &str, labels: &Labels, u: &Usage) -> Rendered {
-    let mut tail = String::with_capacity(160 + labels.json().len());
-    tail.push('"');
-    tail.push_str(labels.json());
+pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage) -> Rendered {
+    let mut tail = String::with_capacity(160);
     times(&mut tail, u.timestamp_unix_nanos, u.window_nanos);
     tail.push_str(",\"usage\":");
     usage_json(&mut tail, u.cpu_nanocores, u.memory_working_set_bytes);
     tail.push('}');
-    Rendered::from_parts(&head("NodeMetrics", None, name), &tail)
+    Rendered::with_labels(&head("NodeMetrics", None, name), labels, &tail)
 }
 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
-pub fn pod_metrics(p: &PodUsage, labels: &Labels) -> Rendered {
-    let mut tail = String::with_capacity(128 + labels.json().len() + 80 * p.containers.len());
-    tail.push('"');
-    tail.push_str(labels.json());
+pub fn pod_metrics(p: &PodUsage, labels: &Arc<Labels>) -> Rendered {
+    let mut tail = String::with_capacity(128 + 80 * p.containers.len());
     times(&mut tail, p.timestamp_unix_nanos, p.window_nanos);
     tail.push_str(",\"containers\":[");
     let mut containers: Vec<_> = p.containers.iter().collect();
@@ -122,7 +146,11 @@ pub fn pod_metrics(p: &PodUsage, labels: &Labels) -> Rendered {
         tail.push('}');
     }
     tail.push_str("]}");
-    Rendered::from_parts(&head("PodMetrics", Some(&p.namespace), &p.name), &tail)
+    Rendered::with_labels(
+        &head("PodMetrics", Some(&p.namespace), &p.name),
+        labels,
+        &tail,
+    )
 }
 
 #[cfg(test)]

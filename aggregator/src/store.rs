@@ -118,7 +118,7 @@ impl Store {
             None => self.nodes.iter().for_each(|e| add(e.value())),
             Some(ns) => {
                 for node in self.index.nodes_with_namespace(ns) {
-                    if let Some(e) = self.nodes.get(&node) {
+                    if let Some(e) = self.nodes.get(&*node) {
                         add(e.value());
                     }
                 }
@@ -132,7 +132,7 @@ impl Store {
     pub fn pod(&self, namespace: &str, name: &str, now: Instant) -> Vec<PodHit> {
         let mut out = Vec::new();
         for node in self.index.nodes_with_pod(namespace, name) {
-            let Some(entry) = self.nodes.get(&node).map(|e| Arc::clone(e.value())) else {
+            let Some(entry) = self.nodes.get(&*node).map(|e| Arc::clone(e.value())) else {
                 continue;
             };
             if entry.expires <= now {
