@@ -1,5 +1,6 @@
 //! Cost of one node report on the aggregator (protobuf decode, validation,
-//! rendering, store insert) and of the namespace query an HPA makes.
+//! rendering, store insert), with labels carried and, as in steady state,
+//! omitted; and of the index lookups behind the HPA's query and a pod GET.
 //! Run: `cargo bench -p metrics-aggregator --bench ingest`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,6 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use divan::Bencher;
+use metrics_aggregator::ingest::{IngestService, StreamState};
+use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::report::to_entry;
 use metrics_aggregator::store::Store;
 use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
@@ -76,6 +79,51 @@ fn ingest_report(bencher: Bencher, pods: usize) {
             let e = to_entry(&r, None, Instant::now(), 3).unwrap();
             store.insert(e);
         });
+}
+
+/// Steady state: the stream already carried this report's labels, so the
+/// report leaves them out and the stream's shared set is used.
+#[divan::bench(args = [30, 110])]
+fn ingest_report_labels_omitted(bencher: Bencher, pods: usize) {
+    let mut full = report(1, pods);
+    full.labels_version = metrics_proto::labels::version(&full);
+    let mut bare = full.clone();
+    metrics_proto::labels::omit(&mut bare);
+    let bytes = bare.encode_to_vec();
+    let svc = IngestService::new(
+        Arc::new(Store::new()),
+        Arc::new(AggregatorMetrics::default()),
+        3,
+        Default::default(),
+    );
+    let mut stream = StreamState::default();
+    assert!(svc.handle(&full, &mut stream).accepted);
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes.len()))
+        .bench_local(|| {
+            let r = NodeReport::decode(divan::black_box(&bytes[..])).unwrap();
+            svc.handle(&r, &mut stream).accepted
+        });
+}
+
+/// One pod of a 1,000-node × 30-pod store, found through the index.
+#[divan::bench]
+fn pod_get_1000_nodes(bencher: Bencher) {
+    let store = Arc::new(Store::new());
+    let now = Instant::now();
+    for n in 0..1_000 {
+        store.insert(to_entry(&report(n, 30), None, now, 1_000).unwrap());
+    }
+    let (ns, name) = (
+        format!("team-{}", (500 * 30 + 7) % 50),
+        "app-500-7-7d9f8c6b5-x2z4q",
+    );
+    assert_eq!(store.pod(&ns, name, now).len(), 1);
+    bencher.bench(|| {
+        store
+            .pod(divan::black_box(&ns), divan::black_box(name), now)
+            .len()
+    });
 }
 
 /// The HPA's query shape: one namespace of a 1,000-node × 30-pod store.

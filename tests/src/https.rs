@@ -8,25 +8,32 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// GETs `url` trusting the CA in `ca`, with extra `headers`.
-pub async fn get(
-    url: &str,
-    ca: &Path,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<(StatusCode, http::HeaderMap, String)> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in metrics_proto::tls::load_certs(ca)? {
-        roots.add(cert)?;
-    }
+/// A pooling HTTP/1.1 client over TLS trusting the CA in `ca`.
+pub type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// A keep-alive client trusting the CA in `ca`.
+pub fn client(ca: &Path) -> anyhow::Result<HttpsClient> {
     let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(metrics_proto::tls::load_roots(ca)?)
         .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
         .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// GETs `url` trusting the CA in `ca`, with extra `headers`.
+pub async fn get(
+    url: &str,
+    ca: &Path,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(StatusCode, http::HeaderMap, String)> {
+    let client = client(ca)?;
     let mut req = Request::get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);

@@ -80,7 +80,10 @@ pub struct ReplicaCost {
     /// CPU over the measured interval, millicores.
     pub mcpu: f64,
     pub rss_kib_idle: u64,
+    /// After the ingest periods, before any query.
     pub rss_kib: u64,
+    /// After every query phase (large answers included).
+    pub rss_kib_after_queries: u64,
 }
 
 /// One query kind at one concurrency.
@@ -142,11 +145,14 @@ fn pid(agg: &AggregatorProc) -> anyhow::Result<u32> {
     agg.proc.child.id().context("replica exited")
 }
 
-/// Whether every replica answers every node and every pod.
-async fn all_complete(api: &Api, shape: &Shape, replicas: usize) -> bool {
+/// Whether every replica answers every node (and, with `pods`, every pod).
+async fn all_complete(api: &Api, shape: &Shape, replicas: usize, pods: bool) -> bool {
     let mut pick = queries::Picker::new(1);
     for r in 0..replicas {
         for kind in [QueryKind::Nodes, QueryKind::Pods] {
+            if kind == QueryKind::Pods && !pods {
+                continue;
+            }
             if !queries::one(api, shape, kind, r, &mut pick).await.complete {
                 return false;
             }
@@ -186,10 +192,16 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let fleet = Fleet::start(shape, cfg.period, bootstrap, tls);
     let converge_limit = (cfg.period * 10).max(Duration::from_secs(120));
+    // Node lists first (cheap), then every pod once: repeated lists of
+    // every pod would leave their memory in the replicas' RSS.
     let converged = crate::wait::eventually(converge_limit, async || {
-        all_complete(&api, &shape, cfg.replicas).await
+        all_complete(&api, &shape, cfg.replicas, false).await
     })
-    .await;
+    .await
+        && crate::wait::eventually(converge_limit, async || {
+            all_complete(&api, &shape, 1, true).await
+        })
+        .await;
     if !converged {
         anyhow::bail!(
             "replicas did not converge within {converge_limit:?}: sent {} accepted {} refused {} (last: {:?}), stream errors {}",
@@ -232,6 +244,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
             mcpu: (procstat::cpu_seconds(p)? - cpu0[i]) / measured * 1e3,
             rss_kib_idle: idle[i],
             rss_kib: procstat::rss_kib(p)?,
+            rss_kib_after_queries: 0,
         });
     }
     let ingest_lag_ms = Percentiles::of(
@@ -260,7 +273,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
         }
         results.insert(clients, by_kind);
     }
-    let complete = !any_incomplete && all_complete(&api, &shape, cfg.replicas).await;
+    let complete = !any_incomplete && all_complete(&api, &shape, cfg.replicas, true).await;
+    for (r, a) in replica_cost.iter_mut().zip(&aggs) {
+        r.rss_kib_after_queries = procstat::rss_kib(pid(a)?)?;
+    }
     fleet.stop();
 
     let nodes = shape.nodes.max(1) as f64;

@@ -9,9 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::workload::Shape;
@@ -50,23 +47,15 @@ pub struct Outcome {
 /// A keep-alive HTTPS client toward every replica's API.
 #[derive(Clone)]
 pub struct Api {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: crate::https::HttpsClient,
     pub bases: Vec<String>,
 }
 
 impl Api {
     /// Trusts the CA in `ca`; `bases` are `https://HOST:PORT`.
     pub fn new(ca: &Path, bases: Vec<String>) -> anyhow::Result<Self> {
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(metrics_proto::tls::load_roots(ca)?)
-            .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::https::client(ca)?,
             bases,
         })
     }
