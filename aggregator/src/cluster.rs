@@ -137,10 +137,14 @@ impl Cluster {
         self
     }
 
-    /// Whether an answer missing `m` may still be served; counts it and
-    /// logs it (at most every 10 s).
-    pub fn judge_partial(&self, m: &Missing) -> bool {
-        let served = m.share <= self.max_missing_share;
+    /// Whether a list missing `m` may still be served (with a warning).
+    pub fn may_serve_partial(&self, m: &Missing) -> bool {
+        m.share <= self.max_missing_share
+    }
+
+    /// Counts a partial answer, served with a warning or refused, and logs
+    /// it (at most every 10 s).
+    pub fn record_partial(&self, m: &Missing, served: bool) {
         let result = if served { "warned" } else { "refused" };
         self.partial.get_or_create(&[("result", result)]).inc();
         let mut last = match self.partial_logged.lock() {
@@ -151,7 +155,6 @@ impl Cluster {
             *last = Some(Instant::now());
             tracing::warn!(peers = ?m.peers, share = m.share, result, "partial answer");
         }
-        served
     }
 
     /// Sends the token in `path` with every peer query.

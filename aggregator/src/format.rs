@@ -6,17 +6,31 @@ use std::fmt::Write;
 /// CPU in canonical DecimalSI from nanocores: `"487558164n"`, `"100m"`,
 /// `"1500m"`, `"2"`, `"0"`.
 pub fn cpu_quantity(nanocores: u64) -> String {
+    let mut out = String::new();
+    write_cpu_quantity(&mut out, nanocores);
+    out
+}
+
+/// [`cpu_quantity`], appended to `out`.
+pub fn write_cpu_quantity(out: &mut String, nanocores: u64) {
     let (value, scale) = fit_i64(nanocores, -9);
-    decimal_si(value, scale)
+    decimal_si(out, value, scale);
 }
 
 /// Memory in canonical BinarySI from bytes: `"732212Ki"`, `"1Gi"`, plain
 /// bytes when not a multiple of 1024, and DecimalSI below 1024 (`"1k"`), as
 /// resource.Quantity prints them.
 pub fn memory_quantity(bytes: u64) -> String {
+    let mut out = String::new();
+    write_memory_quantity(&mut out, bytes);
+    out
+}
+
+/// [`memory_quantity`], appended to `out`.
+pub fn write_memory_quantity(out: &mut String, bytes: u64) {
     let (value, scale) = fit_i64(bytes, 0);
     if value < 1024 || scale != 0 {
-        return decimal_si(value, scale);
+        return decimal_si(out, value, scale);
     }
     let (mut v, mut exp) = (value, 0usize);
     while v % 1024 == 0 {
@@ -24,7 +38,7 @@ pub fn memory_quantity(bytes: u64) -> String {
         exp += 1;
     }
     const SUFFIX: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
-    format!("{v}{}", SUFFIX[exp.min(6)])
+    let _ = write!(out, "{v}{}", SUFFIX[exp.min(6)]);
 }
 
 /// metrics-server's uint64Quantity: values above i64::MAX lose one decimal
@@ -36,9 +50,10 @@ fn fit_i64(v: u64, scale: i32) -> (i64, i32) {
     }
 }
 
-fn decimal_si(value: i64, scale: i32) -> String {
+fn decimal_si(out: &mut String, value: i64, scale: i32) {
     if value == 0 {
-        return "0".to_owned();
+        out.push('0');
+        return;
     }
     // i128: lowering the exponent to a multiple of 3 may not fit an i64.
     let (mut v, mut exp) = (i128::from(value), scale);
@@ -68,9 +83,12 @@ fn decimal_si(value: i64, scale: i32) -> String {
         12 => "T",
         15 => "P",
         18 => "E",
-        _ => return format!("{v}e{exp}"),
+        _ => {
+            let _ = write!(out, "{v}e{exp}");
+            return;
+        }
     };
-    format!("{v}{suffix}")
+    let _ = write!(out, "{v}{suffix}");
 }
 
 /// Go's `time.Duration.String()`: `"15s"`, `"20.064s"`, `"1m0s"`,

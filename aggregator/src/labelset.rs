@@ -12,6 +12,8 @@ use dashmap::DashMap;
 use xxhash_rust::xxh3::Xxh3;
 
 use metrics_proto::labels::UnknownLabels;
+
+use crate::render::json_str;
 use metrics_proto::v1::NodeReport;
 
 /// Most labels on one object (well above what clusters use).
@@ -29,11 +31,6 @@ pub struct Labels {
 }
 
 static EMPTY: LazyLock<Arc<Labels>> = LazyLock::new(|| Arc::new(Labels::default()));
-
-fn json_str(out: &mut String, s: &str) {
-    // serde_json's escaping of a &str cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
-}
 
 /// Checks a label set's count and sizes.
 fn check(labels: &HashMap<String, String>) -> Result<(), String> {

@@ -6,6 +6,12 @@ use tokio_util::sync::CancellationToken;
 
 use metrics_aggregator::{args::Args, Aggregator};
 
+/// mimalloc rather than glibc's malloc: at 5,000 nodes on 3 replicas it
+/// cut ingest CPU by a third and gave back most of the memory that lists of
+/// every pod take, for about 15 % more memory at rest (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use metrics_proto::v1::{PodUsage, Usage};
 
-use crate::format::{cpu_quantity, go_duration, memory_quantity, rfc3339};
+use crate::format::{go_duration, rfc3339, write_cpu_quantity, write_memory_quantity};
 use crate::labelset::Labels;
 
 /// A pre-rendered object; see the module doc. Cheap to clone. Objects
@@ -80,18 +80,27 @@ impl Rendered {
     }
 }
 
-fn json_str(out: &mut String, s: &str) {
-    // serde_json's escaping of a &str cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+/// Appends `s` as a JSON string; names need no escaping (the common case,
+/// copied as is), anything else goes through serde_json.
+pub fn json_str(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // serde_json's escaping of a &str cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
 }
 
 fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64) {
-    let _ = write!(
-        out,
-        "{{\"cpu\":\"{}\",\"memory\":\"{}\"}}",
-        cpu_quantity(cpu_nanocores),
-        memory_quantity(memory_bytes)
-    );
+    out.push_str("{\"cpu\":\"");
+    write_cpu_quantity(out, cpu_nanocores);
+    out.push_str("\",\"memory\":\"");
+    write_memory_quantity(out, memory_bytes);
+    out.push_str("\"}");
 }
 
 fn head(kind: &str, namespace: Option<&str>, name: &str) -> String {
@@ -208,5 +217,14 @@ mod tests {
         assert_eq!(v["containers"][0]["usage"]["cpu"], "9559630n");
         assert_eq!(v["containers"][0]["usage"]["memory"], "22244Ki");
         assert!(got.starts_with(r#"{"kind":"PodMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"kube-scheduler-minikube","namespace":"kube-system","creationTimestamp":"2022-01-27T19:25:00Z"},"#));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_strings_match_serde_json(s in ".*") {
+            let mut out = String::new();
+            json_str(&mut out, &s);
+            proptest::prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+        }
     }
 }

@@ -104,12 +104,16 @@ async fn list(
     let got = s.cluster.gather(&q).await;
     let warning = match &got.missing {
         None => None,
-        Some(m) if s.cluster.judge_partial(m) => Some(warning(m)),
         Some(m) => {
-            return Err(ApiError::Unavailable(format!(
-                "the list is incomplete: {}",
-                m.describe()
-            )))
+            let served = s.cluster.may_serve_partial(m);
+            s.cluster.record_partial(m, served);
+            if !served {
+                return Err(ApiError::Unavailable(format!(
+                    "the list is incomplete: {}",
+                    m.describe()
+                )));
+            }
+            Some(warning(m))
         }
     };
     let list_kind = match kind {
@@ -142,7 +146,7 @@ async fn get(
     let got = s.cluster.gather(&q).await;
     if let (None, Some(m)) = (got.hits.first(), &got.missing) {
         // Not found, but its owners may be the replicas that did not answer.
-        s.cluster.judge_partial(m);
+        s.cluster.record_partial(m, false);
         return Err(ApiError::Unavailable(format!(
             "{name:?} cannot be looked up: {}",
             m.describe()
