@@ -257,9 +257,16 @@ impl Cluster {
                 (id, r, started.elapsed())
             });
         }
-        let (local_q, store) = (q.clone(), Arc::clone(&self.store));
-        let local = tokio::task::spawn_blocking(move || local_q.local(&store, Instant::now()));
         let mut parts = Vec::new();
+        let local = if q.is_indexed() {
+            parts.push(q.local(&self.store, Instant::now()));
+            None
+        } else {
+            let (local_q, store) = (q.clone(), Arc::clone(&self.store));
+            Some(tokio::task::spawn_blocking(move || {
+                local_q.local(&store, Instant::now())
+            }))
+        };
         while let Some(joined) = calls.join_next().await {
             let Ok((id, result, took)) = joined else {
                 continue;
@@ -287,9 +294,11 @@ impl Cluster {
                 .get_or_create(&[("peer", id), ("result", outcome.to_owned())])
                 .inc();
         }
-        match local.await {
-            Ok(hits) => parts.push(hits),
-            Err(e) => tracing::error!(error = %e, "local query failed"),
+        if let Some(local) = local {
+            match local.await {
+                Ok(hits) => parts.push(hits),
+                Err(e) => tracing::error!(error = %e, "local query failed"),
+            }
         }
         let missing = shard
             .as_ref()
@@ -301,9 +310,13 @@ impl Cluster {
                     share,
                 }
             });
-        let hits = tokio::task::spawn_blocking(move || merge(parts))
-            .await
-            .unwrap_or_default();
+        let hits = if q.is_indexed() {
+            merge(parts)
+        } else {
+            tokio::task::spawn_blocking(move || merge(parts))
+                .await
+                .unwrap_or_default()
+        };
         Gathered { hits, missing }
     }
 }
@@ -454,30 +467,46 @@ impl Peer for PeerService {
         }
         let q =
             Query::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.0))?;
+        if q.is_indexed() {
+            let mut chunks = Vec::new();
+            send_chunks(&q.local(&self.store, Instant::now()), |c| {
+                chunks.push(Ok(c));
+                true
+            });
+            return Ok(Response::new(Box::pin(tokio_stream::iter(chunks))));
+        }
         let store = Arc::clone(&self.store);
         // Two chunks in flight at most: a slow asker slows the answer, and
         // one that goes away ends it.
         let (tx, rx) = mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
-            let hits = q.local(&store, Instant::now());
-            let mut chunk = Vec::new();
-            let mut bytes = 0;
-            for h in &hits {
-                bytes += h.rendered.len();
-                chunk.push(h.to_wire());
-                if bytes >= CHUNK_BYTES {
-                    let objects = std::mem::take(&mut chunk);
-                    bytes = 0;
-                    if tx.blocking_send(Ok(QueryResponse { objects })).is_err() {
-                        return;
-                    }
-                }
-            }
-            if !chunk.is_empty() || hits.is_empty() {
-                let _ = tx.blocking_send(Ok(QueryResponse { objects: chunk }));
-            }
+            send_chunks(&q.local(&store, Instant::now()), |c| {
+                tx.blocking_send(Ok(c)).is_ok()
+            });
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Cuts `hits` into chunks of about [`CHUNK_BYTES`] and hands each to
+/// `send` until it returns false; an empty answer is one empty chunk.
+fn send_chunks(hits: &[Hit], mut send: impl FnMut(QueryResponse) -> bool) {
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for h in hits {
+        bytes += h.rendered.len();
+        chunk.push(h.to_wire());
+        if bytes >= CHUNK_BYTES {
+            bytes = 0;
+            if !send(QueryResponse {
+                objects: std::mem::take(&mut chunk),
+            }) {
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() || hits.is_empty() {
+        send(QueryResponse { objects: chunk });
     }
 }
 

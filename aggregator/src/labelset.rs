@@ -219,24 +219,25 @@ pub enum LabelError {
     Pod { pod: String, reason: String },
 }
 
-/// Builds (or finds in `interner`) every label set a report carries.
-pub fn carried(report: &NodeReport, interner: &Interner) -> Result<Resolved, LabelError> {
-    let node = interner
-        .intern(&report.node_labels)
-        .map_err(LabelError::Node)?;
+/// Builds (or finds in `interner`, when given) every label set a report
+/// carries.
+pub fn carried(report: &NodeReport, interner: Option<&Interner>) -> Result<Resolved, LabelError> {
+    let build = |labels: &HashMap<String, String>| match interner {
+        Some(i) => i.intern(labels),
+        None => Labels::new(labels),
+    };
+    let node = build(&report.node_labels).map_err(LabelError::Node)?;
     let pods = report
         .pods
         .iter()
         .map(|p| {
-            interner
-                .intern(&p.labels)
-                .map_err(|reason| LabelError::Pod {
-                    pod: format!("{}/{}", p.namespace, p.name)
-                        .chars()
-                        .take(128)
-                        .collect(),
-                    reason,
-                })
+            build(&p.labels).map_err(|reason| LabelError::Pod {
+                pod: format!("{}/{}", p.namespace, p.name)
+                    .chars()
+                    .take(128)
+                    .collect(),
+                reason,
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok(Resolved { node, pods })
@@ -263,7 +264,7 @@ impl StreamLabels {
     ) -> Result<Resolved, LabelError> {
         let known = report.labels_version != 0 && report.labels_version == self.version;
         if !report.labels_omitted && !known {
-            let resolved = carried(report, interner)?;
+            let resolved = carried(report, Some(interner))?;
             if report.labels_version != 0 {
                 self.version = report.labels_version;
                 self.node = Arc::clone(&resolved.node);

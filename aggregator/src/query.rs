@@ -63,6 +63,13 @@ impl Query {
         })
     }
 
+    /// Whether the index bounds this query's work (a namespace or one
+    /// object), so it runs inline; lists across the cluster run on
+    /// blocking threads.
+    pub fn is_indexed(&self) -> bool {
+        self.namespace.is_some() || self.name.is_some()
+    }
+
     /// The same query for a peer.
     pub fn to_request(&self) -> QueryRequest {
         QueryRequest {

@@ -93,7 +93,7 @@ pub fn to_entry(
     now: Instant,
     expiry_periods: u32,
 ) -> Result<NodeEntry, ReportError> {
-    let labels = labelset::carried(report, &labelset::Interner::default())?;
+    let labels = labelset::carried(report, None)?;
     to_entry_with(report, labels, bound, now, expiry_periods)
 }
 
