@@ -49,21 +49,20 @@ impl Labels {
     /// Checks `labels` (count and sizes) and builds them.
     pub fn new(labels: &HashMap<String, String>) -> Result<Arc<Self>, String> {
         check(labels)?;
-        Ok(Self::build(labels))
+        Ok(Self::build(&sorted(labels)))
     }
 
-    fn build(labels: &HashMap<String, String>) -> Arc<Self> {
-        if labels.is_empty() {
+    /// From pairs sorted by key.
+    fn build(pairs: &[(&String, &String)]) -> Arc<Self> {
+        if pairs.is_empty() {
             return Self::empty();
         }
-        let mut pairs: Vec<(&String, &String)> = labels.iter().collect();
-        pairs.sort_unstable();
         let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut text = String::with_capacity(size);
         let mut ends = Vec::with_capacity(2 * pairs.len());
         let mut json = String::with_capacity(16 + size + 6 * pairs.len());
         json.push_str(",\"labels\":{");
-        for (i, (k, v)) in pairs.into_iter().enumerate() {
+        for (i, &(k, v)) in pairs.iter().enumerate() {
             for s in [k, v] {
                 text.push_str(s);
                 // Bounded by MAX_LABELS × 380 bytes, far below u32::MAX.
@@ -144,9 +143,14 @@ pub struct Interner {
     swept_at: AtomicUsize,
 }
 
-fn content_hash(labels: &HashMap<String, String>) -> u64 {
+/// The pairs of `labels` sorted by key.
+fn sorted(labels: &HashMap<String, String>) -> Vec<(&String, &String)> {
     let mut pairs: Vec<(&String, &String)> = labels.iter().collect();
     pairs.sort_unstable();
+    pairs
+}
+
+fn content_hash(pairs: &[(&String, &String)]) -> u64 {
     let mut h = Xxh3::new();
     for (k, v) in pairs {
         for s in [k, v] {
@@ -168,12 +172,13 @@ impl Interner {
         if labels.is_empty() {
             return Ok(Labels::empty());
         }
-        let key = content_hash(labels);
+        let pairs = sorted(labels);
+        let key = content_hash(&pairs);
         let mut slot = self.sets.entry(key).or_default();
         if let Some(existing) = slot.upgrade().filter(|l| same(l, labels)) {
             return Ok(existing);
         }
-        let built = Labels::build(labels);
+        let built = Labels::build(&pairs);
         // A hash collision replaces the older set in the table; both stay
         // valid where they are used.
         *slot = Arc::downgrade(&built);
