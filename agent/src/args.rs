@@ -49,8 +49,9 @@ pub struct HostArgs {
     #[arg(long, value_parser = parse_duration, env = "KUBELET_REQUEST_TIMEOUT")]
     pub kubelet_request_timeout: Option<Duration>,
 
-    /// Add pod labels read from the kubelet's /pods (needs nodes/proxy on the kubelet;
-    /// always on with --source=cgroup or auto, which map cgroups through /pods).
+    /// Read pods and their labels from the kubelet's /pods instead of the agent's own
+    /// watch on the API (needs nodes/proxy, which also reaches the kubelet's exec and
+    /// attach endpoints; only for clusters where the agent cannot watch pods).
     #[arg(long, env = "KUBELET_POD_LABELS")]
     pub kubelet_pod_labels: bool,
 
@@ -158,10 +159,22 @@ impl Args {
                 "--aggregator-insecure-tls or --aggregator-ca-file",
             ));
         }
-        if self.source != SourceKind::Proc {
+        if self.needs_kubelet() {
             self.host.kubelet_url()?;
         }
         Ok(())
+    }
+}
+
+impl Args {
+    /// Whether the kubelet is read at all: not by `proc`, and by `cgroup`
+    /// only when asked to take pods from its `/pods`.
+    pub fn needs_kubelet(&self) -> bool {
+        match self.source {
+            SourceKind::Proc => false,
+            SourceKind::Cgroup => self.host.kubelet_pod_labels,
+            SourceKind::Kubelet | SourceKind::Auto => true,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use metrics_proto::v1::NodeReport;
 use metrics_proto::PROTOCOL_VERSION;
 use tokio_util::sync::CancellationToken;
 
-use crate::meta::ApiLabels;
+use crate::meta::ApiPods;
 use crate::metrics::AgentMetrics;
 use crate::pods::{PodCache, PodIndex};
 use crate::rates::RateStore;
@@ -23,7 +23,7 @@ pub struct Collector {
     metrics: Arc<AgentMetrics>,
     failing: bool,
     pods: Option<PodCache>,
-    api_labels: Option<Arc<ApiLabels>>,
+    api_labels: Option<Arc<ApiPods>>,
 }
 
 impl Collector {
@@ -52,7 +52,7 @@ impl Collector {
     }
 
     /// Takes pod and node labels from the API watch (over the kubelet's).
-    pub fn with_api_labels(mut self, labels: Arc<ApiLabels>) -> Self {
+    pub fn with_api_labels(mut self, labels: Arc<ApiPods>) -> Self {
         self.api_labels = Some(labels);
         self
     }

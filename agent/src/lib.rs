@@ -43,6 +43,8 @@ pub enum SetupError {
     Transport(#[from] transport::TransportError),
     #[error(transparent)]
     Cgroup(#[from] source::cgroup::CgroupError),
+    #[error("--source={0} maps cgroups to pods through the Kubernetes API; drop --no-api, or set --kubelet-pod-labels to read them from the kubelet's /pods instead")]
+    NoPodSource(&'static str),
     #[error("{what}: no CA to verify it; set {flag} or its --*-insecure-tls flag")]
     NoCa {
         what: &'static str,
@@ -107,8 +109,8 @@ pub struct Agent {
     pub token_file: Option<Arc<metrics_proto::token::TokenFile>>,
     /// Where to reach the Kubernetes API for labels; `None`: not at all.
     pub api: Option<ApiAccess>,
-    /// Labels from the API, shared with the collector.
-    pub labels: Arc<meta::ApiLabels>,
+    /// Pods and labels from the API, shared with the collector.
+    pub known: Arc<meta::ApiPods>,
 }
 
 /// How the agent reaches the Kubernetes API.
@@ -123,9 +125,10 @@ impl Agent {
     pub fn from_args(args: &Args) -> Result<Self, SetupError> {
         args.validate()?;
         let host = &args.host;
-        let kubelet = match args.source {
-            SourceKind::Proc => None,
-            _ => Some(kubelet_source(host, args.metric_resolution)?),
+        let kubelet = if args.needs_kubelet() {
+            Some(kubelet_source(host, args.metric_resolution)?)
+        } else {
+            None
         };
         let cgroup = || CgroupSource::new(&host.cgroup_root, &host.proc_root);
         let source = match (args.source, &kubelet) {
@@ -138,9 +141,22 @@ impl Agent {
             },
             _ => Source::Host(HostSource::new(&host.proc_root)),
         };
-        let pods = kubelet
-            .filter(|_| host.kubelet_pod_labels || source.needs_pods())
-            .map(|k| PodCache::new(k, host.pod_labels_refresh));
+        let api = match (&args.kubeconfig, args.no_api) {
+            (_, true) => None,
+            (Some(path), false) => Some(ApiAccess::Kubeconfig(path.clone())),
+            (None, false) => Some(ApiAccess::InCluster),
+        };
+        let known = Arc::new(meta::ApiPods::default());
+        // Pods come from the agent's own watch; the kubelet's `/pods` only
+        // when asked for (it needs `nodes/proxy`).
+        let pods = match (&kubelet, &api) {
+            (Some(k), _) if host.kubelet_pod_labels => {
+                Some(PodCache::new(k.clone(), host.pod_labels_refresh))
+            }
+            (_, Some(_)) if source.needs_pods() => Some(PodCache::from_api(Arc::clone(&known))),
+            _ if source.needs_pods() => return Err(SetupError::NoPodSource(source.name())),
+            _ => None,
+        };
         let tls = match (
             args.aggregator_insecure_tls,
             args.aggregator_ca_file.as_deref(),
@@ -181,14 +197,8 @@ impl Agent {
         if let Some(cache) = pods {
             collector = collector.with_pods(cache);
         }
-        let labels = Arc::new(meta::ApiLabels::default());
-        let api = match (&args.kubeconfig, args.no_api) {
-            (_, true) => None,
-            (Some(path), false) => Some(ApiAccess::Kubeconfig(path.clone())),
-            (None, false) => Some(ApiAccess::InCluster),
-        };
         if api.is_some() {
-            collector = collector.with_api_labels(Arc::clone(&labels));
+            collector = collector.with_api_labels(Arc::clone(&known));
         }
         Ok(Self {
             collector,
@@ -200,7 +210,7 @@ impl Agent {
                 .as_deref()
                 .map(|p| Arc::new(metrics_proto::token::TokenFile::new(p))),
             api,
-            labels,
+            known,
         })
     }
 
@@ -227,13 +237,13 @@ impl Agent {
                     tasks.spawn(meta::watch(
                         client,
                         self.collector.node_name().to_owned(),
-                        Arc::clone(&self.labels),
+                        Arc::clone(&self.known),
                         cancel.clone(),
                     ));
                 }
                 Err(e) => tracing::warn!(
                     error = %e,
-                    "no Kubernetes API access: reporting without API labels"
+                    "no Kubernetes API access: reporting without API labels, and the cgroup source cannot map pods"
                 ),
             }
         }

@@ -1,15 +1,19 @@
-//! What the agent knows about the pods on its node, from the kubelet's
-//! `/pods`: names and labels (for label selectors) and UIDs, container IDs
-//! and start times (to map cgroups to containers). Refreshed periodically
-//! and soon after an unknown pod shows up; the last good copy survives
-//! kubelet errors.
+//! What the agent knows about the pods on its node: names and labels (for
+//! label selectors) and UIDs, container IDs and start times (to map cgroups
+//! to containers). It comes from the agent's own watch on the API (the
+//! default: `meta.rs`) or, when asked for, from the kubelet's `/pods`,
+//! refreshed periodically and soon after an unknown pod shows up. Either
+//! way the last good copy survives errors.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::batch::PodRef;
+use crate::meta::ApiPods;
+use crate::source::cgroup::layout::status_container_id;
 use crate::source::kubelet::KubeletSource;
 
 /// Fastest refetch when an unknown pod appears.
@@ -38,6 +42,92 @@ impl PodInfo {
     /// The container with runtime ID `id`.
     pub fn container(&self, id: &str) -> Option<&ContainerInfo> {
         self.containers.iter().find(|c| c.id == id)
+    }
+}
+
+/// The fields of a core/v1 Pod the agent reads, in its JSON form; every
+/// other field is skipped while decoding, never held.
+#[derive(serde::Deserialize)]
+pub struct PodWire {
+    pub metadata: PodMetaWire,
+    #[serde(default)]
+    status: PodStatusWire,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetaWire {
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodStatusWire {
+    #[serde(default)]
+    container_statuses: Vec<ContainerStatusWire>,
+    #[serde(default)]
+    init_container_statuses: Vec<ContainerStatusWire>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatusWire {
+    name: String,
+    #[serde(rename = "containerID")]
+    container_id: Option<String>,
+    state: Option<ContainerStateWire>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContainerStateWire {
+    running: Option<RunningWire>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunningWire {
+    started_at: Option<String>,
+}
+
+impl From<PodWire> for PodInfo {
+    fn from(p: PodWire) -> Self {
+        let statuses = p
+            .status
+            .container_statuses
+            .into_iter()
+            .chain(p.status.init_container_statuses);
+        PodInfo {
+            uid: p.metadata.uid,
+            pod: PodRef {
+                namespace: p.metadata.namespace,
+                name: p.metadata.name,
+            },
+            labels: p.metadata.labels,
+            containers: statuses
+                .filter_map(|c| {
+                    let id = status_container_id(c.container_id.as_deref()?)?.to_owned();
+                    let started_ns = c
+                        .state
+                        .and_then(|s| s.running)
+                        .and_then(|r| r.started_at)
+                        .and_then(|t| metrics_proto::time::parse_rfc3339(&t));
+                    Some(ContainerInfo {
+                        id,
+                        name: c.name,
+                        started_ns,
+                    })
+                })
+                .collect(),
+        }
     }
 }
 
@@ -81,23 +171,44 @@ impl PodIndex {
     }
 }
 
-/// The index plus its refresh policy.
+/// Where the pods come from.
+enum Origin {
+    /// The agent's watch on the API; `seen` is the generation indexed.
+    Api { pods: Arc<ApiPods>, seen: u64 },
+    /// The kubelet's `/pods`, fetched again every `refresh`.
+    Kubelet {
+        kubelet: Box<KubeletSource>,
+        fetched: Option<Instant>,
+        refresh: Duration,
+        failing: bool,
+    },
+}
+
+/// The index plus where it is refreshed from.
 pub struct PodCache {
-    kubelet: KubeletSource,
+    origin: Origin,
     index: PodIndex,
-    fetched: Option<Instant>,
-    refresh: Duration,
-    failing: bool,
 }
 
 impl PodCache {
+    /// Pods from the kubelet's `/pods` (needs `nodes/proxy`).
     pub fn new(kubelet: KubeletSource, refresh: Duration) -> Self {
         Self {
-            kubelet,
+            origin: Origin::Kubelet {
+                kubelet: Box::new(kubelet),
+                fetched: None,
+                refresh,
+                failing: false,
+            },
             index: PodIndex::default(),
-            fetched: None,
-            refresh,
-            failing: false,
+        }
+    }
+
+    /// Pods from the agent's own watch on the API.
+    pub fn from_api(pods: Arc<ApiPods>) -> Self {
+        Self {
+            origin: Origin::Api { pods, seen: 0 },
+            index: PodIndex::default(),
         }
     }
 
@@ -105,29 +216,45 @@ impl PodCache {
         &self.index
     }
 
-    /// Refetches when stale, or when `unknown` (a pod or cgroup it could
-    /// not place) and the last fetch is at least a few seconds old.
+    /// Brings the index up to date. From the API: when the watch has seen a
+    /// change. From the kubelet: when stale, or when `unknown` (a pod or
+    /// cgroup it could not place) and the last fetch is at least a few
+    /// seconds old.
     pub async fn refresh(&mut self, unknown: bool) {
-        let since = self.fetched.map(|t| t.elapsed());
-        let stale = since.is_none_or(|d| d >= self.refresh);
-        let soon = unknown && since.is_none_or(|d| d >= MIN_GAP);
-        if !(stale || soon) {
-            return;
-        }
-        self.fetched = Some(Instant::now());
-        match self.kubelet.pods().await {
-            Ok(pods) => {
-                if self.failing {
-                    tracing::info!("pod metadata from the kubelet recovered");
+        match &mut self.origin {
+            Origin::Api { pods, seen } => {
+                if let Some(list) = pods.changed_since(seen) {
+                    self.index = PodIndex::new(list);
                 }
-                self.failing = false;
-                self.index = PodIndex::new(pods);
             }
-            Err(e) => {
-                if !self.failing {
-                    tracing::warn!(error = %e, "reading pods from the kubelet failed; keeping the last known pods");
+            Origin::Kubelet {
+                kubelet,
+                fetched,
+                refresh,
+                failing,
+            } => {
+                let since = fetched.map(|t| t.elapsed());
+                let stale = since.is_none_or(|d| d >= *refresh);
+                let soon = unknown && since.is_none_or(|d| d >= MIN_GAP);
+                if !(stale || soon) {
+                    return;
                 }
-                self.failing = true;
+                *fetched = Some(Instant::now());
+                match kubelet.pods().await {
+                    Ok(pods) => {
+                        if *failing {
+                            tracing::info!("pod metadata from the kubelet recovered");
+                        }
+                        *failing = false;
+                        self.index = PodIndex::new(pods);
+                    }
+                    Err(e) => {
+                        if !*failing {
+                            tracing::warn!(error = %e, "reading pods from the kubelet failed; keeping the last known pods");
+                        }
+                        *failing = true;
+                    }
+                }
             }
         }
     }

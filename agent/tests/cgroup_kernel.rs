@@ -1,5 +1,6 @@
 //! The cgroup source against the real kernel: a kubepods-like hierarchy
-//! under the machine's /sys/fs/cgroup, one process burning a CPU in it.
+//! under the machine's /sys/fs/cgroup, one process burning a CPU in it,
+//! mapped to its pod the way the agent's API watch delivers it.
 //! Needs root and a kernel that lets it create cgroups; where the kernel
 //! refuses, the test prints `SKIPPED: <the kernel's error>` and passes.
 
@@ -9,12 +10,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use metrics_agent::batch::PodRef;
-use metrics_agent::pods::PodIndex;
+use std::sync::Arc;
+
+use metrics_agent::meta::{ApiPods, SlimPod};
+use metrics_agent::pods::PodCache;
 use metrics_agent::rates::RateStore;
 use metrics_agent::source::cgroup::{CgroupSource, Hierarchy};
-use metrics_agent::source::kubelet::parse_pod_list;
 
 const ROOT: &str = "/sys/fs/cgroup";
+
+/// CPU the kernel accounted to process `pid` and its reaped children, s.
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .unwrap();
+    let ticks = stat.utime + stat.stime + (stat.cutime + stat.cstime) as u64;
+    ticks as f64 / procfs::ticks_per_second() as f64
+}
 
 /// Removes the directories it created, deepest first, when dropped.
 struct Created(Vec<PathBuf>);
@@ -77,8 +89,8 @@ fn kernel_working_set(h: &Hierarchy, rel: &Path) -> u64 {
     }
 }
 
-#[test]
-fn burner_in_a_real_cgroup_reads_one_core() {
+#[tokio::test]
+async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     let Ok(source) = CgroupSource::new(Path::new(ROOT), Path::new("/proc")) else {
         println!("SKIPPED: no cgroup hierarchy under {ROOT}");
         return;
@@ -141,25 +153,37 @@ fn burner_in_a_real_cgroup_reads_one_core() {
         stdin.write_all(b"go\n").unwrap();
     }
 
-    let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
-        "metadata": {"uid": uid, "namespace": "kernel-test", "name": "burner"},
+    // The pod as the API serves it to the agent's watch (no kubelet).
+    let api_pod = serde_json::json!({"kind": "Pod", "apiVersion": "v1",
+        "metadata": {"uid": uid, "namespace": "kernel-test", "name": "burner", "resourceVersion": "7"},
+        "spec": {"nodeName": "this-node", "containers": [{"name": "burn", "image": "sh"}]},
         "status": {"containerStatuses": [{"name": "burn", "containerID": format!("containerd://{cid}"),
             "state": {"running": {"startedAt": "2020-01-01T00:00:00Z"}}}]}
-    }]});
-    let index = PodIndex::new(parse_pod_list(list.to_string().as_bytes()).unwrap());
+    });
+    let slim: SlimPod = serde_json::from_value(api_pod).unwrap();
+    let known = Arc::new(ApiPods::default());
+    known.replace(vec![slim.info]);
+    let mut cache = PodCache::from_api(known);
+    cache.refresh(false).await;
+    let index = cache.index();
+    let burner_pid = burner.id();
     let mut rates = RateStore::new(Duration::from_secs(2));
     let pod = PodRef {
         namespace: "kernel-test".into(),
         name: "burner".into(),
     };
     std::thread::sleep(Duration::from_millis(300));
-    let (first, _) = source.sample(&index).unwrap();
+    let before_first = process_cpu_s(burner_pid);
+    let (first, _) = source.sample(index).unwrap();
+    let after_first = process_cpu_s(burner_pid);
     rates.store(&first);
     std::thread::sleep(Duration::from_secs(2));
     // The working set moves a little; bracket our reading between the
     // kernel's own just before and just after.
     let ws_before = kernel_working_set(&hierarchy, &rel);
-    let (second, _) = source.sample(&index).unwrap();
+    let before_second = process_cpu_s(burner_pid);
+    let (second, _) = source.sample(index).unwrap();
+    let after_second = process_cpu_s(burner_pid);
     let ws_after = kernel_working_set(&hierarchy, &rel);
     rates.store(&second);
 
@@ -173,13 +197,20 @@ fn burner_in_a_real_cgroup_reads_one_core() {
         .expect("burner pod reported");
     let cores = u.containers[0].cpu_nanocores as f64 / 1e9;
     println!("hierarchy {}: burner at {cores:.3} cores", hierarchy.name());
-    assert!(
-        (0.8..=1.05).contains(&cores),
-        "a busy loop should read about one core, got {cores}"
-    );
-    // Cross-check against the kernel's own counter over the same samples.
+    // The CPU the cgroup source read between its two samples is the CPU
+    // the kernel accounted to the burner itself (whatever share of a core
+    // this machine gave it), within the two readings that bracket each
+    // sample and the accounting's tick.
     let c1 = first.pods[&pod]["burn"];
     let c2 = second.pods[&pod]["burn"];
+    let read_s = (c2.cpu_ns - c1.cpu_ns) as f64 / 1e9;
+    let tick = 2.0 / procfs::ticks_per_second() as f64;
+    let (lo, hi) = (before_second - after_first, after_second - before_first);
+    assert!(
+        read_s > 0.0 && read_s >= lo - tick && read_s <= hi + tick,
+        "cgroup CPU {read_s:.3} s vs the burner's own {lo:.3}..{hi:.3} s"
+    );
+    // The rate is that CPU over the samples' own interval.
     let kernel_rate = (c2.cpu_ns - c1.cpu_ns) as f64 / (c2.timestamp_ns - c1.timestamp_ns) as f64;
     assert!(
         (cores - kernel_rate).abs() < 0.001,

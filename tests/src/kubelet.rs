@@ -226,26 +226,37 @@ pub fn render(node: &FakeNode, t0: f64, now: f64) -> String {
 /// The kubelet's `/pods` answer (a core/v1 PodList) for the fake node;
 /// containers started at `t0 − 3600` s, as in [`render`].
 pub fn pod_list(node: &FakeNode, t0: f64) -> String {
-    let items: Vec<serde_json::Value> = node
-        .pods
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid, "labels": p.labels},
-                "spec": {"containers": p.containers.iter().map(|c| serde_json::json!({"name": c.name})).collect::<Vec<_>>()},
-                "status": {
-                    "phase": "Running",
-                    "containerStatuses": p.containers.iter().map(|c| serde_json::json!({
-                        "name": c.name,
-                        "containerID": format!("containerd://{}", c.id),
-                        "state": {"running": {"startedAt": metrics_proto::time::format_rfc3339(((t0 - 3600.0) * 1e9) as i64)}},
-                    })).collect::<Vec<_>>()
-                }
-            })
-        })
-        .collect();
+    let items: Vec<serde_json::Value> = node.pods.iter().map(|p| pod_object(p, t0)).collect();
     serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
         .to_string()
+}
+
+/// The fake node's pods as the Kubernetes API serves them: the same core/v1
+/// Pods as [`pod_list`], bound to `node_name`.
+pub fn api_pods(node: &FakeNode, node_name: &str, t0: f64) -> Vec<serde_json::Value> {
+    node.pods
+        .iter()
+        .map(|p| {
+            let mut o = pod_object(p, t0);
+            o["spec"]["nodeName"] = serde_json::json!(node_name);
+            o
+        })
+        .collect()
+}
+
+fn pod_object(p: &FakePod, t0: f64) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": p.name, "namespace": p.namespace, "uid": p.uid, "labels": p.labels},
+        "spec": {"containers": p.containers.iter().map(|c| serde_json::json!({"name": c.name})).collect::<Vec<_>>()},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": p.containers.iter().map(|c| serde_json::json!({
+                "name": c.name,
+                "containerID": format!("containerd://{}", c.id),
+                "state": {"running": {"startedAt": metrics_proto::time::format_rfc3339(((t0 - 3600.0) * 1e9) as i64)}},
+            })).collect::<Vec<_>>()
+        }
+    })
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

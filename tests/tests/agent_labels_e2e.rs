@@ -1,5 +1,5 @@
-//! Pod and node labels come from the agent's own metadata-only watches
-//! (pods with `spec.nodeName`, its Node by name) on a stand-in API server,
+//! Pod and node labels come from the agent's own watches (pods with
+//! `spec.nodeName`, its Node by name, metadata only) on a stand-in API server,
 //! follow label changes, and survive the API going away.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -106,7 +106,8 @@ async fn labels_follow_the_api_and_outlive_it() {
         json!({"kubernetes.io/hostname": "node-l", "topology.kubernetes.io/zone": "z1"})
     );
 
-    // Metadata only, and only this node's pods and Node.
+    // Only this node's pods (whole objects: the container statuses map
+    // cgroups to pods) and only its Node (metadata only).
     let requests = api.requests();
     let pods_req = requests
         .iter()
@@ -117,7 +118,7 @@ async fn labels_follow_the_api_and_outlive_it() {
         "{pods_req}"
     );
     assert!(
-        pods_req.contains("as=PartialObjectMetadataList"),
+        !pods_req.contains("as=PartialObjectMetadataList"),
         "{pods_req}"
     );
     let node_req = requests
@@ -126,6 +127,10 @@ async fn labels_follow_the_api_and_outlive_it() {
         .unwrap_or_else(|| panic!("{requests:#?}"));
     assert!(
         node_req.contains("fieldSelector=metadata.name%3Dnode-l"),
+        "{node_req}"
+    );
+    assert!(
+        node_req.contains("as=PartialObjectMetadataList"),
         "{node_req}"
     );
 

@@ -7,6 +7,7 @@
 use metrics_e2e::wait::eventually;
 use std::time::Duration;
 
+use metrics_e2e::apiserver::FakeApiServer;
 use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
 use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
 use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
@@ -57,7 +58,9 @@ async fn auto_falls_back_to_cgroups_and_returns() {
         pods: vec![pod.clone()],
         extra_lines: vec![],
     };
-    let k = kubelet::start(spec, "tok", dir.path()).await.unwrap();
+    let k = kubelet::start(spec.clone(), "tok", dir.path())
+        .await
+        .unwrap();
     k.set_failing(true);
     let tree = FakeCgroups::new(
         &dir.path().join("cg"),
@@ -75,6 +78,11 @@ async fn auto_falls_back_to_cgroups_and_returns() {
 
     let token = dir.path().join("token");
     std::fs::write(&token, "tok").unwrap();
+    let api = FakeApiServer::start(dir.path()).await.unwrap();
+    for pod in kubelet::api_pods(&spec, "auto-node", kubelet::now_secs()) {
+        api.apply("pods", pod);
+    }
+    let kubeconfig = api.kubeconfig(dir.path(), "agent.kubeconfig").unwrap();
     let agg = start_aggregator(dir.path(), &[]).await.unwrap();
     let agent = start_agent(
         dir.path(),
@@ -87,6 +95,7 @@ async fn auto_falls_back_to_cgroups_and_returns() {
                 format!("--aggregator={}", agg.grpc_url()),
                 format!("--aggregator-ca-file={}", agg.ca.display()),
                 "--metric-resolution=1s".into(),
+                format!("--kubeconfig={}", kubeconfig.display()),
             ],
         ]
         .concat(),
@@ -102,10 +111,14 @@ async fn auto_falls_back_to_cgroups_and_returns() {
         "{}/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods/web",
         agg.api_url()
     );
-    let (code, _, _) = https::get(&pods_url, &agg.ca, &[]).await.unwrap();
-    assert_eq!(
-        code, 200,
-        "the pod is mapped through /pods and served from its cgroup"
+    let mapped = eventually(Duration::from_secs(15), async || {
+        matches!(https::get(&pods_url, &agg.ca, &[]).await, Ok((code, _, _)) if code == 200)
+    })
+    .await;
+    assert!(
+        mapped,
+        "the pod is mapped through the API watch and served from its cgroup: {}",
+        agent.log_text()
     );
 
     k.set_failing(false);

@@ -103,6 +103,11 @@ fn manifests_render_and_agree_with_the_binaries() {
     let api = doc(&all, "APIService", "v1beta1.metrics.k8s.io");
     assert!(api.contains("name: metrics-aggregator"), "{api}");
     assert!(api.contains("namespace: kube-system"), "{api}");
+    // The agent reads its kubelet's metrics and nothing else of it:
+    // `nodes/proxy` would also reach the kubelet's exec and attach.
+    let role = doc(&all, "ClusterRole", "metrics-agent");
+    assert!(role.contains("nodes/metrics"), "{role}");
+    assert!(!all.contains("nodes/proxy"), "{all}");
     // The aggregator can delegate: TokenReview/SAR and the auth ConfigMap.
     assert!(all.contains("name: system:auth-delegator"));
     assert!(all.contains("name: extension-apiserver-authentication-reader"));

@@ -1,12 +1,15 @@
 //! The kubelet and cgroup sources, fed the same underlying numbers, give
 //! the same metrics.k8s.io objects: one fake node whose kubelet payload and
 //! cgroup tree advance in real time at the same rates, read by two agents
-//! (one per source) that report to two aggregators.
+//! (one per source) that report to two aggregators. The kubelet agent takes
+//! pods from the kubelet's `/pods`; the cgroup agent has no kubelet and maps
+//! cgroups to pods through its watch on a stand-in API server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
+use metrics_e2e::apiserver::FakeApiServer;
 use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
 use metrics_e2e::kubelet::{self, now_secs, FakeContainer, FakeNode, FakePod};
 use metrics_e2e::procs::{start_agent, start_aggregator, AggregatorProc};
@@ -140,11 +143,21 @@ async fn kubelet_and_cgroup_sources_serve_the_same_objects() {
     };
     let mut a1 = common(&agg_kubelet);
     a1.extend(["--source=kubelet".into(), "--kubelet-pod-labels".into()]);
-    let mut a2 = common(&agg_cgroup);
-    a2.extend([
+    // The cgroup agent has no kubelet at all: its pods come from its own
+    // watch on the API.
+    let api = FakeApiServer::start(dir.path()).await.unwrap();
+    for pod in kubelet::api_pods(&spec, "shared-node", t0) {
+        api.apply("pods", pod);
+    }
+    let kubeconfig = api.kubeconfig(dir.path(), "agent.kubeconfig").unwrap();
+    let a2 = vec![
+        format!("--aggregator={}", agg_cgroup.grpc_url()),
+        format!("--aggregator-ca-file={}", agg_cgroup.ca.display()),
+        "--metric-resolution=2s".into(),
         "--source=cgroup".into(),
         format!("--cgroup-root={}", tree.root.display()),
-    ]);
+        format!("--kubeconfig={}", kubeconfig.display()),
+    ];
     let _agents = [
         start_agent(&dir.path().join("a1"), "shared-node", &a1).unwrap(),
         start_agent(&dir.path().join("a2"), "shared-node", &a2).unwrap(),

@@ -1,6 +1,5 @@
 //! Reads the local kubelet's `/metrics/resource` over HTTPS.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,9 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::batch::{Batch, PodRef};
-use crate::pods::{ContainerInfo, PodInfo};
-use crate::source::cgroup::layout::status_container_id;
+use crate::batch::Batch;
+use crate::pods::{PodInfo, PodWire};
 use crate::source::decode::{decode, DecodeStats};
 
 /// Largest payload accepted, compressed or not (bytes). A 110-pod node
@@ -226,92 +224,11 @@ impl KubeletSource {
 /// Decodes a core/v1 PodList into what the agent needs.
 pub fn parse_pod_list(body: &[u8]) -> Result<Vec<PodInfo>, serde_json::Error> {
     let list: PodList = serde_json::from_slice(body)?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|p| {
-            let statuses = p
-                .status
-                .container_statuses
-                .into_iter()
-                .chain(p.status.init_container_statuses);
-            PodInfo {
-                uid: p.metadata.uid,
-                pod: PodRef {
-                    namespace: p.metadata.namespace,
-                    name: p.metadata.name,
-                },
-                labels: p.metadata.labels,
-                containers: statuses
-                    .filter_map(|c| {
-                        let id = status_container_id(c.container_id.as_deref()?)?.to_owned();
-                        let started_ns = c
-                            .state
-                            .and_then(|s| s.running)
-                            .and_then(|r| r.started_at)
-                            .and_then(|t| metrics_proto::time::parse_rfc3339(&t));
-                        Some(ContainerInfo {
-                            id,
-                            name: c.name,
-                            started_ns,
-                        })
-                    })
-                    .collect(),
-            }
-        })
-        .collect())
+    Ok(list.items.into_iter().map(PodInfo::from).collect())
 }
 
 #[derive(serde::Deserialize)]
 struct PodList {
     #[serde(default)]
-    items: Vec<PodItem>,
-}
-
-#[derive(serde::Deserialize)]
-struct PodItem {
-    metadata: PodMeta,
-    #[serde(default)]
-    status: PodStatus,
-}
-
-#[derive(serde::Deserialize)]
-struct PodMeta {
-    #[serde(default)]
-    uid: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default)]
-    container_statuses: Vec<ContainerStatus>,
-    #[serde(default)]
-    init_container_statuses: Vec<ContainerStatus>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ContainerStatus {
-    name: String,
-    #[serde(rename = "containerID")]
-    container_id: Option<String>,
-    state: Option<ContainerState>,
-}
-
-#[derive(serde::Deserialize)]
-struct ContainerState {
-    running: Option<Running>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Running {
-    started_at: Option<String>,
+    items: Vec<PodWire>,
 }
