@@ -136,3 +136,42 @@ fn manifests_render_and_agree_with_the_binaries() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Dockerfile builds, from the locked sources, one image per binary the
+/// manifests name, running as the uid they ask for, and the build context
+/// leaves out build output and keys.
+#[test]
+fn dockerfile_builds_the_images_the_manifests_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let file = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    assert!(file.contains("cargo build --release --locked"), "{file}");
+    let all = render();
+    for (kind, name) in [
+        ("StatefulSet", "metrics-aggregator"),
+        ("DaemonSet", "metrics-agent"),
+    ] {
+        let d = doc(&all, kind, name);
+        // Each manifest runs the image of its binary, as the uid the image
+        // sets.
+        assert!(d.contains(&format!("/{name}:")), "{d}");
+        assert!(d.contains("runAsUser: 65534"), "{d}");
+        let stage = file
+            .split("\nFROM ")
+            .find(|s| s.starts_with(&format!("runtime AS {name}\n")))
+            .unwrap_or_else(|| panic!("no stage {name} in\n{file}"));
+        assert!(
+            stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{name}\"]")),
+            "{stage}"
+        );
+        // The binary is one the workspace builds.
+        assert!(binary(name).exists(), "{name}");
+    }
+    assert!(file.contains("USER 65534:65534"), "{file}");
+    assert!(
+        file.contains(" -t /out target/release/metrics-aggregator target/release/metrics-agent")
+    );
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for line in ["target/", ".git/", "**/*.key"] {
+        assert!(ignore.lines().any(|l| l == line), "{line} in {ignore}");
+    }
+}
