@@ -47,6 +47,13 @@ pub enum KubeletError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The kubelet's serving certificate was not accepted.
+    #[error("kubelet {url}: its serving certificate is not trusted ({reason}); {hint}")]
+    Certificate {
+        url: String,
+        reason: String,
+        hint: &'static str,
+    },
     /// No answer within the timeout.
     #[error("request to {url} timed out after {timeout:?}")]
     Timeout { url: String, timeout: Duration },
@@ -67,6 +74,46 @@ pub enum KubeletError {
     /// The body was too large or broke off.
     #[error("reading body from {url}: {reason}")]
     Body { url: String, reason: String },
+}
+
+/// What to do when the kubelet's certificate is refused: the flags users of
+/// metrics-server know, and the overlay that sets one of them.
+const CERT_HINT: &str = "set --kubelet-certificate-authority to the CA that signed the \
+kubelets' serving certificates, or, for kubelets with self-signed certificates (kubeadm's \
+default), --kubelet-insecure-tls (deploy/overlays/kubelet-insecure)";
+
+/// A failed request, told apart when the TLS handshake refused the
+/// kubelet's certificate (the cause is buried in the error chain).
+fn request_error(url: &str, source: hyper_util::client::legacy::Error) -> KubeletError {
+    match refused_certificate(&source) {
+        Some(why) => KubeletError::Certificate {
+            url: url.to_owned(),
+            reason: format!("{why:?}"),
+            hint: CERT_HINT,
+        },
+        None => KubeletError::Request {
+            url: url.to_owned(),
+            source,
+        },
+    }
+}
+
+/// The certificate error in `e`'s chain, looking inside the io::Errors
+/// that wrap it (their own `source` skips the error they wrap).
+fn refused_certificate<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::CertificateError> {
+    if let Some(rustls::Error::InvalidCertificate(why)) = e.downcast_ref::<rustls::Error>() {
+        return Some(why);
+    }
+    let inner = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .map(|i| i as &(dyn std::error::Error + 'static));
+    match inner {
+        Some(i) => refused_certificate(i),
+        None => refused_certificate(e.source()?),
+    }
 }
 
 /// A kubelet client for one node.
@@ -175,10 +222,7 @@ impl KubeletSource {
             .client
             .request(req)
             .await
-            .map_err(|source| KubeletError::Request {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| request_error(&url, source))?;
         let status = resp.status();
         let gzip = resp
             .headers()
