@@ -79,10 +79,27 @@ impl Proc {
 }
 
 /// Spawns `bin`; stdout is piped only when the caller reads it.
+/// A command every binary of this test process is started through (the
+/// binary and its arguments follow it), e.g. a sandbox.
+static WRAPPER: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Starts every later binary of this test process through `wrapper`; the
+/// first call wins.
+pub fn run_binaries_through(wrapper: Vec<String>) {
+    let _ = WRAPPER.set(wrapper);
+}
+
 fn spawn(bin: &str, args: &[String], log: &Path, stdout: Stdio) -> anyhow::Result<Child> {
     let log_file = std::fs::File::create(log)?;
-    Command::new(binary(bin))
-        .args(args)
+    let mut cmd = match WRAPPER.get().and_then(|w| w.split_first()) {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(binary(bin));
+            c
+        }
+        None => Command::new(binary(bin)),
+    };
+    cmd.args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
