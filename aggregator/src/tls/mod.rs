@@ -9,6 +9,7 @@ use rustls::ServerConfig;
 use metrics_proto::tls::TlsError;
 
 pub mod client_auth;
+pub mod pki;
 pub mod reload;
 
 pub use reload::ReloadingCert;

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 use crate::pki::{Leaf, TestCa};
-use objects::{read, Objects};
+use objects::{create, read, Objects};
 use reviews::{access_review, token_review};
 
 struct ApiState {
@@ -41,6 +41,8 @@ struct ApiState {
     token_reviews: AtomicU64,
     access_reviews: AtomicU64,
     requests: Mutex<Vec<String>>,
+    /// While set, GETs of one object wait until this many are waiting.
+    get_barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 /// A running stand-in API server on 127.0.0.1.
@@ -114,6 +116,7 @@ impl FakeApiServer {
             token_reviews: AtomicU64::new(0),
             access_reviews: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            get_barrier: Mutex::new(None),
         });
         let app = Router::new()
             .route(
@@ -124,8 +127,8 @@ impl FakeApiServer {
                 "/apis/authorization.k8s.io/v1/subjectaccessreviews",
                 post(access_review),
             )
-            .route("/api/{*rest}", get(read))
-            .route("/apis/{*rest}", get(read))
+            .route("/api/{*rest}", get(read).post(create))
+            .route("/apis/{*rest}", get(read).post(create))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),
                 authenticate,
@@ -163,6 +166,14 @@ impl FakeApiServer {
             stop,
             task,
         })
+    }
+
+    /// The next `n` GETs of single objects wait for one another, so `n`
+    /// clients that read then create all read before any creates.
+    pub fn gather_gets(&self, n: usize) {
+        if let Ok(mut b) = self.state.get_barrier.lock() {
+            *b = Some(Arc::new(tokio::sync::Barrier::new(n)));
+        }
     }
 
     /// Stops serving: the listener closes and every open connection,

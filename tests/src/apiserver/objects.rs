@@ -36,6 +36,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "pods" => ("Pod", "v1"),
         "nodes" => ("Node", "v1"),
         "configmaps" => ("ConfigMap", "v1"),
+        "secrets" => ("Secret", "v1"),
         "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
         _ => ("Unknown", "v1"),
     }
@@ -44,42 +45,16 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
 impl FakeApiServer {
     /// Creates or replaces `object` (its `metadata.namespace`/`name`) as
     /// `resource` (e.g. "pods"), notifying watchers.
-    pub fn apply(&self, resource: &str, mut object: Value) {
-        let Ok(mut objs) = self.state.objects.lock() else {
-            return;
-        };
-        objs.rv += 1;
-        let rv = objs.rv;
-        let ns = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let (kind, api_version) = kind_of(resource);
-        object["kind"] = json!(kind);
-        object["apiVersion"] = json!(api_version);
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if object["metadata"]["uid"].is_null() {
-            object["metadata"]["uid"] = json!(format!("uid-{resource}-{ns}-{name}"));
-        }
-        let key = (resource.to_owned(), ns, name);
-        let kind = if objs.items.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        objs.items.insert(key, object.clone());
-        let ev = Event {
-            rv,
-            resource: resource.to_owned(),
-            kind,
-            object,
-        };
-        objs.log.push(ev.clone());
-        let _ = self.state.events.send(ev);
+    pub fn apply(&self, resource: &str, object: Value) {
+        let _ = store(&self.state, resource, object, false);
+    }
+
+    /// The stored object, if any.
+    pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let objs = self.state.objects.lock().ok()?;
+        objs.items
+            .get(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Deletes an object, notifying watchers.
@@ -165,6 +140,88 @@ fn partial(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
 }
 
+/// Stores `object` as `resource` and notifies watchers; with `create_only`
+/// refuses (None) when one of that name exists, checked under the same lock.
+fn store(state: &ApiState, resource: &str, mut object: Value, create_only: bool) -> Option<Value> {
+    let mut objs = state.objects.lock().ok()?;
+    let ns = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let key = (resource.to_owned(), ns.clone(), name.clone());
+    let exists = objs.items.contains_key(&key);
+    if exists && create_only {
+        return None;
+    }
+    objs.rv += 1;
+    let rv = objs.rv;
+    let (kind, api_version) = kind_of(resource);
+    object["kind"] = json!(kind);
+    object["apiVersion"] = json!(api_version);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if object["metadata"]["uid"].is_null() {
+        object["metadata"]["uid"] = json!(format!("uid-{resource}-{ns}-{name}"));
+    }
+    let kind = if exists { "MODIFIED" } else { "ADDED" };
+    objs.items.insert(key, object.clone());
+    let ev = Event {
+        rv,
+        resource: resource.to_owned(),
+        kind,
+        object: object.clone(),
+    };
+    objs.log.push(ev.clone());
+    let _ = state.events.send(ev);
+    Some(object)
+}
+
+/// POST to a collection: creates the object, or answers 409 AlreadyExists
+/// when one of that name exists, as kube-apiserver does.
+pub(super) async fn create(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    let Some((resource, namespace, name)) = parse_path(req.uri().path()) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such collection");
+    };
+    if !name.is_empty() {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "POST goes to a collection",
+        );
+    }
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 4 << 20).await else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "body");
+    };
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name is required",
+        );
+    };
+    if !namespace.is_empty() {
+        object["metadata"]["namespace"] = json!(namespace);
+    }
+    match store(&s, &resource, object, true) {
+        Some(stored) => {
+            let mut r = json_response(&stored);
+            *r.status_mut() = StatusCode::CREATED;
+            r
+        }
+        None => status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("{resource} {name:?} already exists"),
+        ),
+    }
+}
+
 pub(super) async fn read(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -187,6 +244,14 @@ pub(super) async fn read(
         .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     let shape = move |o: &Value| if metadata_only { partial(o) } else { o.clone() };
     if !name.is_empty() {
+        let barrier = s.get_barrier.lock().ok().and_then(|b| b.clone());
+        if let Some(b) = barrier {
+            if b.wait().await.is_leader() {
+                if let Ok(mut slot) = s.get_barrier.lock() {
+                    *slot = None;
+                }
+            }
+        }
         let found = s.objects.lock().ok().and_then(|o| {
             o.items
                 .get(&(resource.clone(), namespace, name.clone()))
