@@ -127,6 +127,9 @@ async fn stream_once(
         sequence: 0,
         labels_sent: None,
     };
+    // What the aggregator last said it left out of accepted reports;
+    // logged when it changes, not every period.
+    let mut last_note = String::new();
     if let Some(r) = reports.borrow_and_update().clone() {
         out.send(&r);
     }
@@ -164,6 +167,15 @@ async fn stream_once(
                         ctx.metrics.ack(target.url(), ack.accepted);
                         if ack.accepted {
                             end.acked = true;
+                            if ack.error != last_note {
+                                if !ack.error.is_empty() {
+                                    tracing::warn!(
+                                        aggregator = target.url(), note = %ack.error,
+                                        "aggregator accepted the report but left part of it out"
+                                    );
+                                }
+                                last_note = ack.error;
+                            }
                             let now = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map_or(0, |d| d.as_millis() as i64);

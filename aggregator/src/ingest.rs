@@ -20,7 +20,7 @@ use metrics_proto::MAX_MESSAGE_BYTES;
 use crate::auth::callers::{wrong_node, Caller, CallerAuth};
 use crate::labelset::{Interner, StreamLabels};
 use crate::metrics::AggregatorMetrics;
-use crate::report::{to_entry_with, ReportError};
+use crate::report::{to_entry_with, Dropped, ReportError};
 use crate::shard::SharedShard;
 use crate::store::Store;
 
@@ -98,25 +98,28 @@ impl IngestService {
                     self.expiry_periods,
                 )
             })
-            .and_then(|e| match self.shard.as_ref().map(SharedShard::get) {
-                Some(shard) if !shard.owns(&e.name) => Err(ReportError::NotOwner {
-                    node: e.name,
-                    shard: shard.self_id.clone(),
-                }),
-                _ => Ok(e),
-            });
+            .and_then(
+                |(e, dropped)| match self.shard.as_ref().map(SharedShard::get) {
+                    Some(shard) if !shard.owns(&e.name) => Err(ReportError::NotOwner {
+                        node: e.name,
+                        shard: shard.self_id.clone(),
+                    }),
+                    _ => Ok((e, dropped)),
+                },
+            );
         match checked {
-            Ok(entry) => {
+            Ok((entry, dropped)) => {
                 if bound.is_none() {
                     tracing::info!(node = %entry.name, "agent stream bound to node");
                     *bound = Some(entry.name.clone());
                 }
+                let note = self.note_dropped(&entry.name, &dropped, &mut stream.warned);
                 self.store.insert(entry);
                 self.metrics.report(true);
                 Ack {
                     sequence: report.sequence,
                     accepted: true,
-                    error: String::new(),
+                    error: note,
                 }
             }
             Err(e) => {
@@ -132,6 +135,34 @@ impl IngestService {
     }
 }
 
+impl IngestService {
+    /// Counts what an accepted report lost, logs each part once per stream
+    /// (not every period), and returns the note for the agent's Ack.
+    fn note_dropped(
+        &self,
+        node: &str,
+        dropped: &[Dropped],
+        warned: &mut std::collections::HashSet<String>,
+    ) -> String {
+        for d in dropped {
+            let part = match d.what.as_str() {
+                "node labels" => "node_labels",
+                w if w.ends_with(" pods") => "pods_over_limit",
+                _ => "pod",
+            };
+            self.metrics.dropped(part);
+            if warned.len() < WARNED_MAX && warned.insert(d.what.clone()) {
+                tracing::warn!(node, dropped = %d.what, reason = %d.reason, "left out of an accepted report; the rest is served");
+            }
+        }
+        match dropped {
+            [] => String::new(),
+            [one] => format!("accepted without {one}"),
+            [first, rest @ ..] => format!("accepted without {first} and {} more", rest.len()),
+        }
+    }
+}
+
 /// What one agent stream remembers between reports.
 #[derive(Debug, Default)]
 pub struct StreamState {
@@ -139,7 +170,12 @@ pub struct StreamState {
     pub bound: Option<String>,
     /// The labels it last carried.
     labels: StreamLabels,
+    /// Dropped parts already logged on this stream (bounded).
+    warned: std::collections::HashSet<String>,
 }
+
+/// Most dropped parts remembered per stream for logging once each.
+const WARNED_MAX: usize = 1024;
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
 
@@ -233,5 +269,122 @@ impl Ingest for IngestService {
             span,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
+    use metrics_proto::{MAX_CONTAINERS_PER_POD, PROTOCOL_VERSION};
+
+    const TS: i64 = 1_700_000_000_000_000_000;
+
+    fn pod(name: &str, containers: usize) -> PodUsage {
+        PodUsage {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            timestamp_unix_nanos: TS,
+            window_nanos: 15_000_000_000,
+            containers: (0..containers)
+                .map(|i| ContainerUsage {
+                    name: format!("c{i}"),
+                    cpu_nanocores: 1,
+                    memory_working_set_bytes: 1024,
+                })
+                .collect(),
+        }
+    }
+
+    fn service() -> (
+        IngestService,
+        Arc<Store>,
+        prometheus_client::registry::Registry,
+    ) {
+        let store = Arc::new(Store::new());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(AggregatorMetrics::register(&mut registry));
+        let svc = IngestService::new(Arc::clone(&store), metrics, 3, CancellationToken::new());
+        (svc, store, registry)
+    }
+
+    fn scrape(registry: &prometheus_client::registry::Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_bad_pod_or_oversized_node_labels_drop_only_themselves() {
+        let (svc, store, registry) = service();
+        let mut state = StreamState::default();
+        let mut node_labels = std::collections::HashMap::new();
+        // Node Feature Discovery labels nodes by the hundred.
+        for i in 0..300 {
+            node_labels.insert(
+                format!("feature.node.kubernetes.io/f{i}"),
+                "true".to_string(),
+            );
+        }
+        let report = NodeReport {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: "node-a".into(),
+            period_ms: 15_000,
+            node_labels,
+            node: Some(Usage {
+                timestamp_unix_nanos: TS,
+                window_nanos: 15_000_000_000,
+                cpu_nanocores: 5,
+                memory_working_set_bytes: 1024,
+            }),
+            pods: vec![
+                pod("good-1", 2),
+                pod("Not_A_DNS_Name", 1),
+                pod("too-many-containers", MAX_CONTAINERS_PER_POD + 44),
+                pod("good-2", 1),
+            ],
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            let ack = svc.handle(&report, &mut state);
+            assert!(ack.accepted, "{}", ack.error);
+            assert!(ack.error.starts_with("accepted without "), "{}", ack.error);
+            assert!(ack.error.ends_with("and 2 more"), "{}", ack.error);
+        }
+        let now = Instant::now();
+        let node = store.node("node-a", now).expect("the node is served");
+        assert!(node.node.is_some());
+        assert_eq!(node.labels.iter().count(), 0, "its labels were dropped");
+        let kept: Vec<&str> = node.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(kept, ["good-1", "good-2"]);
+        assert_eq!(node.pods[0].labels.get("app"), Some("web"));
+        let text = scrape(&registry);
+        for (part, n) in [("pod", 6), ("node_labels", 3)] {
+            let line =
+                format!("metrics_aggregator_report_parts_dropped_total{{part=\"{part}\"}} {n}");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        // Logged once per part per stream, not every report.
+        assert_eq!(state.warned.len(), 3);
+    }
+
+    #[test]
+    fn pods_over_the_limit_are_dropped_not_the_node() {
+        let (svc, store, _registry) = service();
+        let mut state = StreamState::default();
+        let n = metrics_proto::MAX_PODS_PER_REPORT + 5;
+        let report = NodeReport {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: "node-b".into(),
+            period_ms: 15_000,
+            pods: (0..n).map(|i| pod(&format!("p-{i:05}"), 1)).collect(),
+            ..Default::default()
+        };
+        let ack = svc.handle(&report, &mut state);
+        assert!(ack.accepted, "{}", ack.error);
+        assert!(ack.error.contains("5 pods"), "{}", ack.error);
+        let node = store.node("node-b", Instant::now()).unwrap();
+        assert_eq!(node.pods.len(), metrics_proto::MAX_PODS_PER_REPORT);
     }
 }

@@ -206,22 +206,22 @@ impl Interner {
 }
 
 /// A report's labels, resolved: the node's and each pod's, in the order of
-/// `report.pods`.
+/// `report.pods`. Unusable labels are reported per owner: a pod whose labels
+/// are refused is dropped alone; refused node labels leave the node
+/// unlabelled.
 #[derive(Debug)]
 pub struct Resolved {
     pub node: Arc<Labels>,
-    pub pods: Vec<Arc<Labels>>,
+    /// Why the node's labels were refused.
+    pub node_error: Option<String>,
+    pub pods: Vec<PodLabels>,
 }
 
-/// Why a report's labels cannot be used.
+/// Why a report's labels cannot be used at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LabelError {
     #[error(transparent)]
     Unknown(#[from] UnknownLabels),
-    #[error("node labels: {0}")]
-    Node(String),
-    #[error("pod {pod}: {reason}")]
-    Pod { pod: String, reason: String },
 }
 
 /// Builds (or finds in `interner`, when given) every label set a report
@@ -231,21 +231,20 @@ pub fn carried(report: &NodeReport, interner: Option<&Interner>) -> Result<Resol
         Some(i) => i.intern(labels),
         None => Labels::new(labels),
     };
-    let node = build(&report.node_labels).map_err(LabelError::Node)?;
+    let (node, node_error) = match build(&report.node_labels) {
+        Ok(l) => (l, None),
+        Err(e) => (Labels::empty(), Some(e)),
+    };
     let pods = report
         .pods
         .iter()
-        .map(|p| {
-            build(&p.labels).map_err(|reason| LabelError::Pod {
-                pod: format!("{}/{}", p.namespace, p.name)
-                    .chars()
-                    .take(128)
-                    .collect(),
-                reason,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Resolved { node, pods })
+        .map(|p| build(&p.labels).map_err(Arc::from))
+        .collect();
+    Ok(Resolved {
+        node,
+        node_error,
+        pods,
+    })
 }
 
 /// The labels last carried on one stream, keyed by namespace then pod name
@@ -254,8 +253,15 @@ pub fn carried(report: &NodeReport, interner: Option<&Interner>) -> Result<Resol
 pub struct StreamLabels {
     version: u64,
     node: Arc<Labels>,
-    pods: HashMap<String, HashMap<String, Arc<Labels>>>,
+    node_error: Option<String>,
+    /// Pods with labels, and pods whose labels were refused (so a report
+    /// that leaves them out drops them again rather than serving them
+    /// unlabelled).
+    pods: HashMap<String, HashMap<String, PodLabels>>,
 }
+
+/// One pod's labels, or why they were refused.
+pub type PodLabels = Result<Arc<Labels>, Arc<str>>;
 
 impl StreamLabels {
     /// The labels of `report`: built from it when it carries a set this
@@ -273,14 +279,16 @@ impl StreamLabels {
             if report.labels_version != 0 {
                 self.version = report.labels_version;
                 self.node = Arc::clone(&resolved.node);
+                self.node_error = resolved.node_error.clone();
                 self.pods.clear();
                 for (p, l) in report.pods.iter().zip(&resolved.pods) {
-                    if !l.is_empty() {
-                        self.pods
-                            .entry(p.namespace.clone())
-                            .or_default()
-                            .insert(p.name.clone(), Arc::clone(l));
+                    if l.as_ref().is_ok_and(|l| l.is_empty()) {
+                        continue;
                     }
+                    self.pods
+                        .entry(p.namespace.clone())
+                        .or_default()
+                        .insert(p.name.clone(), l.clone());
                 }
             }
             return Ok(resolved);
@@ -295,11 +303,12 @@ impl StreamLabels {
                 self.pods
                     .get(&p.namespace)
                     .and_then(|ns| ns.get(&p.name))
-                    .map_or_else(Labels::empty, Arc::clone)
+                    .map_or_else(|| Ok(Labels::empty()), Clone::clone)
             })
             .collect();
         Ok(Resolved {
             node: Arc::clone(&self.node),
+            node_error: self.node_error.clone(),
             pods,
         })
     }
@@ -329,18 +338,27 @@ mod tests {
         let mut cache = StreamLabels::default();
         let full = cache.resolve(&report(0), &interner).unwrap();
         assert!(full.node.json().contains(r#""kubernetes.io/os":"linux""#));
-        assert!(full.pods[0].json().starts_with(r#","labels":{"app":""#));
-        assert_eq!(full.pods[1].json(), "");
+        assert!(full.pods[0]
+            .as_ref()
+            .unwrap()
+            .json()
+            .starts_with(r#","labels":{"app":""#));
+        assert_eq!(full.pods[1].as_ref().unwrap().json(), "");
         let mut next = report(0);
         metrics_proto::labels::omit(&mut next);
         let again = cache.resolve(&next, &interner).unwrap();
-        assert!(Arc::ptr_eq(&again.pods[0], &full.pods[0]));
+        assert!(Arc::ptr_eq(
+            again.pods[0].as_ref().unwrap(),
+            full.pods[0].as_ref().unwrap()
+        ));
         assert!(Arc::ptr_eq(&again.node, &full.node));
-        assert!(again.pods[1].is_empty());
+        assert!(again.pods[1].as_ref().unwrap().is_empty());
         // Carried again with the same version: the shared set is reused.
         assert!(Arc::ptr_eq(
-            &cache.resolve(&report(0), &interner).unwrap().pods[0],
-            &full.pods[0]
+            cache.resolve(&report(0), &interner).unwrap().pods[0]
+                .as_ref()
+                .unwrap(),
+            full.pods[0].as_ref().unwrap()
         ));
 
         let mut changed = report(1);
@@ -353,21 +371,20 @@ mod tests {
     }
 
     #[test]
-    fn bad_labels_are_refused_and_not_remembered() {
+    fn bad_labels_refuse_their_pod_alone_and_are_remembered() {
         let interner = Interner::default();
         let mut cache = StreamLabels::default();
         let mut r = report(0);
         r.pods[0].labels.insert("k".into(), "v".repeat(64));
         r.labels_version = metrics_proto::labels::version(&r);
-        assert!(matches!(
-            cache.resolve(&r, &interner),
-            Err(LabelError::Pod { .. })
-        ));
+        let got = cache.resolve(&r, &interner).unwrap();
+        assert!(got.pods[0].is_err());
+        assert!(got.pods[2..].iter().all(Result::is_ok));
+        // Left out next time, the pod is refused again, not served bare.
         metrics_proto::labels::omit(&mut r);
-        assert!(matches!(
-            cache.resolve(&r, &interner),
-            Err(LabelError::Unknown(_))
-        ));
+        let again = cache.resolve(&r, &interner).unwrap();
+        assert_eq!(again.pods[0], got.pods[0]);
+        assert!(again.pods[2..].iter().all(Result::is_ok));
     }
 
     #[test]

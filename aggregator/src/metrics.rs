@@ -20,6 +20,9 @@ pub struct AggregatorMetrics {
     pub nodes: Gauge,
     /// Agent streams ended by authentication or authorization, by gRPC `code`.
     pub refused_streams: Family<ResultLabel, Counter>,
+    /// Parts of accepted reports left out, by `part` (`pod`, `node_labels`,
+    /// `pods_over_limit`), counted once per report.
+    pub dropped: Family<ResultLabel, Counter>,
 }
 
 impl AggregatorMetrics {
@@ -43,6 +46,11 @@ impl AggregatorMetrics {
             m.nodes.clone(),
         );
         sub.register(
+            "report_parts_dropped",
+            "Parts of accepted reports left out (a pod, the node's labels, pods over the limit), by part",
+            m.dropped.clone(),
+        );
+        sub.register(
             "agent_streams_refused",
             "Agent streams refused for their identity, by gRPC code",
             m.refused_streams.clone(),
@@ -58,6 +66,10 @@ impl AggregatorMetrics {
             _ => "Other",
         };
         self.refused_streams.get_or_create(&[("code", code)]).inc();
+    }
+
+    pub fn dropped(&self, part: &'static str) {
+        self.dropped.get_or_create(&[("part", part)]).inc();
     }
 
     pub fn report(&self, accepted: bool) {

@@ -24,10 +24,6 @@ pub enum ReportError {
     WrongNode { bound: String, got: String },
     #[error("period {0} ms outside 1s..1h")]
     Period(u64),
-    #[error("{0} pods exceed the limit of {MAX_PODS_PER_REPORT}")]
-    TooManyPods(usize),
-    #[error("pod {pod}: {reason}")]
-    Pod { pod: String, reason: String },
     #[error("node usage: {0}")]
     NodeUsage(&'static str),
     #[error(transparent)]
@@ -94,18 +90,61 @@ pub fn to_entry(
     expiry_periods: u32,
 ) -> Result<NodeEntry, ReportError> {
     let labels = labelset::carried(report, None)?;
-    to_entry_with(report, labels, bound, now, expiry_periods)
+    to_entry_with(report, labels, bound, now, expiry_periods).map(|(e, _)| e)
+}
+
+/// A part of an accepted report that was left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// `namespace/name` of a pod, or what else was dropped.
+    pub what: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.reason)
+    }
+}
+
+fn pod_key(p: &metrics_proto::v1::PodUsage) -> String {
+    format!("{}/{}", p.namespace, p.name)
+        .chars()
+        .take(128)
+        .collect()
+}
+
+/// Why one pod cannot be served, if it cannot.
+fn check_pod(p: &metrics_proto::v1::PodUsage) -> Result<(), String> {
+    if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {
+        return Err("invalid namespace or name".into());
+    }
+    if p.containers.is_empty() || p.containers.len() > MAX_CONTAINERS_PER_POD {
+        return Err(format!(
+            "{} containers (1 to {MAX_CONTAINERS_PER_POD} allowed)",
+            p.containers.len()
+        ));
+    }
+    if p.containers
+        .iter()
+        .any(|c| c.name.is_empty() || c.name.len() > 253)
+    {
+        return Err("invalid container name".into());
+    }
+    check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(str::to_owned)
 }
 
 /// [`to_entry`] with the report's labels already resolved (one per pod,
-/// in order; a stream's cache supplies those a report left out).
+/// in order; a stream's cache supplies those a report left out). What is
+/// wrong with the report as a whole refuses it; what is wrong with one pod
+/// (or with the node's labels) drops that part alone, listed in the answer.
 pub fn to_entry_with(
     report: &NodeReport,
     labels: Resolved,
     bound: Option<&str>,
     now: Instant,
     expiry_periods: u32,
-) -> Result<NodeEntry, ReportError> {
+) -> Result<(NodeEntry, Vec<Dropped>), ReportError> {
     if report.protocol_version != PROTOCOL_VERSION {
         return Err(ReportError::Version(report.protocol_version));
     }
@@ -123,13 +162,24 @@ pub fn to_entry_with(
     if !PERIOD_MS.contains(&report.period_ms) {
         return Err(ReportError::Period(report.period_ms));
     }
-    if report.pods.len() > MAX_PODS_PER_REPORT {
-        return Err(ReportError::TooManyPods(report.pods.len()));
-    }
+    let mut dropped = Vec::new();
     let Resolved {
         node: labels,
+        node_error,
         pods: pod_labels,
     } = labels;
+    if let Some(reason) = node_error {
+        dropped.push(Dropped {
+            what: "node labels".into(),
+            reason,
+        });
+    }
+    if report.pods.len() > MAX_PODS_PER_REPORT {
+        dropped.push(Dropped {
+            what: format!("{} pods", report.pods.len() - MAX_PODS_PER_REPORT),
+            reason: format!("over the limit of {MAX_PODS_PER_REPORT} pods per node"),
+        });
+    }
     let (node, timestamp_ns) = match &report.node {
         Some(u) => {
             check_time(u.timestamp_unix_nanos, u.window_nanos).map_err(ReportError::NodeUsage)?;
@@ -140,28 +190,21 @@ pub fn to_entry_with(
         }
         None => (None, 0),
     };
-    let mut pods = Vec::with_capacity(report.pods.len());
-    for (p, labels) in report.pods.iter().zip(pod_labels) {
-        let bad = |reason: String| ReportError::Pod {
-            pod: format!("{}/{}", p.namespace, p.name)
-                .chars()
-                .take(128)
-                .collect(),
-            reason,
+    let mut pods = Vec::with_capacity(report.pods.len().min(MAX_PODS_PER_REPORT));
+    for (p, labels) in report.pods.iter().zip(pod_labels).take(MAX_PODS_PER_REPORT) {
+        let labels = match labels.map_err(|r| r.to_string()).and_then(|l| {
+            check_pod(p)?;
+            Ok(l)
+        }) {
+            Ok(l) => l,
+            Err(reason) => {
+                dropped.push(Dropped {
+                    what: pod_key(p),
+                    reason,
+                });
+                continue;
+            }
         };
-        if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {
-            return Err(bad("invalid namespace or name".into()));
-        }
-        if p.containers.is_empty() || p.containers.len() > MAX_CONTAINERS_PER_POD {
-            return Err(bad(format!("{} containers", p.containers.len())));
-        }
-        if p.containers
-            .iter()
-            .any(|c| c.name.is_empty() || c.name.len() > 253)
-        {
-            return Err(bad("invalid container name".into()));
-        }
-        check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(|e| bad(e.into()))?;
         pods.push(PodEntry {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
@@ -173,7 +216,7 @@ pub fn to_entry_with(
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     pods.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
     let period = Duration::from_millis(report.period_ms);
-    Ok(NodeEntry {
+    let entry = NodeEntry {
         name: report.node_name.clone(),
         labels,
         timestamp_ns,
@@ -181,5 +224,6 @@ pub fn to_entry_with(
         pods,
         received: now,
         expires: now + period * expiry_periods,
-    })
+    };
+    Ok((entry, dropped))
 }

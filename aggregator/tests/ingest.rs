@@ -143,17 +143,10 @@ async fn invalid_reports_are_refused_and_change_nothing() {
     bad_version.protocol_version = 99;
     let mut bad_period = report("node-1", 1);
     bad_period.period_ms = 10;
-    let mut bad_window = report("node-1", 1);
-    bad_window.pods[0].window_nanos = 0;
-    let mut bad_pod = report("node-1", 1);
-    bad_pod.pods[0].name = "Not_A_Name".into();
     let cases = [
         (bad_version, "protocol version 99"),
         (report("Bad Node!", 1), "invalid node name"),
         (bad_period, "period 10 ms"),
-        (bad_window, "window must be positive"),
-        (bad_pod, "invalid namespace or name"),
-        (report("node-1", 2_001), "2001 pods exceed"),
     ];
     for (r, want) in cases {
         let ack = s.send(r).await.unwrap();
@@ -167,6 +160,36 @@ async fn invalid_reports_are_refused_and_change_nothing() {
     assert!(store.is_empty(), "refused reports must not be stored");
     // The stream still works for a good report.
     assert!(s.send(report("node-1", 1)).await.unwrap().accepted);
+}
+
+#[tokio::test]
+async fn a_bad_pod_is_dropped_and_the_rest_of_its_node_served() {
+    let (store, channel, _c) = serve().await;
+    let mut s = Stream::open(&channel).await;
+    let mut bad_window = report("node-1", 3);
+    bad_window.pods[0].window_nanos = 0;
+    let mut bad_pod = report("node-1", 3);
+    bad_pod.pods[1].name = "Not_A_Name".into();
+    let cases = [
+        (bad_window, "window must be positive", 2),
+        (bad_pod, "invalid namespace or name", 2),
+        (
+            report("node-1", 2_001),
+            "over the limit of 2000 pods",
+            2_000,
+        ),
+    ];
+    for (r, want, kept) in cases {
+        let ack = s.send(r).await.unwrap();
+        assert!(ack.accepted, "{}", ack.error);
+        assert!(
+            ack.error.contains(want),
+            "{} should contain {want}",
+            ack.error
+        );
+        assert_eq!(store.nodes(Instant::now()).len(), 1);
+        assert_eq!(store.pods(Some("ns"), Instant::now()).len(), kept);
+    }
 }
 
 #[tokio::test]
