@@ -23,7 +23,7 @@ fn main() {
 /// A realistic report: `pods` pods × 2 containers, 4 labels each.
 fn report(node: usize, pods: usize) -> NodeReport {
     let u = |i: u64| Usage {
-        timestamp_unix_nanos: 1_700_000_000_000_000_000,
+        timestamp_unix_nanos: now_ns(),
         window_nanos: 15_000_000_000,
         cpu_nanocores: 123_456_789 + i,
         memory_working_set_bytes: 734_003_200 + i * 4096,
@@ -50,7 +50,7 @@ fn report(node: usize, pods: usize) -> NodeReport {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-                timestamp_unix_nanos: 1_700_000_000_000_000_000,
+                timestamp_unix_nanos: now_ns(),
                 window_nanos: 15_000_000_000,
                 containers: ["app", "istio-proxy"]
                     .iter()
@@ -135,4 +135,12 @@ fn namespace_query_1000_nodes(bencher: Bencher) {
         store.insert(to_entry(&report(n, 30), None, now, 1_000).unwrap());
     }
     bencher.bench(|| store.pods(Some(divan::black_box("team-7")), now).len());
+}
+
+/// Now, ns since the epoch: sample times must be near the aggregator's clock.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap()
 }

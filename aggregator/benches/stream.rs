@@ -61,8 +61,8 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
     };
     let mut full = shape.template(0, 15_000);
     let mut omitted = bare(&full);
-    fill(&mut full, 1, 1_700_000_000_000_000_000, 15_000_000_000);
-    fill(&mut omitted, 2, 1_700_000_015_000_000_000, 15_000_000_000);
+    fill(&mut full, 1, now_ns() - 20_000_000_000, 15_000_000_000);
+    fill(&mut omitted, 2, now_ns() - 5_000_000_000, 15_000_000_000);
     let (tx, mut inbound) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -111,4 +111,12 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
         rt.block_on(round_trip(&tx, &mut inbound, r))
     });
     cancel.cancel();
+}
+
+/// Now, ns since the epoch: sample times must be near the aggregator's clock.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap()
 }

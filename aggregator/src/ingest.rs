@@ -95,6 +95,7 @@ impl IngestService {
                     labels,
                     bound.as_deref(),
                     Instant::now(),
+                    Some(wall_ns()),
                     self.expiry_periods,
                 )
             })
@@ -161,6 +162,13 @@ impl IngestService {
             [first, rest @ ..] => format!("accepted without {first} and {} more", rest.len()),
         }
     }
+}
+
+/// This replica's clock, ns since the epoch.
+fn wall_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// What one agent stream remembers between reports.
@@ -278,14 +286,16 @@ mod tests {
     use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
     use metrics_proto::{MAX_CONTAINERS_PER_POD, PROTOCOL_VERSION};
 
-    const TS: i64 = 1_700_000_000_000_000_000;
+    fn ts() -> i64 {
+        wall_ns() - 2_000_000_000
+    }
 
     fn pod(name: &str, containers: usize) -> PodUsage {
         PodUsage {
             namespace: "ns".into(),
             name: name.into(),
             labels: [("app".to_string(), "web".to_string())].into(),
-            timestamp_unix_nanos: TS,
+            timestamp_unix_nanos: ts(),
             window_nanos: 15_000_000_000,
             containers: (0..containers)
                 .map(|i| ContainerUsage {
@@ -333,7 +343,7 @@ mod tests {
             period_ms: 15_000,
             node_labels,
             node: Some(Usage {
-                timestamp_unix_nanos: TS,
+                timestamp_unix_nanos: ts(),
                 window_nanos: 15_000_000_000,
                 cpu_nanocores: 5,
                 memory_working_set_bytes: 1024,
@@ -367,6 +377,50 @@ mod tests {
         }
         // Logged once per part per stream, not every report.
         assert_eq!(state.warned.len(), 3);
+    }
+
+    #[test]
+    fn sample_times_far_from_the_clock_are_refused() {
+        let (svc, store, registry) = service();
+        let mut state = StreamState::default();
+        let year = 365 * 86_400 * 1_000_000_000_i64;
+        let mut forged = pod("coredns", 1);
+        forged.timestamp_unix_nanos = ts() + year;
+        let mut stale = pod("stale", 1);
+        stale.timestamp_unix_nanos = ts() - 3_600 * 1_000_000_000;
+        let mut report = NodeReport {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: "node-c".into(),
+            period_ms: 15_000,
+            pods: vec![forged, pod("honest", 1), stale],
+            ..Default::default()
+        };
+        let ack = svc.handle(&report, &mut state);
+        assert!(ack.accepted, "{}", ack.error);
+        assert!(
+            ack.error.contains("ahead of this replica's clock"),
+            "{}",
+            ack.error
+        );
+        let node = store.node("node-c", Instant::now()).unwrap();
+        let kept: Vec<&str> = node.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(kept, ["honest"]);
+        assert!(scrape(&registry)
+            .contains("metrics_aggregator_report_parts_dropped_total{part=\"pod\"} 2"));
+        // A node whose own usage is stamped in the future is refused whole.
+        report.node = Some(Usage {
+            timestamp_unix_nanos: ts() + 120_000_000_000,
+            window_nanos: 15_000_000_000,
+            cpu_nanocores: 1,
+            memory_working_set_bytes: 1,
+        });
+        let ack = svc.handle(&report, &mut state);
+        assert!(!ack.accepted);
+        assert!(
+            ack.error.contains("ahead of this replica's clock"),
+            "{}",
+            ack.error
+        );
     }
 
     #[test]

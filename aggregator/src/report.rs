@@ -26,6 +26,8 @@ pub enum ReportError {
     Period(u64),
     #[error("node usage: {0}")]
     NodeUsage(&'static str),
+    #[error("node usage: {0}")]
+    Clock(String),
     #[error(transparent)]
     Labels(#[from] LabelError),
     #[error("replica {shard} does not own node {node:?}; report to its owners from the shard map")]
@@ -80,6 +82,38 @@ fn check_time(ts: i64, window: i64) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// How far ahead of this replica's clock a sample time may be.
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
+
+/// The oldest sample time accepted is the expiry (period × expiry periods),
+/// but never less than this: the kubelet's stats can lag its scrape by a
+/// housekeeping interval (10–15 s), which short periods would otherwise
+/// refuse.
+pub const MIN_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Refuses a sample time more than [`MAX_FUTURE_SKEW`] ahead of `now_ns`
+/// or older than `max_age` (the expiry): such a value would outrank or
+/// outlive every honest one.
+fn check_clock(ts: i64, now_ns: i64, max_age: Duration) -> Result<(), String> {
+    let ahead = ts.saturating_sub(now_ns);
+    if ahead > MAX_FUTURE_SKEW.as_nanos() as i64 {
+        return Err(format!(
+            "sample time {} s ahead of this replica's clock (more than {} s of skew)",
+            ahead / 1_000_000_000,
+            MAX_FUTURE_SKEW.as_secs()
+        ));
+    }
+    let behind = now_ns.saturating_sub(ts);
+    if behind > max_age.as_nanos() as i64 {
+        return Err(format!(
+            "sample time {} s old, past the expiry of {} s",
+            behind / 1_000_000_000,
+            max_age.as_secs()
+        ));
+    }
+    Ok(())
+}
+
 /// Validates `report` (for a stream bound to `bound`, if any), with the
 /// labels it carries, and builds the entry; `expiry_periods` periods
 /// without a report expire it.
@@ -90,7 +124,7 @@ pub fn to_entry(
     expiry_periods: u32,
 ) -> Result<NodeEntry, ReportError> {
     let labels = labelset::carried(report, None)?;
-    to_entry_with(report, labels, bound, now, expiry_periods).map(|(e, _)| e)
+    to_entry_with(report, labels, bound, now, None, expiry_periods).map(|(e, _)| e)
 }
 
 /// A part of an accepted report that was left out, and why.
@@ -138,11 +172,14 @@ fn check_pod(p: &metrics_proto::v1::PodUsage) -> Result<(), String> {
 /// in order; a stream's cache supplies those a report left out). What is
 /// wrong with the report as a whole refuses it; what is wrong with one pod
 /// (or with the node's labels) drops that part alone, listed in the answer.
+/// With `wall_ns` (this replica's clock, ns since the epoch) sample times
+/// are also checked against it.
 pub fn to_entry_with(
     report: &NodeReport,
     labels: Resolved,
     bound: Option<&str>,
     now: Instant,
+    wall_ns: Option<i64>,
     expiry_periods: u32,
 ) -> Result<(NodeEntry, Vec<Dropped>), ReportError> {
     if report.protocol_version != PROTOCOL_VERSION {
@@ -162,6 +199,8 @@ pub fn to_entry_with(
     if !PERIOD_MS.contains(&report.period_ms) {
         return Err(ReportError::Period(report.period_ms));
     }
+    let max_age = (Duration::from_millis(report.period_ms) * expiry_periods).max(MIN_MAX_AGE);
+    let clock = |ts: i64| wall_ns.map_or(Ok(()), |now| check_clock(ts, now, max_age));
     let mut dropped = Vec::new();
     let Resolved {
         node: labels,
@@ -183,6 +222,7 @@ pub fn to_entry_with(
     let (node, timestamp_ns) = match &report.node {
         Some(u) => {
             check_time(u.timestamp_unix_nanos, u.window_nanos).map_err(ReportError::NodeUsage)?;
+            clock(u.timestamp_unix_nanos).map_err(ReportError::Clock)?;
             (
                 Some(render::node_metrics(&report.node_name, &labels, u)),
                 u.timestamp_unix_nanos,
@@ -194,6 +234,7 @@ pub fn to_entry_with(
     for (p, labels) in report.pods.iter().zip(pod_labels).take(MAX_PODS_PER_REPORT) {
         let labels = match labels.map_err(|r| r.to_string()).and_then(|l| {
             check_pod(p)?;
+            clock(p.timestamp_unix_nanos)?;
             Ok(l)
         }) {
             Ok(l) => l,

@@ -21,8 +21,6 @@ use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::{Ack, ContainerUsage, NodeReport, PodUsage, Usage};
 use metrics_proto::PROTOCOL_VERSION;
 
-const T: i64 = 1_700_000_000_000_000_000;
-
 fn report(node: &str, pods: usize) -> NodeReport {
     NodeReport {
         protocol_version: PROTOCOL_VERSION,
@@ -31,7 +29,7 @@ fn report(node: &str, pods: usize) -> NodeReport {
         period_ms: 1_000,
         node_labels: Default::default(),
         node: Some(Usage {
-            timestamp_unix_nanos: T,
+            timestamp_unix_nanos: now_ns(),
             window_nanos: 1_000_000_000,
             cpu_nanocores: 5,
             memory_working_set_bytes: 1024,
@@ -41,7 +39,7 @@ fn report(node: &str, pods: usize) -> NodeReport {
                 namespace: "ns".into(),
                 name: format!("p{i}"),
                 labels: Default::default(),
-                timestamp_unix_nanos: T,
+                timestamp_unix_nanos: now_ns(),
                 window_nanos: 1_000_000_000,
                 containers: vec![ContainerUsage {
                     name: "c".into(),
@@ -317,4 +315,12 @@ async fn labels_left_out_are_restored_from_the_stream() {
     let mut omitted = labelled("shop");
     metrics_proto::labels::omit(&mut omitted);
     assert!(!fresh.send(omitted).await.unwrap().accepted);
+}
+
+/// Now, ns since the epoch: sample times must be near the aggregator's clock.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap()
 }
