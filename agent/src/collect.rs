@@ -24,7 +24,12 @@ pub struct Collector {
     failing: bool,
     pods: Option<PodCache>,
     api_labels: Option<Arc<ApiPods>>,
+    /// Pods (and the node's labels) already logged as unsendable.
+    warned: std::collections::HashSet<String>,
 }
+
+/// Most unsendable pods remembered for logging once each.
+const WARNED_MAX: usize = 1024;
 
 impl Collector {
     pub fn new(
@@ -42,6 +47,7 @@ impl Collector {
             failing: false,
             pods: None,
             api_labels: None,
+            warned: Default::default(),
         }
     }
 
@@ -124,6 +130,7 @@ impl Collector {
             }
             node_labels = api.node().into_iter().collect();
         }
+        self.drop_unsendable(&mut pods, &mut node_labels);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         self.metrics
             .last_report
@@ -142,6 +149,41 @@ impl Collector {
         };
         report.labels_version = metrics_proto::labels::version(&report);
         Some(report)
+    }
+
+    /// Leaves out what an aggregator would refuse, pod by pod (and the
+    /// node's labels alone), so one bad pod never costs the report; each is
+    /// counted every period and logged once.
+    fn drop_unsendable(
+        &mut self,
+        pods: &mut Vec<metrics_proto::v1::PodUsage>,
+        node_labels: &mut std::collections::HashMap<String, String>,
+    ) {
+        use metrics_proto::checks::{check_labels, check_pod};
+        let (metrics, warned) = (&self.metrics, &mut self.warned);
+        let mut note = |what: String, reason: &str, counter: &'static str| {
+            metrics.dropped.get_or_create(&[("reason", counter)]).inc();
+            if warned.len() < WARNED_MAX && warned.insert(what.clone()) {
+                tracing::warn!(dropped = %what, %reason, "left out of reports: the aggregator would refuse it");
+            }
+        };
+        pods.retain(
+            |p| match check_pod(p).and_then(|()| check_labels(&p.labels)) {
+                Ok(()) => true,
+                Err(reason) => {
+                    let key: String = format!("pod {}/{}", p.namespace, p.name)
+                        .chars()
+                        .take(140)
+                        .collect();
+                    note(key, &reason, "invalid_pod");
+                    false
+                }
+            },
+        );
+        if let Err(reason) = check_labels(node_labels) {
+            node_labels.clear();
+            note("node labels".into(), &reason, "invalid_node_labels");
+        }
     }
 
     /// Collects every period until cancelled, handing each report to `sink`.

@@ -16,8 +16,7 @@ use metrics_proto::labels::UnknownLabels;
 use crate::render::json_str;
 use metrics_proto::v1::NodeReport;
 
-/// Most labels on one object (well above what clusters use).
-pub const MAX_LABELS: usize = 256;
+pub use metrics_proto::checks::MAX_LABELS;
 
 /// One object's labels, compactly: keys and values concatenated in key
 /// order with their end offsets, and the rendered JSON member.
@@ -32,18 +31,7 @@ pub struct Labels {
 
 static EMPTY: LazyLock<Arc<Labels>> = LazyLock::new(|| Arc::new(Labels::default()));
 
-/// Checks a label set's count and sizes.
-fn check(labels: &HashMap<String, String>) -> Result<(), String> {
-    if labels.len() > MAX_LABELS {
-        return Err(format!("{} labels exceed {MAX_LABELS}", labels.len()));
-    }
-    for (k, v) in labels {
-        if k.is_empty() || k.len() > 317 || v.len() > 63 {
-            return Err(format!("label {k:?} has an invalid key or value length"));
-        }
-    }
-    Ok(())
-}
+use metrics_proto::checks::check_labels as check;
 
 impl Labels {
     /// Checks `labels` (count and sizes) and builds them.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics_proto::v1::NodeReport;
-use metrics_proto::{MAX_CONTAINERS_PER_POD, MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
+use metrics_proto::{MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
 
 use crate::labelset::{self, LabelError, Labels, Resolved};
 use crate::render::{self, Rendered};
@@ -58,29 +58,8 @@ pub struct NodeEntry {
     pub expires: Instant,
 }
 
-/// True for a valid DNS-1123 subdomain (node, namespace and pod names).
-pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
-fn check_time(ts: i64, window: i64) -> Result<(), &'static str> {
-    if ts <= 0 {
-        return Err("timestamp must be positive");
-    }
-    if window <= 0 {
-        return Err("window must be positive");
-    }
-    Ok(())
-}
+pub use metrics_proto::checks::is_dns_subdomain;
+use metrics_proto::checks::{check_pod, check_time};
 
 /// How far ahead of this replica's clock a sample time may be.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
@@ -146,26 +125,6 @@ fn pod_key(p: &metrics_proto::v1::PodUsage) -> String {
         .chars()
         .take(128)
         .collect()
-}
-
-/// Why one pod cannot be served, if it cannot.
-fn check_pod(p: &metrics_proto::v1::PodUsage) -> Result<(), String> {
-    if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {
-        return Err("invalid namespace or name".into());
-    }
-    if p.containers.is_empty() || p.containers.len() > MAX_CONTAINERS_PER_POD {
-        return Err(format!(
-            "{} containers (1 to {MAX_CONTAINERS_PER_POD} allowed)",
-            p.containers.len()
-        ));
-    }
-    if p.containers
-        .iter()
-        .any(|c| c.name.is_empty() || c.name.len() > 253)
-    {
-        return Err("invalid container name".into());
-    }
-    check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(str::to_owned)
 }
 
 /// [`to_entry`] with the report's labels already resolved (one per pod,

@@ -3,6 +3,7 @@
 //! agree on.
 
 pub mod channel;
+pub mod checks;
 pub mod duration;
 pub mod kubeclient;
 pub mod labels;
