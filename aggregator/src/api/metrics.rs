@@ -196,13 +196,31 @@ pub async fn list_all_pods(
     list(&s, Kind::Pods, None, raw.as_deref()).await
 }
 
+/// A namespace path segment that no namespace can have (empty, a decoded
+/// `/`, anything not a DNS-1123 label) names no resource: 404, as for any
+/// path that does not exist, not an empty list.
+fn namespace(ns: String) -> Result<String, ApiError> {
+    let b = ns.as_bytes();
+    let label = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if label {
+        Ok(ns)
+    } else {
+        Err(ApiError::NoRoute)
+    }
+}
+
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods`.
 pub async fn list_namespace_pods(
     State(s): State<AppState>,
     Path(ns): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    list(&s, Kind::Pods, Some(ns), raw.as_deref()).await
+    list(&s, Kind::Pods, Some(namespace(ns)?), raw.as_deref()).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}`.
@@ -211,5 +229,5 @@ pub async fn get_pod(
     Path((ns, name)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    get(&s, Kind::Pods, Some(ns), name, raw.as_deref()).await
+    get(&s, Kind::Pods, Some(namespace(ns)?), name, raw.as_deref()).await
 }

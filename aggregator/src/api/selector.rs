@@ -96,6 +96,32 @@ fn lex(s: &str) -> Result<Vec<Tok>, SelectorError> {
     Ok(out)
 }
 
+/// Longest selector text accepted, on every path (query strings and peer
+/// queries alike): no selector a client writes comes near it.
+pub const MAX_SELECTOR_BYTES: usize = 8 * 1024;
+
+/// Most requirements plus set values in one selector.
+pub const MAX_SELECTOR_TERMS: usize = 128;
+
+fn check_size(kind: &str, s: &str) -> Result<(), SelectorError> {
+    if s.len() > MAX_SELECTOR_BYTES {
+        return Err(err(format!(
+            "{kind} selector of {} bytes exceeds the limit of {MAX_SELECTOR_BYTES}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_terms(kind: &str, n: usize) -> Result<(), SelectorError> {
+    if n > MAX_SELECTOR_TERMS {
+        return Err(err(format!(
+            "{kind} selector has {n} terms, more than the limit of {MAX_SELECTOR_TERMS}"
+        )));
+    }
+    Ok(())
+}
+
 fn err(msg: impl Into<String>) -> SelectorError {
     SelectorError(msg.into())
 }
@@ -266,13 +292,21 @@ impl Parser {
 impl LabelSelector {
     /// Parses `labelSelector` query text.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        check_size("label", s)?;
         let mut p = Parser {
             toks: lex(s)?,
             pos: 0,
         };
-        let mut reqs = Vec::new();
+        let mut reqs: Vec<Requirement> = Vec::new();
+        let mut terms = 0;
         while p.peek().is_some() {
-            reqs.push(p.requirement()?);
+            let r = p.requirement()?;
+            terms += 1 + match &r.op {
+                Op::In(v) | Op::NotIn(v) => v.len(),
+                _ => 0,
+            };
+            check_terms("label", terms)?;
+            reqs.push(r);
             match p.next() {
                 None => break,
                 Some(Tok::Comma) if p.peek().is_some() => {}
@@ -376,11 +410,13 @@ fn unescape_field(s: &str) -> Result<String, SelectorError> {
 impl FieldSelector {
     /// Parses `fieldSelector` query text; other fields are an error.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        check_size("field", s)?;
         let mut terms = Vec::new();
         if s.trim().is_empty() {
             return Ok(Self { terms });
         }
         for term in split_unescaped(s, ',') {
+            check_terms("field", terms.len() + 1)?;
             let (key, neg, value) = if let Some((k, v)) = term.split_once("!=") {
                 (k, true, v)
             } else if let Some((k, v)) = term.split_once("==") {
@@ -509,5 +545,52 @@ mod tests {
         assert!(FieldSelector::parse(r"metadata.name=a\,b")
             .unwrap()
             .matches("", "a,b"));
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn selectors_are_bounded_in_size_and_terms() {
+        let many = (0..MAX_SELECTOR_TERMS + 1)
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = LabelSelector::parse(&many).unwrap_err();
+        assert!(e.0.contains("more than the limit"), "{}", e.0);
+        let set = format!(
+            "app in ({})",
+            (0..MAX_SELECTOR_TERMS)
+                .map(|i| format!("v{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(LabelSelector::parse(&set).is_err(), "set values count too");
+        let at_limit = (0..MAX_SELECTOR_TERMS)
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(LabelSelector::parse(&at_limit).is_ok());
+        let long = format!("app={}", "a".repeat(MAX_SELECTOR_BYTES));
+        let e = LabelSelector::parse(&long).unwrap_err();
+        assert!(
+            e.0.contains("exceeds the limit") && e.0.len() < 200,
+            "{}",
+            e.0
+        );
+        let fields = (0..MAX_SELECTOR_TERMS + 1)
+            .map(|i| format!("metadata.name!=n{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(FieldSelector::parse(&fields).is_err());
+        let long_field = format!("metadata.name={}", "a".repeat(MAX_SELECTOR_BYTES));
+        assert!(FieldSelector::parse(&long_field).is_err());
+        // Peers' queries are parsed by the same code, so the same limits.
+        let q = crate::query::Query::new(crate::query::Kind::Pods, None, None, "", "").unwrap();
+        let mut req = q.to_request();
+        req.label_selector = many;
+        assert!(crate::query::Query::from_request(&req).is_err());
     }
 }
