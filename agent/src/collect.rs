@@ -106,14 +106,18 @@ impl Collector {
             let unknown =
                 stats.unmapped_cgroups > 0 || batch.pods.keys().any(|p| !cache.index().knows(p));
             cache.refresh(unknown).await;
-            let index = cache.index();
-            for p in &mut pods {
-                let key = crate::batch::PodRef {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                };
-                if let Some(l) = index.labels(&key) {
-                    p.labels = l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            // Pods from the API watch carry the same labels the API pass
+            // below applies; only the kubelet's `/pods` needs this one.
+            if !cache.from_api_watch() {
+                let index = cache.index();
+                for p in &mut pods {
+                    let key = crate::batch::PodRef {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                    };
+                    if let Some(l) = index.labels(&key) {
+                        p.labels = l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    }
                 }
             }
         }
@@ -159,7 +163,7 @@ impl Collector {
         pods: &mut Vec<metrics_proto::v1::PodUsage>,
         node_labels: &mut std::collections::HashMap<String, String>,
     ) {
-        use metrics_proto::checks::{check_labels, check_pod};
+        use metrics_proto::checks::{check_labels, check_pod, pod_key};
         let (metrics, warned) = (&self.metrics, &mut self.warned);
         let mut note = |what: String, reason: &str, counter: &'static str| {
             metrics.dropped.get_or_create(&[("reason", counter)]).inc();
@@ -171,11 +175,7 @@ impl Collector {
             |p| match check_pod(p).and_then(|()| check_labels(&p.labels)) {
                 Ok(()) => true,
                 Err(reason) => {
-                    let key: String = format!("pod {}/{}", p.namespace, p.name)
-                        .chars()
-                        .take(140)
-                        .collect();
-                    note(key, &reason, "invalid_pod");
+                    note(format!("pod {}", pod_key(p)), &reason, "invalid_pod");
                     false
                 }
             },

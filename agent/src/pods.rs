@@ -212,6 +212,11 @@ impl PodCache {
         }
     }
 
+    /// True when the pods come from the agent's watch on the API.
+    pub fn from_api_watch(&self) -> bool {
+        matches!(self.origin, Origin::Api { .. })
+    }
+
     pub fn index(&self) -> &PodIndex {
         &self.index
     }

@@ -146,12 +146,7 @@ impl IngestService {
         warned: &mut std::collections::HashSet<String>,
     ) -> String {
         for d in dropped {
-            let part = match d.what.as_str() {
-                "node labels" => "node_labels",
-                w if w.ends_with(" pods") => "pods_over_limit",
-                _ => "pod",
-            };
-            self.metrics.dropped(part);
+            self.metrics.dropped(d.part.label());
             if warned.len() < WARNED_MAX && warned.insert(d.what.clone()) {
                 tracing::warn!(node, dropped = %d.what, reason = %d.reason, "left out of an accepted report; the rest is served");
             }

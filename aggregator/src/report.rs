@@ -59,7 +59,7 @@ pub struct NodeEntry {
 }
 
 pub use metrics_proto::checks::is_dns_subdomain;
-use metrics_proto::checks::{check_pod, check_time};
+use metrics_proto::checks::{check_pod, check_time, pod_key};
 
 /// How far ahead of this replica's clock a sample time may be.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
@@ -106,9 +106,29 @@ pub fn to_entry(
     to_entry_with(report, labels, bound, now, None, expiry_periods).map(|(e, _)| e)
 }
 
+/// What kind of part of a report was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Pod,
+    NodeLabels,
+    PodsOverLimit,
+}
+
+impl Part {
+    /// The `part` label of its counter.
+    pub fn label(self) -> &'static str {
+        match self {
+            Part::Pod => "pod",
+            Part::NodeLabels => "node_labels",
+            Part::PodsOverLimit => "pods_over_limit",
+        }
+    }
+}
+
 /// A part of an accepted report that was left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
+    pub part: Part,
     /// `namespace/name` of a pod, or what else was dropped.
     pub what: String,
     pub reason: String,
@@ -118,13 +138,6 @@ impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.what, self.reason)
     }
-}
-
-fn pod_key(p: &metrics_proto::v1::PodUsage) -> String {
-    format!("{}/{}", p.namespace, p.name)
-        .chars()
-        .take(128)
-        .collect()
 }
 
 /// [`to_entry`] with the report's labels already resolved (one per pod,
@@ -168,12 +181,14 @@ pub fn to_entry_with(
     } = labels;
     if let Some(reason) = node_error {
         dropped.push(Dropped {
+            part: Part::NodeLabels,
             what: "node labels".into(),
             reason,
         });
     }
     if report.pods.len() > MAX_PODS_PER_REPORT {
         dropped.push(Dropped {
+            part: Part::PodsOverLimit,
             what: format!("{} pods", report.pods.len() - MAX_PODS_PER_REPORT),
             reason: format!("over the limit of {MAX_PODS_PER_REPORT} pods per node"),
         });
@@ -199,6 +214,7 @@ pub fn to_entry_with(
             Ok(l) => l,
             Err(reason) => {
                 dropped.push(Dropped {
+                    part: Part::Pod,
                     what: pod_key(p),
                     reason,
                 });

@@ -12,18 +12,31 @@ use crate::MAX_CONTAINERS_PER_POD;
 /// Discovery can exceed it on nodes).
 pub const MAX_LABELS: usize = 256;
 
-/// True for a valid DNS-1123 subdomain (node, namespace and pod names).
+/// Lower-case alphanumerics and `-`, starting and ending alphanumeric.
+fn label_chars(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// True for a valid DNS-1123 subdomain (node and pod names).
 pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| label_chars(l.as_bytes()))
+}
+
+/// True for a valid DNS-1123 label (namespace names).
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && label_chars(s.as_bytes())
+}
+
+/// `namespace/name` of a pod, cut to a length fit for logs and answers.
+pub fn pod_key(p: &PodUsage) -> String {
+    format!("{}/{}", p.namespace, p.name)
+        .chars()
+        .take(128)
+        .collect()
 }
 
 /// A sample time and window must both be positive.

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod cgroupfs;
+pub mod deploy;
 pub mod fixtures;
 pub mod https;
 pub mod kubelet;

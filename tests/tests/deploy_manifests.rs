@@ -7,21 +7,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use metrics_e2e::deploy::kustomize;
 use metrics_e2e::procs::binary;
 
 fn render() -> String {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&base)
-        .output()
-        .expect("kubectl must be installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    kustomize("base")
 }
 
 /// The rendered document of `kind` named `name`.

@@ -8,9 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
-
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -19,6 +16,8 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+
+use metrics_e2e::deploy::kustomize;
 
 const OVERLAYS: [&str; 4] = [
     "base",
@@ -29,21 +28,7 @@ const OVERLAYS: [&str; 4] = [
 
 /// The objects `deploy/<dir>` renders to.
 fn render(dir: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(dir);
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&path)
-        .output()
-        .expect("kubectl must be installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text).unwrap()
+    serde_saphyr::from_multiple::<Value>(&kustomize(dir)).unwrap()
 }
 
 /// Decodes `v` as `T` and checks that encoding it again gives `v` back.

@@ -200,14 +200,7 @@ pub async fn list_all_pods(
 /// `/`, anything not a DNS-1123 label) names no resource: 404, as for any
 /// path that does not exist, not an empty list.
 fn namespace(ns: String) -> Result<String, ApiError> {
-    let b = ns.as_bytes();
-    let label = !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
-    if label {
+    if metrics_proto::checks::is_dns_label(&ns) {
         Ok(ns)
     } else {
         Err(ApiError::NoRoute)
