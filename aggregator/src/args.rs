@@ -45,6 +45,19 @@ pub struct Args {
     #[arg(long = "tls-san", env = "TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
 
+    /// Where the serving certificate comes from when no --tls-cert-file is given:
+    /// `kubernetes` bootstraps a CA through the API (Secret, ConfigMap, APIService
+    /// caBundle), `self-signed` writes one into --cert-dir; `auto` is `kubernetes`
+    /// when running in a cluster without --kubeconfig, else `self-signed`.
+    #[arg(long, value_enum, default_value_t = PkiMode::Auto, env = "PKI")]
+    pub pki: PkiMode,
+
+    #[command(
+        flatten,
+        next_help_heading = "Certificates bootstrapped through the API (--pki)"
+    )]
+    pub pki_args: PkiArgs,
+
     /// Serve every request and accept every agent without authentication or authorization;
     /// only on a loopback --bind-address.
     #[arg(long, env = "INSECURE_ALLOW_ANONYMOUS")]
@@ -133,6 +146,63 @@ pub struct Args {
     pub write_kubeconfig: PathBuf,
 }
 
+/// How the serving certificate is obtained (see `--pki`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PkiMode {
+    Auto,
+    Kubernetes,
+    SelfSigned,
+}
+
+/// Where the serving certificate comes from, once flags are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    /// --tls-cert-file and --tls-private-key-file.
+    Files,
+    /// Generated into --cert-dir.
+    SelfSigned,
+    /// Issued by the CA bootstrapped through the Kubernetes API.
+    Kubernetes,
+}
+
+/// The objects and lifetimes of the bootstrapped PKI.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PkiArgs {
+    /// Namespace of the CA Secret and ConfigMap (default: $POD_NAMESPACE, else kube-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub pki_namespace: String,
+
+    /// Secret holding the CA (created by the first replica, adopted by the others).
+    #[arg(long, default_value = "metrics-aggregator-ca")]
+    pub pki_secret: String,
+
+    /// ConfigMap the CA bundle is published in (key ca.crt), for agents to mount.
+    #[arg(long, default_value = "metrics-aggregator-ca")]
+    pub pki_configmap: String,
+
+    /// APIService whose caBundle is kept current (empty: none).
+    #[arg(long, default_value = "v1beta1.metrics.k8s.io")]
+    pub pki_apiservice: String,
+
+    /// The Service that fronts the replicas; its DNS names go into each certificate.
+    #[arg(long, default_value = "metrics-aggregator")]
+    pub pki_service: String,
+
+    /// Lifetime of a CA; a new one is published after two thirds of it.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    pub pki_ca_validity: Duration,
+
+    /// Lifetime of a replica's serving certificate (kept in memory only); renewed after two
+    /// thirds of it.
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub pki_cert_validity: Duration,
+
+    /// How long a new CA is published (trusted) before it signs, so that every client has
+    /// it first: kubelets refresh mounted ConfigMaps within about two minutes.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub pki_ca_propagation: Duration,
+}
+
 /// One `--peers` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerArg {
@@ -173,6 +243,13 @@ pub enum ArgsError {
     PeersService,
     #[error("--max-missing-share must be between 0 and 1, got {0}")]
     MissingShare(f64),
+    #[error("--pki=kubernetes needs the Kubernetes API: run without --insecure-allow-anonymous and --standalone")]
+    PkiWithoutApi,
+    #[error("--pki-ca-propagation ({propagation:?}) must be under a third of --pki-ca-validity ({validity:?}) and --pki-cert-validity at least 1m")]
+    PkiTimes {
+        propagation: Duration,
+        validity: Duration,
+    },
 }
 
 impl Args {
@@ -207,10 +284,44 @@ impl Args {
         if multi && !self.insecure_allow_anonymous && self.auth.peer_token_file.is_none() {
             return Err(ArgsError::PeerToken);
         }
+        if self.cert_source() == CertSource::Kubernetes {
+            if self.insecure_allow_anonymous {
+                return Err(ArgsError::PkiWithoutApi);
+            }
+            let p = &self.pki_args;
+            if p.pki_ca_propagation >= p.pki_ca_validity / 3
+                || p.pki_cert_validity < Duration::from_secs(60)
+            {
+                return Err(ArgsError::PkiTimes {
+                    propagation: p.pki_ca_propagation,
+                    validity: p.pki_ca_validity,
+                });
+            }
+        }
         if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.shard_id()) {
             return Err(ArgsError::NotAPeer(self.shard_id()));
         }
         Ok(())
+    }
+
+    /// Where the serving certificate comes from: files when given, else
+    /// `--pki` with `auto` resolved.
+    pub fn cert_source(&self) -> CertSource {
+        if self.tls_cert_file.is_some() {
+            return CertSource::Files;
+        }
+        match self.pki {
+            PkiMode::Auto
+                if !self.standalone
+                    && !self.insecure_allow_anonymous
+                    && self.auth.kubeconfig.is_none()
+                    && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() =>
+            {
+                CertSource::Kubernetes
+            }
+            PkiMode::Kubernetes => CertSource::Kubernetes,
+            PkiMode::Auto | PkiMode::SelfSigned => CertSource::SelfSigned,
+        }
     }
 
     /// This replica's ID.

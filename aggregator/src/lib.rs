@@ -55,8 +55,10 @@ pub enum StartError {
     PeersFile(#[from] shard::PeersFileError),
     #[error(transparent)]
     Auth(#[from] auth::setup::SetupError),
-    #[error("--peers-service: {0}")]
-    Membership(#[from] metrics_proto::kubeclient::KubeClientError),
+    #[error("Kubernetes client: {0}")]
+    KubeClient(#[from] metrics_proto::kubeclient::KubeClientError),
+    #[error("certificates through the Kubernetes API (--pki): {0}")]
+    Pki(#[from] tls::pki::PkiError),
 }
 
 impl StartError {
@@ -69,7 +71,7 @@ impl StartError {
                 | StartError::PeerTls(_)
                 | StartError::PeerUrl(_)
                 | StartError::Auth(_)
-                | StartError::Membership(_)
+                | StartError::KubeClient(_)
         )
     }
 }
@@ -79,8 +81,10 @@ pub struct Aggregator {
     args: Args,
     api: TcpListener,
     grpc: TcpListener,
-    identity: tls::Identity,
+    /// Certificate files, unless the certificate comes from the PKI.
+    identity: Option<tls::Identity>,
     cert: Arc<tls::ReloadingCert>,
+    pki: Option<tls::bootstrap::Pki>,
     delegated: Option<auth::setup::Delegated>,
     /// Client and Service for EndpointSlice membership.
     membership: Option<(kube::Client, membership::HeadlessService)>,
@@ -98,20 +102,31 @@ impl Aggregator {
     /// Validates flags, prepares the certificate, binds both ports.
     pub async fn bind(mut args: Args) -> Result<Self, StartError> {
         args.validate()?;
-        let mut names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
-        names.extend(args.tls_sans.iter().cloned());
-        let identity = tls::identity(
-            args.tls_cert_file.as_deref(),
-            args.tls_private_key_file.as_deref(),
-            &args.cert_dir,
-            &names,
-        )?;
-        // Fails on a bad key pair before binding.
-        let cert = tls::ReloadingCert::new(&identity)?;
+        let (identity, cert, pki) = match args.cert_source() {
+            args::CertSource::Kubernetes => {
+                let client =
+                    metrics_proto::kubeclient::client(args.auth.kubeconfig.as_deref()).await?;
+                let pki = tls::bootstrap::Pki::start(client, pki_settings(&args)).await?;
+                (None, pki.cert(), Some(pki))
+            }
+            args::CertSource::Files | args::CertSource::SelfSigned => {
+                let mut names = vec![
+                    "localhost".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    "::1".to_owned(),
+                ];
+                names.extend(args.tls_sans.iter().cloned());
+                let identity = tls::identity(
+                    args.tls_cert_file.as_deref(),
+                    args.tls_private_key_file.as_deref(),
+                    &args.cert_dir,
+                    &names,
+                )?;
+                // Fails on a bad key pair before binding.
+                let cert = tls::ReloadingCert::new(&identity)?;
+                (Some(identity), cert, None)
+            }
+        };
         let delegated = if args.insecure_allow_anonymous {
             None
         } else {
@@ -150,6 +165,7 @@ impl Aggregator {
             grpc,
             identity,
             cert,
+            pki,
             delegated,
             membership,
             store: Arc::new(Store::new()),
@@ -167,9 +183,10 @@ impl Aggregator {
         self.grpc.local_addr().ok()
     }
 
-    /// The serving certificate in use.
-    pub fn identity(&self) -> &tls::Identity {
-        &self.identity
+    /// The serving certificate files in use (none when the certificate
+    /// comes from the PKI).
+    pub fn identity(&self) -> Option<&tls::Identity> {
+        self.identity.as_ref()
     }
 
     /// The cluster from `--peers`, or a cluster of one.
@@ -184,11 +201,18 @@ impl Aggregator {
         let ca = a
             .peer_ca_file
             .clone()
-            .unwrap_or_else(|| self.identity.cert.clone());
-        let verify = if a.peer_insecure_tls {
-            metrics_proto::tls::Verify::Insecure
-        } else {
-            metrics_proto::tls::Verify::CaFile(&ca)
+            .or_else(|| self.identity.as_ref().map(|i| i.cert.clone()));
+        let verify = match (&ca, &self.pki) {
+            _ if a.peer_insecure_tls => metrics_proto::tls::Verify::Insecure,
+            (Some(ca), _) => metrics_proto::tls::Verify::CaFile(ca),
+            (None, Some(pki)) => metrics_proto::tls::Verify::Roots(pki.roots()),
+            (None, None) => {
+                return Err(StartError::PeerTls(
+                    metrics_proto::tls::TlsError::NoCertificate {
+                        path: "--peer-ca-file".into(),
+                    },
+                ))
+            }
         };
         let tls = metrics_proto::tls::client_config(verify, &[b"h2"])?;
         Ok(cluster::Cluster::new(
@@ -203,7 +227,7 @@ impl Aggregator {
     }
 
     /// Serves until `cancel` fires, then drains.
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), StartError> {
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), StartError> {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(metrics::AggregatorMetrics::register(&mut registry));
         let mut ingest = IngestService::new(
@@ -239,11 +263,16 @@ impl Aggregator {
             auth,
         );
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(Arc::clone(&self.cert).watch(
-            self.identity.clone(),
-            self.args.tls_reload_interval,
-            cancel.clone(),
-        ));
+        if let Some(id) = &self.identity {
+            tasks.spawn(Arc::clone(&self.cert).watch(
+                id.clone(),
+                self.args.tls_reload_interval,
+                cancel.clone(),
+            ));
+        }
+        if let Some(pki) = self.pki.take() {
+            tasks.spawn(pki.run(cancel.clone()));
+        }
         if let Some(d) = &self.delegated {
             if d.config.needs_configmap() {
                 tasks.spawn(
@@ -295,6 +324,46 @@ impl Aggregator {
         ));
         while tasks.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// The bootstrapped PKI's objects, lifetimes and this replica's names:
+/// the Service's DNS names, the replica's stable peer name, its Pod IP.
+fn pki_settings(args: &Args) -> tls::bootstrap::Settings {
+    let p = &args.pki_args;
+    let (svc, ns) = (&p.pki_service, &p.pki_namespace);
+    let mut names = vec![
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}"),
+        svc.clone(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Some(peers) = args.peer_service() {
+        names.push(format!(
+            "{}.{}.{}.svc",
+            args.shard_id(),
+            peers.name,
+            peers.namespace
+        ));
+    }
+    if let Ok(ip) = std::env::var("POD_IP") {
+        if ip.parse::<std::net::IpAddr>().is_ok() {
+            names.push(ip);
+        }
+    }
+    names.extend(args.tls_sans.iter().cloned());
+    names.dedup();
+    tls::bootstrap::Settings {
+        namespace: ns.clone(),
+        secret: p.pki_secret.clone(),
+        configmap: p.pki_configmap.clone(),
+        apiservice: (!p.pki_apiservice.is_empty()).then(|| p.pki_apiservice.clone()),
+        names,
+        ca_validity: p.pki_ca_validity,
+        cert_validity: p.pki_cert_validity,
+        propagation: p.pki_ca_propagation,
     }
 }
 

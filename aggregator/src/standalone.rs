@@ -122,8 +122,11 @@ pub fn start(
     }
     let port = agg.api_addr().map_or(0, |a| a.port());
     let url = format!("https://127.0.0.1:{port}");
-    let ca =
-        std::fs::canonicalize(&agg.identity().cert).unwrap_or_else(|_| agg.identity().cert.clone());
+    // Standalone never bootstraps a PKI: its certificate is a file.
+    let ca = agg
+        .identity()
+        .map(|id| std::fs::canonicalize(&id.cert).unwrap_or_else(|_| id.cert.clone()))
+        .unwrap_or_default();
     let path = args.write_kubeconfig.clone();
     let err = |source| StandaloneError::Kubeconfig {
         path: path.clone(),

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod kubeclient;
 pub mod labels;
 pub mod ring;
+pub mod roots;
 pub mod runtime;
 pub mod time;
 pub mod tls;

@@ -80,8 +80,10 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
 /// How a client checks a server's certificate.
 #[derive(Debug, Clone)]
 pub enum Verify<'a> {
-    /// Against the CAs in this PEM file.
+    /// Against the CAs in this PEM file, read again when it changes.
     CaFile(&'a Path),
+    /// Against a bundle the caller replaces at run time.
+    Roots(Arc<crate::roots::DynamicRoots>),
     /// Not at all (`--*-insecure-tls`).
     Insecure,
 }
@@ -91,7 +93,15 @@ pub fn client_config(verify: Verify<'_>, alpn: &[&[u8]]) -> Result<Arc<ClientCon
     let builder = ClientConfig::builder();
     let mut config = match verify {
         Verify::CaFile(path) => builder
-            .with_root_certificates(load_roots(path)?)
+            .dangerous()
+            .with_custom_certificate_verifier(crate::roots::DynamicRoots::from_file(
+                path,
+                crate::roots::FILE_RECHECK,
+            )?)
+            .with_no_client_auth(),
+        Verify::Roots(roots) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(roots)
             .with_no_client_auth(),
         Verify::Insecure => builder
             .dangerous()

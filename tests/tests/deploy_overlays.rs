@@ -240,6 +240,144 @@ fn overlays_change_what_they_say_and_nothing_else() {
         api.metadata.annotations.unwrap()["cert-manager.io/inject-ca-from"],
         "kube-system/metrics-aggregator-tls"
     );
-    let base_api: APIService = strict(find(&base, "APIService", "v1beta1.metrics.k8s.io").unwrap());
-    assert_eq!(base_api.spec.unwrap().insecure_skip_tls_verify, Some(true));
+    // The files replace the bootstrapped PKI, for replicas and agents, and
+    // its rights go with it.
+    let cm_sts = sts(&cm);
+    let spec = cm_sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let a = args(spec);
+    for f in [
+        "--tls-cert-file=/certs/tls.crt",
+        "--tls-private-key-file=/certs/tls.key",
+        "--peer-ca-file=/certs/ca.crt",
+    ] {
+        assert!(a.contains(&f.to_string()), "{a:?}");
+    }
+    assert_eq!(&a[..base_args.len()], &base_args[..], "base flags kept");
+    let vol = |spec: &PodSpec, name: &str| {
+        spec.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .cloned()
+            .unwrap()
+    };
+    let v = vol(spec, "certs");
+    assert_eq!(
+        v.secret.unwrap().secret_name.as_deref(),
+        Some("metrics-aggregator-tls")
+    );
+    let agent = ds(&cm);
+    let v = vol(
+        agent.spec.as_ref().unwrap().template.spec.as_ref().unwrap(),
+        "certs",
+    );
+    assert!(v.config_map.is_none(), "{v:?}");
+    assert_eq!(
+        v.secret.unwrap().secret_name.as_deref(),
+        Some("metrics-aggregator-tls")
+    );
+    for (kind, name) in PKI_RBAC {
+        assert!(find(&cm, kind, name).is_none(), "{kind} {name}");
+    }
+    assert_eq!(cm.len(), base.len() - PKI_RBAC.len() + 4);
+}
+
+/// The rights the bootstrapped PKI needs, granted in the base.
+const PKI_RBAC: [(&str, &str); 4] = [
+    ("Role", "metrics-aggregator-pki"),
+    ("RoleBinding", "metrics-aggregator-pki"),
+    ("ClusterRole", "metrics-aggregator:apiservice-ca"),
+    ("ClusterRoleBinding", "metrics-aggregator:apiservice-ca"),
+];
+
+/// The base installs with no certificate step: no certificate files, no
+/// insecure APIService; the rights to keep the PKI name exactly the
+/// objects the aggregator writes by default; agents mount the published
+/// bundle.
+#[test]
+fn base_bootstraps_its_own_pki_with_rights_to_exactly_those_objects() {
+    let base = render("base");
+    let api: APIService = strict(find(&base, "APIService", "v1beta1.metrics.k8s.io").unwrap());
+    let spec = api.spec.unwrap();
+    assert_eq!(spec.insecure_skip_tls_verify, None);
+    assert_eq!(spec.ca_bundle, None, "written by the replicas");
+    let sts: StatefulSet = strict(find(&base, "StatefulSet", "metrics-aggregator").unwrap());
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let a = args(&pod);
+    assert!(!a.iter().any(|f| f.starts_with("--tls-")), "{a:?}");
+    assert!(!a.iter().any(|f| f.starts_with("--peer-ca-file")), "{a:?}");
+    let env: Vec<String> = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect();
+    for e in ["POD_NAME", "POD_NAMESPACE", "POD_IP"] {
+        assert!(env.contains(&e.to_string()), "{env:?}");
+    }
+    // The names the rules allow are the aggregator's defaults.
+    let help = std::process::Command::new(metrics_e2e::procs::binary("metrics-aggregator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let role: Role = strict(find(&base, "Role", "metrics-aggregator-pki").unwrap());
+    let mut named = Vec::new();
+    for r in role.rules.unwrap() {
+        match r.resource_names {
+            Some(names) => {
+                assert_eq!(r.verbs, ["get", "update"]);
+                named.extend(names);
+            }
+            None => assert_eq!(r.verbs, ["create"], "only create goes unnamed"),
+        }
+    }
+    assert_eq!(named, ["metrics-aggregator-ca"]);
+    for flag in ["--pki-secret", "--pki-configmap"] {
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains(flag))
+            .take(6)
+            .collect::<String>();
+        assert!(
+            line.contains("[default: metrics-aggregator-ca]"),
+            "{flag}: {line}"
+        );
+    }
+    let cr: ClusterRole =
+        strict(find(&base, "ClusterRole", "metrics-aggregator:apiservice-ca").unwrap());
+    let rules = cr.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&["v1beta1.metrics.k8s.io".to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get", "patch"]);
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--pki-apiservice"))
+        .take(6)
+        .collect::<String>();
+    assert!(line.contains("[default: v1beta1.metrics.k8s.io]"), "{line}");
+    // Agents verify the aggregator with the ConfigMap the replicas publish.
+    let ds: DaemonSet = strict(find(&base, "DaemonSet", "metrics-agent").unwrap());
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let certs = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "certs")
+        .unwrap();
+    assert_eq!(
+        certs.config_map.as_ref().unwrap().name,
+        "metrics-aggregator-ca"
+    );
+    assert!(args(&pod).contains(&"--aggregator-ca-file=/certs/ca.crt".to_string()));
 }

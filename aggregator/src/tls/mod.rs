@@ -8,6 +8,7 @@ use rustls::ServerConfig;
 
 use metrics_proto::tls::TlsError;
 
+pub mod bootstrap;
 pub mod client_auth;
 pub mod pki;
 pub mod reload;

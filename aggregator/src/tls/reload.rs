@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use super::{Identity, ServingError};
-use metrics_proto::tls::{load_certs, load_key};
+use metrics_proto::tls::{load_certs, load_key, TlsError};
 
 /// Resolves every handshake to the current certificate.
 #[derive(Debug)]
@@ -30,11 +30,43 @@ pub fn load(id: &Identity) -> Result<CertifiedKey, ServingError> {
     Ok(certified)
 }
 
+/// Builds a certificate/key pair from PEM text.
+pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServingError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let memory = || std::path::PathBuf::from("<memory>");
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: memory(),
+            source,
+        })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsError::Pem {
+            path: memory(),
+            source,
+        })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
 impl ReloadingCert {
     pub fn new(id: &Identity) -> Result<Arc<Self>, ServingError> {
-        Ok(Arc::new(Self {
-            current: ArcSwap::from_pointee(load(id)?),
-        }))
+        Ok(Self::with(load(id)?))
+    }
+
+    /// Starts with `certified`, replaced by [`set`](Self::set).
+    pub fn with(certified: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(certified),
+        })
+    }
+
+    /// New handshakes get `certified`.
+    pub fn set(&self, certified: CertifiedKey) {
+        self.current.store(Arc::new(certified));
     }
 
     /// Checks `id`'s files every `every` and swaps in a changed, valid

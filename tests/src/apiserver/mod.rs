@@ -127,8 +127,20 @@ impl FakeApiServer {
                 "/apis/authorization.k8s.io/v1/subjectaccessreviews",
                 post(access_review),
             )
-            .route("/api/{*rest}", get(read).post(create))
-            .route("/apis/{*rest}", get(read).post(create))
+            .route(
+                "/api/{*rest}",
+                get(read)
+                    .post(create)
+                    .put(objects::replace)
+                    .patch(objects::patch),
+            )
+            .route(
+                "/apis/{*rest}",
+                get(read)
+                    .post(create)
+                    .put(objects::replace)
+                    .patch(objects::patch),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),
                 authenticate,

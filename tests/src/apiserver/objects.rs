@@ -38,6 +38,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "configmaps" => ("ConfigMap", "v1"),
         "secrets" => ("Secret", "v1"),
         "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
+        "apiservices" => ("APIService", "apiregistration.k8s.io/v1"),
         _ => ("Unknown", "v1"),
     }
 }
@@ -142,7 +143,7 @@ fn partial(obj: &Value) -> Value {
 
 /// Stores `object` as `resource` and notifies watchers; with `create_only`
 /// refuses (None) when one of that name exists, checked under the same lock.
-fn store(state: &ApiState, resource: &str, mut object: Value, create_only: bool) -> Option<Value> {
+fn store(state: &ApiState, resource: &str, object: Value, create_only: bool) -> Option<Value> {
     let mut objs = state.objects.lock().ok()?;
     let ns = object["metadata"]["namespace"]
         .as_str()
@@ -152,14 +153,26 @@ fn store(state: &ApiState, resource: &str, mut object: Value, create_only: bool)
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let key = (resource.to_owned(), ns.clone(), name.clone());
-    let exists = objs.items.contains_key(&key);
-    if exists && create_only {
+    let key = (resource.to_owned(), ns, name);
+    if create_only && objs.items.contains_key(&key) {
         return None;
     }
+    Some(write_locked(&mut objs, state, key, object))
+}
+
+/// Stores `object` under `key` with the next resourceVersion and notifies
+/// watchers; the caller holds the lock.
+fn write_locked(
+    objs: &mut Objects,
+    state: &ApiState,
+    key: (String, String, String),
+    mut object: Value,
+) -> Value {
+    let (resource, ns, name) = key.clone();
+    let exists = objs.items.contains_key(&key);
     objs.rv += 1;
     let rv = objs.rv;
-    let (kind, api_version) = kind_of(resource);
+    let (kind, api_version) = kind_of(&resource);
     object["kind"] = json!(kind);
     object["apiVersion"] = json!(api_version);
     object["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -170,13 +183,136 @@ fn store(state: &ApiState, resource: &str, mut object: Value, create_only: bool)
     objs.items.insert(key, object.clone());
     let ev = Event {
         rv,
-        resource: resource.to_owned(),
+        resource,
         kind,
         object: object.clone(),
     };
     objs.log.push(ev.clone());
     let _ = state.events.send(ev);
-    Some(object)
+    object
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` deletes,
+/// anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+async fn body_json(req: Request) -> Result<Value, Response> {
+    let body = axum::body::to_bytes(req.into_body(), 4 << 20)
+        .await
+        .map_err(|_| status(StatusCode::BAD_REQUEST, "BadRequest", "body"))?;
+    serde_json::from_slice::<Value>(&body)
+        .map_err(|_| status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON"))
+}
+
+/// Writes `next` over the stored object under one lock: 404 when there is
+/// none, 409 Conflict when `expect_rv` is given and is not the stored
+/// resourceVersion (optimistic concurrency, as kube-apiserver does).
+fn update(
+    state: &ApiState,
+    key: (String, String, String),
+    expect_rv: Option<String>,
+    next: impl FnOnce(&Value) -> Value,
+) -> Response {
+    let Ok(mut objs) = state.objects.lock() else {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "poisoned",
+        );
+    };
+    let Some(current) = objs.items.get(&key) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{} {:?} not found", key.0, key.2),
+        );
+    };
+    let rv = current["metadata"]["resourceVersion"].as_str();
+    if expect_rv.is_some() && expect_rv.as_deref() != rv {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                key.0, key.2
+            ),
+        );
+    }
+    let mut object = next(current);
+    object["metadata"]["name"] = json!(key.2);
+    if !key.1.is_empty() {
+        object["metadata"]["namespace"] = json!(key.1);
+    }
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    json_response(&write_locked(&mut objs, state, key, object))
+}
+
+/// PUT to an object: replaces it, honouring `metadata.resourceVersion`.
+pub(super) async fn replace(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    let Some(key) = parse_path(req.uri().path()).filter(|(_, _, n)| !n.is_empty()) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+    };
+    let object = match body_json(req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if object["metadata"]["name"].as_str() != Some(key.2.as_str()) {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the name of the object does not match the name on the URL",
+        );
+    }
+    let expect = object["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    update(&s, key, expect, |_| object.clone())
+}
+
+/// PATCH with `application/merge-patch+json`.
+pub(super) async fn patch(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    let Some(key) = parse_path(req.uri().path()).filter(|(_, _, n)| !n.is_empty()) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+    };
+    let merge = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/merge-patch+json"));
+    if !merge {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "this stand-in takes merge patches only",
+        );
+    }
+    let p = match body_json(req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let expect = p["metadata"]["resourceVersion"].as_str().map(str::to_owned);
+    update(&s, key, expect, |current| {
+        let mut next = current.clone();
+        merge_patch(&mut next, &p);
+        next
+    })
 }
 
 /// POST to a collection: creates the object, or answers 409 AlreadyExists
@@ -244,6 +380,13 @@ pub(super) async fn read(
         .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     let shape = move |o: &Value| if metadata_only { partial(o) } else { o.clone() };
     if !name.is_empty() {
+        // Read first, then wait: every gathered GET sees the state from
+        // before any of their callers could act on an answer.
+        let found = s.objects.lock().ok().and_then(|o| {
+            o.items
+                .get(&(resource.clone(), namespace, name.clone()))
+                .cloned()
+        });
         let barrier = s.get_barrier.lock().ok().and_then(|b| b.clone());
         if let Some(b) = barrier {
             if b.wait().await.is_leader() {
@@ -252,11 +395,6 @@ pub(super) async fn read(
                 }
             }
         }
-        let found = s.objects.lock().ok().and_then(|o| {
-            o.items
-                .get(&(resource.clone(), namespace, name.clone()))
-                .cloned()
-        });
         return match found {
             Some(o) => json_response(&shape(&o)),
             None => status(
