@@ -85,6 +85,8 @@ pub struct Aggregator {
     identity: Option<tls::Identity>,
     cert: Arc<tls::ReloadingCert>,
     pki: Option<tls::bootstrap::Pki>,
+    /// The names of the generated self-signed certificate, renewed while running.
+    self_signed_names: Option<Vec<String>>,
     delegated: Option<auth::setup::Delegated>,
     /// Client and Service for EndpointSlice membership.
     membership: Option<(kube::Client, membership::HeadlessService)>,
@@ -102,6 +104,7 @@ impl Aggregator {
     /// Validates flags, prepares the certificate, binds both ports.
     pub async fn bind(mut args: Args) -> Result<Self, StartError> {
         args.validate()?;
+        let mut self_signed_names = None;
         let (identity, cert, pki) = match args.cert_source() {
             args::CertSource::Kubernetes => {
                 let client =
@@ -122,6 +125,9 @@ impl Aggregator {
                     &args.cert_dir,
                     &names,
                 )?;
+                if args.tls_cert_file.is_none() {
+                    self_signed_names = Some(names);
+                }
                 // Fails on a bad key pair before binding.
                 let cert = tls::ReloadingCert::new(&identity)?;
                 (Some(identity), cert, None)
@@ -166,6 +172,7 @@ impl Aggregator {
             identity,
             cert,
             pki,
+            self_signed_names,
             delegated,
             membership,
             store: Arc::new(Store::new()),
@@ -267,6 +274,14 @@ impl Aggregator {
             tasks.spawn(Arc::clone(&self.cert).watch(
                 id.clone(),
                 self.args.tls_reload_interval,
+                cancel.clone(),
+            ));
+        }
+        if let (Some(id), Some(names)) = (&self.identity, self.self_signed_names.take()) {
+            tasks.spawn(tls::renew_self_signed(
+                id.clone(),
+                names,
+                Duration::from_secs(3600),
                 cancel.clone(),
             ));
         }

@@ -66,8 +66,12 @@ fn write_file(path: &Path, data: &str, private: bool) -> Result<(), ServingError
         .map_err(err)
 }
 
+/// How long a generated self-signed certificate is valid.
+pub const SELF_SIGNED_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
 /// Uses `cert`/`key` when given; otherwise reuses or creates a self-signed
-/// pair in `cert_dir` valid for `names` (DNS names and IP addresses).
+/// pair in `cert_dir` valid for `names` (DNS names and IP addresses). A
+/// kept pair past two thirds of its life, or unreadable, is made anew.
 pub fn identity(
     cert: Option<&Path>,
     key: Option<&Path>,
@@ -84,14 +88,66 @@ pub fn identity(
         cert: cert_dir.join(CERT_FILE),
         key: cert_dir.join(KEY_FILE),
     };
-    if id.cert.exists() && id.key.exists() {
+    if id.key.exists() && !self_signed_due(&id.cert) {
         return Ok(id);
     }
-    let certified = rcgen::generate_simple_self_signed(names.to_vec())?;
-    write_file(&id.key, &certified.signing_key.serialize_pem(), true)?;
-    write_file(&id.cert, &certified.cert.pem(), false)?;
-    tracing::info!(cert = %id.cert.display(), "generated a self-signed serving certificate");
+    write_self_signed(&id, names)?;
     Ok(id)
+}
+
+/// Whether the self-signed certificate at `path` is missing, unreadable,
+/// or past two thirds of its life.
+pub fn self_signed_due(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read_to_string(path) else {
+        return true;
+    };
+    match pki::validity(&pem) {
+        Ok((before, after)) => {
+            let life = after.duration_since(before).unwrap_or_default();
+            std::time::SystemTime::now() >= before + life * 2 / 3
+        }
+        Err(_) => true,
+    }
+}
+
+/// Writes a new self-signed pair for `names`: subject
+/// `CN=metrics-aggregator`, the names as SANs, valid for a year.
+fn write_self_signed(id: &Identity, names: &[String]) -> Result<(), ServingError> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "metrics-aggregator");
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    params.not_after = (now + SELF_SIGNED_VALIDITY).into();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    write_file(&id.key, &key.serialize_pem(), true)?;
+    write_file(&id.cert, &cert.pem(), false)?;
+    tracing::info!(cert = %id.cert.display(), "generated a self-signed serving certificate");
+    Ok(())
+}
+
+/// Makes the self-signed pair anew whenever it comes due, checked every
+/// `every`; the file watcher then loads it. Runs until `cancel` fires.
+pub async fn renew_self_signed(
+    id: Identity,
+    names: Vec<String>,
+    every: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if self_signed_due(&id.cert) {
+            if let Err(e) = write_self_signed(&id, &names) {
+                tracing::warn!(error = %e, "renewing the self-signed certificate failed");
+            }
+        }
+    }
 }
 
 /// A rustls server config serving `cert` and offering `alpn`; with
@@ -110,4 +166,66 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn subject_and_names(pem: &str) -> (String, Vec<String>) {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let names = cert
+            .subject_alternative_name()
+            .unwrap()
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .map(|n| format!("{n}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (cert.subject().to_string(), names)
+    }
+
+    #[test]
+    fn the_generated_certificate_names_this_server_for_a_year_and_is_renewed_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let id = identity(None, None, dir.path(), &names).unwrap();
+        let pem = std::fs::read_to_string(&id.cert).unwrap();
+        let (subject, sans) = subject_and_names(&pem);
+        assert_eq!(subject, "CN=metrics-aggregator");
+        assert!(sans.iter().any(|s| s.contains("localhost")), "{sans:?}");
+        assert!(sans.iter().any(|s| s.contains("7f:00:00:01")), "{sans:?}");
+        let (before, after) = pki::validity(&pem).unwrap();
+        let life = after.duration_since(before).unwrap();
+        assert!(
+            life >= SELF_SIGNED_VALIDITY
+                && life <= SELF_SIGNED_VALIDITY + Duration::from_secs(7200),
+            "{life:?}"
+        );
+        assert!(!self_signed_due(&id.cert));
+        // Kept on the next start.
+        identity(None, None, dir.path(), &names).unwrap();
+        assert_eq!(std::fs::read_to_string(&id.cert).unwrap(), pem);
+
+        // One past two thirds of its life is made anew.
+        let mut p = rcgen::CertificateParams::new(names.clone()).unwrap();
+        let now = SystemTime::now();
+        p.not_before = (now - Duration::from_secs(300 * 86_400)).into();
+        p.not_after = (now + Duration::from_secs(65 * 86_400)).into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let old = p.self_signed(&key).unwrap().pem();
+        std::fs::write(&id.cert, &old).unwrap();
+        assert!(self_signed_due(&id.cert));
+        identity(None, None, dir.path(), &names).unwrap();
+        let renewed = std::fs::read_to_string(&id.cert).unwrap();
+        assert_ne!(renewed, old);
+        assert!(!self_signed_due(&id.cert));
+        // The new key matches the new certificate.
+        assert!(reload::load(&id).is_ok());
+    }
 }
