@@ -71,7 +71,18 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
             &[b"h2"],
             false,
         );
-        let incoming = server::tls_incoming(listener, config, cancel.clone());
+        let limits = server::ConnLimits {
+            max_connections: 16,
+            max_handshakes: 16,
+            read_idle: std::time::Duration::from_secs(90),
+        };
+        let incoming = server::tls_incoming(
+            listener,
+            config,
+            limits,
+            Arc::new(AggregatorMetrics::default()),
+            cancel.clone(),
+        );
         let svc = IngestService::new(
             Arc::new(Store::new()),
             Arc::new(AggregatorMetrics::default()),

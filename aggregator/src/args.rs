@@ -70,6 +70,26 @@ pub struct Args {
     #[command(flatten, next_help_heading = "Authentication and authorization")]
     pub auth: crate::auth::args::AuthArgs,
 
+    /// Requests answered at once on the API (health checks aside); more get 429 with
+    /// Retry-After. 0: no limit.
+    #[arg(long, default_value_t = 400, env = "MAX_REQUESTS_INFLIGHT")]
+    pub max_requests_inflight: usize,
+
+    /// Streams one HTTP/2 client connection to the API may have open (0: 250).
+    #[arg(long, default_value_t = 0, env = "HTTP2_MAX_STREAMS_PER_CONNECTION")]
+    pub http2_max_streams_per_connection: u32,
+
+    /// Connections each port holds at once; more are closed on accept (0: from the
+    /// open-file limit, most of it for the ingest port).
+    #[arg(long, default_value_t = 0, env = "MAX_CONNECTIONS")]
+    pub max_connections: usize,
+
+    /// A connection nothing is read from for this long is closed (handshake-less
+    /// sockets, clients that never speak); HTTP/2 clients answer the server's pings every
+    /// 30s, so keep it above that.
+    #[arg(long, default_value = "90s", value_parser = parse_duration, env = "IDLE_CONNECTION_TIMEOUT")]
+    pub idle_connection_timeout: Duration,
+
     /// A node's data expires after this many of its reporting periods without a report.
     #[arg(long, default_value_t = 3, env = "NODE_EXPIRY_PERIODS")]
     pub node_expiry_periods: u32,

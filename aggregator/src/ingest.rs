@@ -175,7 +175,15 @@ pub struct StreamState {
     labels: StreamLabels,
     /// Dropped parts already logged on this stream (bounded).
     warned: std::collections::HashSet<String>,
+    /// The period the agent last announced.
+    period: Option<Duration>,
 }
+
+/// How long a stream may stay silent before its first report.
+pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(60);
+/// After it, as long as the node's data lasts (its expiry), and never
+/// less than this, so a short stall does not cost a reconnect.
+pub const MIN_SILENCE: Duration = Duration::from_secs(10);
 
 /// Most dropped parts remembered per stream for logging once each.
 const WARNED_MAX: usize = 1024;
@@ -214,9 +222,26 @@ impl Ingest for IngestService {
                 let mut map_sent: Option<u64> = None;
                 let mut checked = Instant::now();
                 loop {
+                    let silence = state.period.map_or(FIRST_REPORT_WAIT, |p| {
+                        (p * this.expiry_periods).max(MIN_SILENCE)
+                    });
                     let msg = tokio::select! {
                         _ = this.cancel.cancelled() => break,
-                        m = inbound.message() => m,
+                        m = tokio::time::timeout(silence, inbound.message()) => match m {
+                            Ok(m) => m,
+                            Err(_) => {
+                                // A stream that stopped reporting holds a
+                                // connection and its buffers for nothing.
+                                this.metrics.limit("silent_stream");
+                                tracing::info!(node = ?state.bound, "agent stream closed: no report for {silence:?}");
+                                let _ = tx
+                                    .send(Err(Status::deadline_exceeded(format!(
+                                        "no report for {silence:?}; closing the stream"
+                                    ))))
+                                    .await;
+                                break;
+                            }
+                        },
                     };
                     let report = match msg {
                         Ok(Some(r)) => r,
@@ -260,6 +285,9 @@ impl Ingest for IngestService {
                         }
                     }
                     let ack = this.handle(&report, &mut state);
+                    if ack.accepted {
+                        state.period = Some(Duration::from_millis(report.period_ms));
+                    }
                     let msg = AggregatorMessage {
                         kind: Some(Kind::Ack(ack)),
                     };

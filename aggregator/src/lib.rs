@@ -13,6 +13,7 @@ pub mod labelset;
 pub mod membership;
 pub mod metrics;
 pub mod query;
+pub mod read_idle;
 pub mod render;
 pub mod report;
 pub mod server;
@@ -264,10 +265,11 @@ impl Aggregator {
             api::AppState {
                 store: Arc::clone(&self.store),
                 cluster,
-                metrics,
+                metrics: Arc::clone(&metrics),
                 registry: Arc::new(registry),
             },
             auth,
+            self.args.max_requests_inflight,
         );
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(id) = &self.identity {
@@ -325,7 +327,29 @@ impl Aggregator {
             )?;
             println!("{info}");
         }
-        tasks.spawn(server::serve_https(self.api, api_tls, app, cancel.clone()));
+        let limits = |ingest: bool| server::ConnLimits {
+            max_connections: match self.args.max_connections {
+                0 => server::default_max_connections(ingest),
+                n => n,
+            },
+            max_handshakes: server::MAX_HANDSHAKES,
+            read_idle: self.args.idle_connection_timeout,
+        };
+        let http = server::HttpLimits {
+            h2_max_streams: match self.args.http2_max_streams_per_connection {
+                0 => 250,
+                n => n,
+            },
+        };
+        tasks.spawn(server::serve_https(
+            self.api,
+            api_tls,
+            limits(false),
+            http,
+            Arc::clone(&metrics),
+            app,
+            cancel.clone(),
+        ));
         let mut peer = cluster::PeerService::new(Arc::clone(&self.store));
         if let Some(d) = &self.delegated {
             peer = peer.with_auth(Arc::clone(&d.peers));
@@ -333,6 +357,8 @@ impl Aggregator {
         tasks.spawn(serve_grpc(
             self.grpc,
             grpc_tls,
+            limits(true),
+            metrics,
             ingest,
             peer,
             cancel.clone(),
@@ -385,11 +411,13 @@ fn pki_settings(args: &Args) -> tls::bootstrap::Settings {
 async fn serve_grpc(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    limits: server::ConnLimits,
+    metrics: Arc<metrics::AggregatorMetrics>,
     ingest: IngestService,
     peer: cluster::PeerService,
     cancel: CancellationToken,
 ) {
-    let incoming = server::tls_incoming(listener, tls, cancel.clone());
+    let incoming = server::tls_incoming(listener, tls, limits, metrics, cancel.clone());
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(8))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -23,6 +23,9 @@ pub struct AggregatorMetrics {
     /// Parts of accepted reports left out, by `part` (`pod`, `node_labels`,
     /// `pods_over_limit`), counted once per report.
     pub dropped: Family<ResultLabel, Counter>,
+    /// Connections, requests and streams refused or closed by a bound, by
+    /// `limit`.
+    pub limits: Family<ResultLabel, Counter>,
 }
 
 impl AggregatorMetrics {
@@ -55,7 +58,17 @@ impl AggregatorMetrics {
             "Agent streams refused for their identity, by gRPC code",
             m.refused_streams.clone(),
         );
+        sub.register(
+            "limits_hit",
+            "Connections, requests and streams refused or closed by a bound (max_connections, handshakes, read_idle, max_requests_inflight, silent_stream), by limit",
+            m.limits.clone(),
+        );
         m
+    }
+
+    /// Counts one refusal or closing by the bound `limit`.
+    pub fn limit(&self, limit: &'static str) {
+        self.limits.get_or_create(&[("limit", limit)]).inc();
     }
 
     pub fn refused_stream(&self, code: tonic::Code) {

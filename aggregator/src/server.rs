@@ -1,13 +1,19 @@
 //! TLS accept loops for the API (HTTP/1.1 and HTTP/2 by ALPN, graceful
 //! drain) and for gRPC: handshakes run off the accept path, and the client
 //! certificate chain of each connection reaches the request handlers.
+//!
+//! Every connection is bounded: a cap on open connections and on
+//! handshakes in progress per port (refused connections are closed at
+//! once), a handshake deadline, a read-idle deadline (`read_idle.rs`), and
+//! for the API a header-read deadline, HTTP/2 keep-alive pings and a cap on
+//! streams per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -18,26 +24,93 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::PeerCerts;
+use crate::metrics::AggregatorMetrics;
+use crate::read_idle::ReadIdle;
+
+/// The stream every handler sees: TLS over a TCP socket that closes when
+/// nothing is read for too long.
+pub type Conn = TlsStream<ReadIdle<TcpStream>>;
+
+/// Bounds on one port's connections.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Connections open at once (handshaking or not); more are closed on accept.
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// A connection nothing is read from for this long is closed.
+    pub read_idle: Duration,
+}
+
+/// Most TLS handshakes in progress per port: enough for a whole fleet of
+/// agents reconnecting, few enough that sockets which never finish one
+/// cannot pile up.
+pub const MAX_HANDSHAKES: usize = 512;
+
+/// Connections each port takes when `--max-connections` is 0: what the
+/// open-file limit leaves after a reserve, the ingest port getting most.
+pub fn default_max_connections(ingest: bool) -> usize {
+    let soft = procfs::process::Process::myself()
+        .and_then(|p| p.limits())
+        .ok()
+        .and_then(|l| match l.max_open_files.soft_limit {
+            procfs::process::LimitValue::Value(v) => usize::try_from(v).ok(),
+            procfs::process::LimitValue::Unlimited => None,
+        })
+        .unwrap_or(65_536);
+    let usable = soft.saturating_sub(512).max(256);
+    if ingest {
+        usable / 8 * 7
+    } else {
+        (usable / 8).max(128)
+    }
+}
+
+/// A counter and a log line at most once a minute for refused connections.
+#[derive(Debug)]
+struct Refusals {
+    metrics: Arc<AggregatorMetrics>,
+    what: &'static str,
+    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Refusals {
+    fn refuse(&self, limit: &'static str, peer: SocketAddr) {
+        self.metrics.limit(limit);
+        if let Ok(mut last) = self.last_log.lock() {
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(port = self.what, %peer, limit, "connection refused by a limit (logged at most once a minute; see metrics_aggregator_limits_hit_total)");
+            }
+        }
+    }
+}
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts TCP connections until `cancel` fires. For each, `prepare` runs
-/// on the accept path and its result runs in a new task once the TLS
-/// handshake completes in time.
+/// Accepts TCP connections until `cancel` fires, within `limits`. For
+/// each, `prepare` runs on the accept path and its result runs in a new
+/// task once the TLS handshake completes in time.
 async fn accept_tls<F, H, Fut>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
+    refusals: Refusals,
     cancel: CancellationToken,
     mut prepare: F,
 ) where
     F: FnMut(SocketAddr) -> H,
-    H: FnOnce(TlsStream<TcpStream>) -> Fut + Send + 'static,
+    H: FnOnce(Conn) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -50,11 +123,23 @@ async fn accept_tls<F, H, Fut>(
                 }
             },
         };
+        let Ok(open) = Arc::clone(&connections).try_acquire_owned() else {
+            refusals.refuse("max_connections", peer);
+            continue;
+        };
+        let Ok(handshaking) = Arc::clone(&handshakes).try_acquire_owned() else {
+            refusals.refuse("handshakes", peer);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let on_conn = prepare(peer);
+        // The place under the cap goes with the socket, wherever it ends.
+        let io = ReadIdle::new(tcp, limits.read_idle).holding(open);
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await;
+            drop(handshaking);
+            match accepted {
                 Ok(Ok(s)) => on_conn(s).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -64,7 +149,7 @@ async fn accept_tls<F, H, Fut>(
 }
 
 /// The client's certificate chain, leaf first (empty without one).
-pub fn peer_chain(tls: &TlsStream<TcpStream>) -> PeerCerts {
+pub fn peer_chain(tls: &Conn) -> PeerCerts {
     let chain: Vec<CertificateDer<'static>> = tls
         .get_ref()
         .1
@@ -74,16 +159,43 @@ pub fn peer_chain(tls: &TlsStream<TcpStream>) -> PeerCerts {
     PeerCerts(chain.into())
 }
 
+/// HTTP settings of the API port.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Streams one HTTP/2 connection may have open.
+    pub h2_max_streams: u32,
+}
+
 /// Serves `app` over TLS on `listener` until `cancel` fires, then drains.
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
+    http: HttpLimits,
+    metrics: Arc<AggregatorMetrics>,
     app: Router,
     cancel: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    accept_tls(listener, tls, cancel, |peer| {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client gets 30 s to send a request's headers (hyper's default,
+    // which needs a timer to apply).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(http.h2_max_streams);
+    let refusals = Refusals {
+        metrics,
+        what: "api",
+        last_log: std::sync::Mutex::new(None),
+    };
+    accept_tls(listener, tls, limits, refusals, cancel, |peer| {
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -114,18 +226,32 @@ pub async fn serve_https(
 }
 
 /// TLS connections for tonic's `serve_with_incoming`: handshakes done here
-/// with the reloading certificate.
+/// with the reloading certificate, within `limits`.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
+    metrics: Arc<AggregatorMetrics>,
     cancel: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(accept_tls(listener, tls, cancel, move |_peer| {
-        let tx = tx.clone();
-        move |tls| async move {
-            let _ = tx.send(Ok(tls)).await;
-        }
-    }));
+    let refusals = Refusals {
+        metrics,
+        what: "grpc",
+        last_log: std::sync::Mutex::new(None),
+    };
+    tokio::spawn(accept_tls(
+        listener,
+        tls,
+        limits,
+        refusals,
+        cancel,
+        move |_peer| {
+            let tx = tx.clone();
+            move |tls| async move {
+                let _ = tx.send(Ok(tls)).await;
+            }
+        },
+    ));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }

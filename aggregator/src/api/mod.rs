@@ -1,6 +1,7 @@
 //! The HTTPS API: metrics.k8s.io/v1beta1, discovery and health endpoints.
 
 pub mod discovery;
+pub mod inflight;
 pub mod metrics;
 pub mod selector;
 pub mod status;
@@ -27,8 +28,14 @@ pub struct AppState {
 
 const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";
 
-/// The full router; every request goes through `auth` when given.
-pub fn router(state: AppState, auth: Option<Arc<crate::auth::Auth>>) -> Router {
+/// The full router; every request goes through `auth` when given, and
+/// first through the `max_inflight` limit (0: none).
+pub fn router(
+    state: AppState,
+    auth: Option<Arc<crate::auth::Auth>>,
+    max_inflight: usize,
+) -> Router {
+    let metrics = Arc::clone(&state.metrics);
     let router = Router::new()
         .route(
             "/apis",
@@ -60,13 +67,20 @@ pub fn router(state: AppState, auth: Option<Arc<crate::auth::Auth>>) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    match auth {
+    let router = match auth {
         Some(auth) => router.layer(axum::middleware::from_fn_with_state(
             auth,
             crate::auth::middleware,
         )),
         None => router,
+    };
+    if max_inflight == 0 {
+        return router;
     }
+    router.layer(axum::middleware::from_fn_with_state(
+        inflight::Inflight::new(max_inflight, metrics),
+        inflight::limit,
+    ))
 }
 
 async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Response {

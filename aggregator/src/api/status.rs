@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The answer cannot be given now (too many replicas did not answer).
     #[error("{0}")]
     Unavailable(String),
+    /// More requests in flight than `--max-requests-inflight`.
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests,
 }
 
 /// k8s.io/apiserver's wording: `pods.metrics.k8s.io is forbidden: User "u"
@@ -114,6 +117,8 @@ struct Details<'a> {
     group: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'a str>,
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -144,6 +149,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -156,6 +162,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => "Forbidden",
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::TooManyRequests => "TooManyRequests",
         }
     }
 
@@ -166,16 +173,25 @@ impl ApiError {
                 name: Some(name),
                 group: Some("metrics.k8s.io"),
                 kind: Some(resource),
+                retry_after_seconds: None,
             }),
             ApiError::NoRoute => Some(Details {
                 name: None,
                 group: None,
                 kind: None,
+                retry_after_seconds: None,
             }),
             ApiError::MethodNotSupported { resource, .. } => Some(Details {
                 name: None,
                 group: Some("metrics.k8s.io"),
                 kind: Some(resource),
+                retry_after_seconds: None,
+            }),
+            ApiError::TooManyRequests => Some(Details {
+                name: None,
+                group: None,
+                kind: None,
+                retry_after_seconds: Some(RETRY_AFTER_SECONDS),
             }),
             ApiError::BadRequest(_) | ApiError::Unauthorized | ApiError::Unavailable(_) => None,
             ApiError::Forbidden { attrs, .. } => Some(match attrs.as_ref() {
@@ -188,17 +204,20 @@ impl ApiError {
                     name: (!name.is_empty()).then_some(name.as_str()),
                     group: (!group.is_empty()).then_some(group.as_str()),
                     kind: Some(resource.as_str()),
+                    retry_after_seconds: None,
                 },
                 Attributes::NonResource { .. } => Details {
                     name: None,
                     group: None,
                     kind: None,
+                    retry_after_seconds: None,
                 },
             }),
             ApiError::Internal(_) => Some(Details {
                 name: None,
                 group: None,
                 kind: None,
+                retry_after_seconds: None,
             }),
         };
         let status = Status {
@@ -215,14 +234,24 @@ impl ApiError {
     }
 }
 
+/// What a 429 asks the client to wait, as kube-apiserver does.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.code(),
             [(header::CONTENT_TYPE, "application/json")],
             self.to_json(),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ApiError::TooManyRequests) {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(RETRY_AFTER_SECONDS),
+            );
+        }
+        r
     }
 }
 
