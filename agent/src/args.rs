@@ -122,7 +122,7 @@ pub struct Args {
     #[arg(long, env = "METRICS_BIND_ADDRESS")]
     pub metrics_bind_address: Option<SocketAddr>,
 
-    /// Sampling and reporting period (1s or more).
+    /// Sampling and reporting period (1s to 10m).
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "METRIC_RESOLUTION")]
     pub metric_resolution: Duration,
 }
@@ -130,7 +130,7 @@ pub struct Args {
 /// A flag combination that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
-    #[error("--metric-resolution must be at least 1s, got {0:?}")]
+    #[error("--metric-resolution must be between 1s and 10m, got {0:?}")]
     Resolution(Duration),
     #[error("--node-name must not be empty")]
     NodeName,
@@ -143,7 +143,9 @@ pub enum ArgsError {
 impl Args {
     /// Checks what clap cannot; called before anything starts.
     pub fn validate(&self) -> Result<(), ArgsError> {
-        if self.metric_resolution < Duration::from_secs(1) {
+        if !(metrics_proto::MIN_PERIOD..=metrics_proto::MAX_PERIOD)
+            .contains(&self.metric_resolution)
+        {
             return Err(ArgsError::Resolution(self.metric_resolution));
         }
         if self.node_name.trim().is_empty() {

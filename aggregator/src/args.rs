@@ -90,6 +90,16 @@ pub struct Args {
     #[arg(long, default_value = "90s", value_parser = parse_duration, env = "IDLE_CONNECTION_TIMEOUT")]
     pub idle_connection_timeout: Duration,
 
+    /// Estimated bytes of node and pod data held at most; a report that does not fit is
+    /// refused (the node keeps its last data until it expires), and one node may hold a
+    /// 32nd of it (0: 60% of the container's memory limit, else 4 GiB).
+    #[arg(long, default_value_t = 0, env = "MAX_STORED_BYTES")]
+    pub max_stored_bytes: usize,
+
+    /// Pods held at most, over every node.
+    #[arg(long, default_value_t = 1_000_000, env = "MAX_STORED_PODS")]
+    pub max_stored_pods: usize,
+
     /// A node's data expires after this many of its reporting periods without a report.
     #[arg(long, default_value_t = 3, env = "NODE_EXPIRY_PERIODS")]
     pub node_expiry_periods: u32,
@@ -221,6 +231,21 @@ pub struct PkiArgs {
     /// it first: kubelets refresh mounted ConfigMaps within about two minutes.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub pki_ca_propagation: Duration,
+}
+
+/// This process's cgroup memory limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), if it has one.
+fn memory_limit() -> Option<usize> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| s.trim().parse::<u64>().ok())
+    // v1 reports "no limit" as a huge page-aligned number.
+    .filter(|&l| l < 1 << 50)
+    .and_then(|l| usize::try_from(l).ok())
 }
 
 /// One `--peers` entry.
@@ -365,6 +390,16 @@ impl Args {
             &namespace,
             &self.peers_port_name,
         )
+    }
+
+    /// The store's budget: the flags, with the default byte bound taken
+    /// from the memory limit of this process's cgroup.
+    pub fn budget(&self) -> crate::store::Budget {
+        let bytes = match self.max_stored_bytes {
+            0 => memory_limit().map(|l| l / 10 * 6).unwrap_or(4 << 30),
+            n => n,
+        };
+        crate::store::Budget::new(bytes, self.max_stored_pods)
     }
 
     /// API port to bind.

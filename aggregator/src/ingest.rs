@@ -37,6 +37,8 @@ pub struct IngestService {
     cancel: CancellationToken,
     /// Label sets shared by every stream.
     interner: Arc<Interner>,
+    /// What the store may hold.
+    budget: crate::store::Budget,
 }
 
 impl IngestService {
@@ -55,7 +57,14 @@ impl IngestService {
             expiry_periods,
             cancel,
             interner: Arc::default(),
+            budget: crate::store::Budget::UNLIMITED,
         }
+    }
+
+    /// Bounds what the store holds (`--max-stored-bytes`, `--max-stored-pods`).
+    pub fn with_budget(mut self, budget: crate::store::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Stores only the nodes the current view owns and tells agents the
@@ -110,12 +119,26 @@ impl IngestService {
             );
         match checked {
             Ok((entry, dropped)) => {
-                if bound.is_none() {
-                    tracing::info!(node = %entry.name, "agent stream bound to node");
-                    *bound = Some(entry.name.clone());
+                let name = entry.name.clone();
+                if let Err(e) = self.store.insert_within(entry, &self.budget) {
+                    self.metrics.report(false);
+                    self.metrics.limit("memory_budget");
+                    // Once per stream until a report fits again.
+                    if stream.warned.insert(BUDGET_WARNED.to_owned()) {
+                        tracing::warn!(node = %name, error = %e, "report refused: memory budget");
+                    }
+                    return Ack {
+                        sequence: report.sequence,
+                        accepted: false,
+                        error: ReportError::from(e).to_string(),
+                    };
                 }
-                let note = self.note_dropped(&entry.name, &dropped, &mut stream.warned);
-                self.store.insert(entry);
+                stream.warned.remove(BUDGET_WARNED);
+                if bound.is_none() {
+                    tracing::info!(node = %name, "agent stream bound to node");
+                    *bound = Some(name.clone());
+                }
+                let note = self.note_dropped(&name, &dropped, &mut stream.warned);
                 self.metrics.report(true);
                 Ack {
                     sequence: report.sequence,
@@ -184,6 +207,9 @@ pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(60);
 /// After it, as long as the node's data lasts (its expiry), and never
 /// less than this, so a short stall does not cost a reconnect.
 pub const MIN_SILENCE: Duration = Duration::from_secs(10);
+
+/// Key in a stream's warned set while its reports do not fit the budget.
+const BUDGET_WARNED: &str = "\0budget";
 
 /// Most dropped parts remembered per stream for logging once each.
 const WARNED_MAX: usize = 1024;

@@ -244,6 +244,14 @@ impl Aggregator {
             self.args.node_expiry_periods,
             cancel.clone(),
         );
+        let budget = self.args.budget();
+        tracing::info!(
+            max_bytes = budget.max_bytes,
+            max_pods = budget.max_pods,
+            max_node_bytes = budget.max_node_bytes,
+            "store budget"
+        );
+        ingest = ingest.with_budget(budget);
         if let Some(shard) = &self.shard {
             ingest = ingest.with_shard(shard.clone());
         }

@@ -18,6 +18,9 @@ pub struct AggregatorMetrics {
     pub streams: Gauge,
     /// Nodes held (set when scraped).
     pub nodes: Gauge,
+    /// Estimated bytes and pods held (set when scraped).
+    pub stored_bytes: Gauge,
+    pub stored_pods: Gauge,
     /// Agent streams ended by authentication or authorization, by gRPC `code`.
     pub refused_streams: Family<ResultLabel, Counter>,
     /// Parts of accepted reports left out, by `part` (`pod`, `node_labels`,
@@ -49,6 +52,16 @@ impl AggregatorMetrics {
             m.nodes.clone(),
         );
         sub.register(
+            "stored_bytes",
+            "Estimated bytes of node and pod data held, against --max-stored-bytes",
+            m.stored_bytes.clone(),
+        );
+        sub.register(
+            "stored_pods",
+            "Pods held, against --max-stored-pods",
+            m.stored_pods.clone(),
+        );
+        sub.register(
             "report_parts_dropped",
             "Parts of accepted reports left out (a pod, the node's labels, pods over the limit), by part",
             m.dropped.clone(),
@@ -60,7 +73,7 @@ impl AggregatorMetrics {
         );
         sub.register(
             "limits_hit",
-            "Connections, requests and streams refused or closed by a bound (max_connections, handshakes, read_idle, max_requests_inflight, silent_stream), by limit",
+            "Connections, requests, streams and reports refused or closed by a bound (max_connections, handshakes, max_requests_inflight, silent_stream, memory_budget), by limit",
             m.limits.clone(),
         );
         m

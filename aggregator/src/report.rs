@@ -10,8 +10,9 @@ use metrics_proto::{MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
 use crate::labelset::{self, LabelError, Labels, Resolved};
 use crate::render::{self, Rendered};
 
-/// Shortest and longest period an agent may announce.
-const PERIOD_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+/// Shortest and longest period an agent may announce, in ms.
+const PERIOD_MS: std::ops::RangeInclusive<u64> =
+    metrics_proto::MIN_PERIOD.as_millis() as u64..=metrics_proto::MAX_PERIOD.as_millis() as u64;
 
 /// Why a report was refused; sent back in its Ack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum ReportError {
     NodeName(String),
     #[error("stream is bound to node {bound:?}, report is for {got:?}")]
     WrongNode { bound: String, got: String },
-    #[error("period {0} ms outside 1s..1h")]
+    #[error("period {0} ms outside 1s..10m")]
     Period(u64),
     #[error("node usage: {0}")]
     NodeUsage(&'static str),
@@ -32,6 +33,8 @@ pub enum ReportError {
     Labels(#[from] LabelError),
     #[error("replica {shard} does not own node {node:?}; report to its owners from the shard map")]
     NotOwner { node: String, shard: String },
+    #[error(transparent)]
+    Budget(#[from] crate::store::BudgetError),
 }
 
 /// One pod as stored.
@@ -42,6 +45,19 @@ pub struct PodEntry {
     pub labels: Arc<Labels>,
     pub timestamp_ns: i64,
     pub rendered: Rendered,
+}
+
+/// Bookkeeping per stored pod beyond its strings: the entry itself, the
+/// label set's offsets, and its keys in the index.
+const POD_OVERHEAD: usize = 192;
+const NODE_OVERHEAD: usize = 512;
+
+impl PodEntry {
+    /// Estimated bytes held for this pod: its names, its rendered JSON,
+    /// and its labels (counted whole even when shared with other pods).
+    pub fn footprint(&self) -> usize {
+        self.namespace.len() + self.name.len() + 2 * self.rendered.len() + POD_OVERHEAD
+    }
 }
 
 /// The latest report of one node, ready to serve.
@@ -56,6 +72,16 @@ pub struct NodeEntry {
     pub pods: Vec<PodEntry>,
     pub received: Instant,
     pub expires: Instant,
+}
+
+impl NodeEntry {
+    /// Estimated bytes held for this node and its pods.
+    pub fn footprint(&self) -> usize {
+        self.name.len()
+            + self.node.as_ref().map_or(0, |n| 2 * n.len())
+            + NODE_OVERHEAD
+            + self.pods.iter().map(PodEntry::footprint).sum::<usize>()
+    }
 }
 
 pub use metrics_proto::checks::is_dns_subdomain;

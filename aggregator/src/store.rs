@@ -4,7 +4,7 @@
 //! each report, and expired ones vanish from answers at once and from
 //! memory (and the index) at the next sweep.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,59 @@ pub struct Store {
     /// in the order they were stored.
     index: PodIndex,
     has_data: AtomicBool,
+    /// Estimated bytes and pods held, over every entry.
+    bytes: AtomicUsize,
+    pods: AtomicUsize,
+}
+
+/// What the store may hold: a global bound on bytes and pods, and a
+/// per-node share of the bytes, so that no peer's reports can grow memory
+/// past what was configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_bytes: usize,
+    pub max_pods: usize,
+    pub max_node_bytes: usize,
+}
+
+impl Budget {
+    /// No bound (tests, standalone).
+    pub const UNLIMITED: Budget = Budget {
+        max_bytes: usize::MAX,
+        max_pods: usize::MAX,
+        max_node_bytes: usize::MAX,
+    };
+
+    /// `max_bytes` and `max_pods` with each node allowed a 32nd of the bytes.
+    pub fn new(max_bytes: usize, max_pods: usize) -> Self {
+        Budget {
+            max_bytes,
+            max_pods,
+            max_node_bytes: max_bytes / 32,
+        }
+    }
+}
+
+/// A report the budget has no room for; the node keeps its last entry
+/// until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "report needs about {bytes} bytes; one node may hold {bound} (--max-stored-bytes / 32)"
+    )]
+    NodeTooLarge { bytes: usize, bound: usize },
+    #[error("store full: {held} of {bound} bytes held (--max-stored-bytes); report of {bytes} bytes refused")]
+    Bytes {
+        bytes: usize,
+        held: usize,
+        bound: usize,
+    },
+    #[error("store full: {held} of {bound} pods held (--max-stored-pods); report of {pods} pods refused")]
+    Pods {
+        pods: usize,
+        held: usize,
+        bound: usize,
+    },
 }
 
 /// A pod found by a query: its node entry and its index there.
@@ -43,12 +96,53 @@ impl Store {
         Self::default()
     }
 
-    /// Replaces the node's entry.
+    /// Replaces the node's entry, with no bound.
     pub fn insert(&self, entry: NodeEntry) {
+        let _ = self.insert_within(entry, &Budget::UNLIMITED);
+    }
+
+    /// Replaces the node's entry if `budget` has room for it (counting the
+    /// entry it replaces as freed); else keeps the old one. Checked under
+    /// the node's lock; replicas ingesting many nodes at once may pass
+    /// the global bound by at most one report each.
+    pub fn insert_within(&self, entry: NodeEntry, budget: &Budget) -> Result<(), BudgetError> {
+        let bytes = entry.footprint();
+        let pods = entry.pods.len();
+        if bytes > budget.max_node_bytes {
+            return Err(BudgetError::NodeTooLarge {
+                bytes,
+                bound: budget.max_node_bytes,
+            });
+        }
+        let slot = self.nodes.entry(entry.name.clone());
+        let (old_bytes, old_pods) = match &slot {
+            Entry::Occupied(o) => (o.get().footprint(), o.get().pods.len()),
+            Entry::Vacant(_) => (0, 0),
+        };
+        let held = self.bytes.load(Ordering::Relaxed);
+        if held.saturating_sub(old_bytes).saturating_add(bytes) > budget.max_bytes {
+            return Err(BudgetError::Bytes {
+                bytes,
+                held,
+                bound: budget.max_bytes,
+            });
+        }
+        let held_pods = self.pods.load(Ordering::Relaxed);
+        if held_pods.saturating_sub(old_pods).saturating_add(pods) > budget.max_pods {
+            return Err(BudgetError::Pods {
+                pods,
+                held: held_pods,
+                bound: budget.max_pods,
+            });
+        }
         if entry.node.is_some() || !entry.pods.is_empty() {
             self.has_data.store(true, Ordering::Relaxed);
         }
-        match self.nodes.entry(entry.name.clone()) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.fetch_sub(old_bytes, Ordering::Relaxed);
+        self.pods.fetch_add(pods, Ordering::Relaxed);
+        self.pods.fetch_sub(old_pods, Ordering::Relaxed);
+        match slot {
             Entry::Occupied(mut o) => {
                 self.index.update(&entry.name, &o.get().pods, &entry.pods);
                 o.insert(Arc::new(entry));
@@ -58,6 +152,15 @@ impl Store {
                 v.insert(Arc::new(entry));
             }
         }
+        Ok(())
+    }
+
+    /// Estimated bytes and number of pods held.
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.pods.load(Ordering::Relaxed),
+        )
     }
 
     /// True once any report with usage has arrived.
@@ -161,6 +264,8 @@ impl Store {
             let keep = e.expires > now;
             if !keep {
                 self.index.update(name, &e.pods, &[]);
+                self.bytes.fetch_sub(e.footprint(), Ordering::Relaxed);
+                self.pods.fetch_sub(e.pods.len(), Ordering::Relaxed);
             }
             keep
         });
@@ -232,6 +337,87 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    fn pods_named(prefix: &str, n: usize) -> Vec<(String, String, i64)> {
+        (0..n)
+            .map(|i| ("ns".to_string(), format!("{prefix}-{i}"), 1))
+            .collect()
+    }
+
+    fn entry(node: &str, pods: &[(String, String, i64)], t0: Instant) -> NodeEntry {
+        let pods: Vec<(&str, &str, i64)> = pods
+            .iter()
+            .map(|(a, b, c)| (a.as_str(), b.as_str(), *c))
+            .collect();
+        to_entry(&report(node, &pods), None, t0, 3).unwrap()
+    }
+
+    #[test]
+    fn the_budget_bounds_bytes_pods_and_each_node_and_frees_what_goes() {
+        let store = Store::new();
+        let t0 = Instant::now();
+        let ten = entry("a", &pods_named("p", 10), t0).footprint();
+        // Room for about three ten-pod nodes; a node may hold a 32nd...
+        let mut budget = Budget::new(ten * 3 + ten / 2, 25);
+        // ...so that share is refused first.
+        assert!(matches!(
+            store.insert_within(entry("a", &pods_named("p", 10), t0), &budget),
+            Err(BudgetError::NodeTooLarge { .. })
+        ));
+        assert_eq!(store.held(), (0, 0));
+        budget.max_node_bytes = ten * 2;
+        for n in ["a", "b"] {
+            store
+                .insert_within(entry(n, &pods_named(n, 10), t0), &budget)
+                .unwrap_or_else(|e| panic!("{n}: {e}"));
+        }
+        // Pods: 20 held, 10 more would pass 25. Refused, nothing changes.
+        let before = store.held();
+        let err = store
+            .insert_within(entry("c", &pods_named("c", 10), t0), &budget)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BudgetError::Pods {
+                    held: 20,
+                    bound: 25,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.held(), before);
+        assert!(store.node("c", t0).is_none());
+        // Bytes: with room for pods, a third node fits, a fourth does not.
+        budget.max_pods = 100;
+        store
+            .insert_within(entry("c", &pods_named("c", 10), t0), &budget)
+            .unwrap();
+        let before = store.held();
+        assert!(before.0 <= budget.max_bytes);
+        let err = store
+            .insert_within(entry("d", &pods_named("d", 10), t0), &budget)
+            .unwrap_err();
+        assert!(matches!(err, BudgetError::Bytes { .. }), "{err}");
+        assert_eq!(store.held(), before);
+        assert!(store.node("d", t0).is_none());
+        // A node's new report replaces its old one: the old bytes count as
+        // freed, so a same-size report fits again.
+        store
+            .insert_within(entry("a", &pods_named("x", 10), t0), &budget)
+            .unwrap();
+        assert_eq!(store.held(), before);
+        let hits = names(&store.pods(Some("ns"), t0));
+        assert_eq!(hits.iter().filter(|n| n.starts_with("ns/x-")).count(), 10);
+        assert_eq!(hits.iter().filter(|n| n.starts_with("ns/a-")).count(), 0);
+        // Expiry gives everything back.
+        assert_eq!(store.sweep(t0 + Duration::from_secs(10)), 3);
+        assert_eq!(store.held(), (0, 0));
+        store
+            .insert_within(entry("d", &pods_named("d", 10), t0), &budget)
+            .unwrap();
     }
 
     #[test]

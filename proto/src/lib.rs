@@ -29,6 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// hostile message can make a peer allocate.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Shortest and longest reporting period an agent may use: a longer one
+/// would keep a node's data (and the memory it takes) for hours.
+pub const MIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+pub const MAX_PERIOD: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Most pods one report may carry. The kubelet's default is 110 per node and
 /// few clusters go past 500.
 pub const MAX_PODS_PER_REPORT: usize = 2_000;

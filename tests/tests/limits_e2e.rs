@@ -276,3 +276,89 @@ async fn a_stream_that_stops_reporting_is_closed() {
     );
     assert!(limit_count(&agg, "silent_stream").await >= 1);
 }
+
+/// Sends `report` on a new stream and returns its Ack.
+async fn ack_for(agg: &AggregatorProc, report: NodeReport) -> metrics_proto::v1::Ack {
+    use tokio_stream::StreamExt as _;
+    let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
+    let req = tonic::Request::new(tokio_stream::iter(vec![report]).chain(tokio_stream::pending()));
+    let mut inbound = client.report(req).await.unwrap().into_inner();
+    loop {
+        match inbound.message().await.unwrap() {
+            Some(m) => {
+                if let Some(metrics_proto::v1::aggregator_message::Kind::Ack(a)) = m.kind {
+                    return a;
+                }
+            }
+            None => panic!("stream ended without an Ack"),
+        }
+    }
+}
+
+fn gauge(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_past_the_memory_budget_are_refused_and_the_rest_kept() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MB in all, so one node may hold 62,500 bytes.
+    let agg = start_aggregator(dir.path(), &["--max-stored-bytes=2000000"])
+        .await
+        .unwrap();
+    let small = ack_for(&agg, report("node-small")).await;
+    assert!(small.accepted, "{}", small.error);
+    let mut big = report("node-big");
+    let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
+    big.pods = (0..600)
+        .map(|i| metrics_proto::v1::PodUsage {
+            namespace: "default".into(),
+            name: format!("a-rather-long-pod-name-{i:04}"),
+            labels: (0..5)
+                .map(|l| (format!("label-{l}"), format!("value-{l}-{i}")))
+                .collect(),
+            timestamp_unix_nanos: now,
+            window_nanos: 1_000_000_000,
+            containers: vec![metrics_proto::v1::ContainerUsage {
+                name: "main".into(),
+                cpu_nanocores: 1_000,
+                memory_working_set_bytes: 1 << 20,
+            }],
+        })
+        .collect();
+    let refused = ack_for(&agg, big).await;
+    assert!(!refused.accepted);
+    assert!(
+        refused.error.contains("--max-stored-bytes"),
+        "{}",
+        refused.error
+    );
+    // The small node is served, the big one is not, and what is held stays
+    // within the bound.
+    let (code, body) = get_as(
+        agg.api,
+        &agg.ca,
+        None,
+        "/apis/metrics.k8s.io/v1beta1/nodes",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("node-small") && !body.contains("node-big"),
+        "{body}"
+    );
+    let (_, metrics) = get_as(agg.api, &agg.ca, None, "/metrics", &[])
+        .await
+        .unwrap();
+    let held = gauge(&metrics, "metrics_aggregator_stored_bytes");
+    assert!(held > 0 && held <= 2_000_000, "{held}");
+    assert_eq!(gauge(&metrics, "metrics_aggregator_stored_pods"), 0);
+    assert!(limit_count(&agg, "memory_budget").await >= 1);
+}

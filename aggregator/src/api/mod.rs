@@ -99,6 +99,13 @@ async fn self_metrics(axum::extract::State(s): axum::extract::State<AppState>) -
     s.metrics
         .nodes
         .set(i64::try_from(s.store.len()).unwrap_or(i64::MAX));
+    let (bytes, pods) = s.store.held();
+    s.metrics
+        .stored_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    s.metrics
+        .stored_pods
+        .set(i64::try_from(pods).unwrap_or(i64::MAX));
     s.cluster.refresh_metrics();
     (
         [(
