@@ -183,7 +183,7 @@ mod tests {
         };
         let labels = Labels::new(&std::collections::HashMap::from([
             ("b".to_string(), "2".to_string()),
-            ("a\"".to_string(), "1".to_string()),
+            ("app.kubernetes.io/name".to_string(), "1".to_string()),
         ]))
         .unwrap();
         let got = render(
@@ -192,7 +192,7 @@ mod tests {
         );
         assert_eq!(
             got,
-            r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"minikube","creationTimestamp":"2022-01-27T18:48:43Z","labels":{"a\"":"1","b":"2"}},"timestamp":"2022-01-27T18:48:33Z","window":"30s","usage":{"cpu":"487558164n","memory":"732212Ki"}}"#
+            r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"minikube","creationTimestamp":"2022-01-27T18:48:43Z","labels":{"app.kubernetes.io/name":"1","b":"2"}},"timestamp":"2022-01-27T18:48:33Z","window":"30s","usage":{"cpu":"487558164n","memory":"732212Ki"}}"#
         );
     }
 

@@ -183,7 +183,9 @@ pub async fn serve_https(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Above the router's own bounds, so those answer with a Status.
+        .max_headers(crate::api::MAX_HEADERS * 2);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -26,9 +26,43 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| label_chars(l.as_bytes()))
 }
 
-/// True for a valid DNS-1123 label (namespace names).
+/// At most 64 characters of `s`, for messages about hostile input.
+fn cut(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// True for a valid DNS-1123 label (namespace and container names).
 pub fn is_dns_label(s: &str) -> bool {
     s.len() <= 63 && label_chars(s.as_bytes())
+}
+
+/// The name part of a label key and a non-empty label value, as the API
+/// server checks them: up to 63 ASCII alphanumerics, `-`, `_` and `.`,
+/// starting and ending alphanumeric.
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
+pub fn is_label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(k),
+    }
+}
+
+/// A label value: empty, or like a key's name part.
+pub fn is_label_value(v: &str) -> bool {
+    v.is_empty() || is_label_name(v)
 }
 
 /// `namespace/name` of a pod, cut to a length fit for logs and answers.
@@ -56,8 +90,11 @@ pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), String> {
         return Err(format!("{} labels exceed {MAX_LABELS}", labels.len()));
     }
     for (k, v) in labels {
-        if k.is_empty() || k.len() > 317 || v.len() > 63 {
-            return Err(format!("label {k:?} has an invalid key or value length"));
+        if !is_label_key(k) {
+            return Err(format!("invalid label key {:?}", cut(k)));
+        }
+        if !is_label_value(v) {
+            return Err(format!("label {k:?} has an invalid value {:?}", cut(v)));
         }
     }
     Ok(())
@@ -74,11 +111,83 @@ pub fn check_pod(p: &PodUsage) -> Result<(), String> {
             p.containers.len()
         ));
     }
-    if p.containers
-        .iter()
-        .any(|c| c.name.is_empty() || c.name.len() > 253)
-    {
-        return Err("invalid container name".into());
+    let mut seen = std::collections::HashSet::with_capacity(p.containers.len());
+    for c in &p.containers {
+        if !is_dns_label(&c.name) {
+            return Err(format!("invalid container name {:?}", cut(&c.name)));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(format!("two containers named {:?}", c.name));
+        }
     }
     check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_keys_and_values_as_the_api_server_checks_them() {
+        for ok in [
+            "app",
+            "app.kubernetes.io/name",
+            "k8s-app",
+            "a_b.c-D9",
+            "feature.node.kubernetes.io/cpu-cpuid.AVX512F",
+        ] {
+            assert!(is_label_key(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/name",
+            "a/b/../..",
+            "pre/",
+            "-lead",
+            "trail-",
+            "has space",
+            "nul\0",
+            "new\nline",
+            "</script>",
+            "Upper.Case/name",
+            "bidi\u{202e}",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_label_key(bad), "{bad:?}");
+        }
+        assert!(is_label_value(""));
+        assert!(is_label_value("v1.2_3-x"));
+        for bad in ["-x", "a b", "<b>", "\n", &"v".repeat(64)] {
+            assert!(!is_label_value(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn container_names_are_dns_labels_and_unique() {
+        let pod = |names: &[&str]| PodUsage {
+            namespace: "ns".into(),
+            name: "p".into(),
+            timestamp_unix_nanos: crate::time::unix_nanos(std::time::SystemTime::now()),
+            window_nanos: 1_000_000_000,
+            containers: names
+                .iter()
+                .map(|n| crate::v1::ContainerUsage {
+                    name: n.to_string(),
+                    cpu_nanocores: 1,
+                    memory_working_set_bytes: 1,
+                })
+                .collect(),
+            ..PodUsage::default()
+        };
+        assert!(check_pod(&pod(&["app", "sidecar-1"])).is_ok());
+        for bad in [
+            &["App"][..],
+            &["a_b"],
+            &["x\0"],
+            &["a", "a"],
+            &["</script>"],
+        ] {
+            assert!(check_pod(&pod(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

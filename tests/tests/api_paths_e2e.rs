@@ -38,3 +38,58 @@ async fn impossible_namespaces_are_not_found() {
     assert_eq!(v["kind"], "PodMetricsList");
     assert_eq!(v["items"], serde_json::json!([]));
 }
+
+/// Requests refused before any handler runs (a path segment that does not
+/// decode, an oversized URI, too many or too large headers) are answered
+/// with a `kind: Status` of the right code, like every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_status_too() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let agg = start_aggregator(dir.path(), &[]).await.unwrap();
+    let base = format!("{}/apis/metrics.k8s.io/v1beta1", agg.api_url());
+    let long = "a".repeat(20 * 1024);
+    let many: Vec<(String, String)> = (0..120)
+        .map(|i| (format!("x-extra-{i}"), "v".to_string()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let big = "b".repeat(40 * 1024);
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (format!("{base}/nodes/%ff%fe"), vec![], 400, "BadRequest"),
+        (
+            format!("{base}/namespaces/%c3%28/pods/x"),
+            vec![],
+            400,
+            "BadRequest",
+        ),
+        (
+            format!("{base}/pods?labelSelector={long}"),
+            vec![],
+            414,
+            "RequestURITooLong",
+        ),
+        (
+            format!("{base}/pods"),
+            many,
+            431,
+            "RequestHeaderFieldsTooLarge",
+        ),
+        (
+            format!("{base}/pods"),
+            vec![("x-big", big.as_str())],
+            431,
+            "RequestHeaderFieldsTooLarge",
+        ),
+    ];
+    for (url, headers, code, reason) in cases {
+        let (got, h, body) = https::get(&url, &agg.ca, &headers).await.unwrap();
+        let what = &url[..url.len().min(120)];
+        assert_eq!(got.as_u16(), code, "{what}: {body}");
+        assert_eq!(h["content-type"], "application/json", "{what}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["kind"], "Status", "{what}: {body}");
+        assert_eq!(v["code"], code, "{what}: {body}");
+        assert_eq!(v["reason"], reason, "{what}: {body}");
+    }
+}

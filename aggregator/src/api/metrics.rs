@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
@@ -182,9 +183,10 @@ pub async fn list_nodes(
 /// `GET /apis/metrics.k8s.io/v1beta1/nodes/{name}`.
 pub async fn get_node(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(bad_path)?;
     get(&s, Kind::Nodes, None, name, raw.as_deref()).await
 }
 
@@ -194,6 +196,12 @@ pub async fn list_all_pods(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     list(&s, Kind::Pods, None, raw.as_deref()).await
+}
+
+/// A path segment that does not decode (invalid percent-encoding or UTF-8)
+/// is a 400 Status like every other error, not axum's plain-text answer.
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid path: {}", e.body_text()))
 }
 
 /// A namespace path segment that no namespace can have (empty, a decoded
@@ -210,17 +218,19 @@ fn namespace(ns: String) -> Result<String, ApiError> {
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods`.
 pub async fn list_namespace_pods(
     State(s): State<AppState>,
-    Path(ns): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let Path(ns) = path.map_err(bad_path)?;
     list(&s, Kind::Pods, Some(namespace(ns)?), raw.as_deref()).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}`.
 pub async fn get_pod(
     State(s): State<AppState>,
-    Path((ns, name)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let Path((ns, name)) = path.map_err(bad_path)?;
     get(&s, Kind::Pods, Some(namespace(ns)?), name, raw.as_deref()).await
 }

@@ -74,6 +74,7 @@ pub fn router(
         )),
         None => router,
     };
+    let router = router.layer(axum::middleware::from_fn(bounds));
     if max_inflight == 0 {
         return router;
     }
@@ -81,6 +82,33 @@ pub fn router(
         inflight::Inflight::new(max_inflight, metrics),
         inflight::limit,
     ))
+}
+
+/// Longest request URI served (selectors are bounded to 8 KiB).
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Most request headers, and their total size, served. hyper refuses
+/// beyond its own, higher limits with a bare answer; these give a Status.
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses oversized URIs and headers with a `Status`, before any work.
+async fn bounds(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::UriTooLong(MAX_URI_BYTES).into_response();
+    }
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return ApiError::HeadersTooLarge("100 fields").into_response();
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge("32768 bytes").into_response();
+    }
+    next.run(req).await
 }
 
 async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Response {

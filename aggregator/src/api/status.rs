@@ -45,6 +45,12 @@ pub enum ApiError {
     /// The answer cannot be given now (too many replicas did not answer).
     #[error("{0}")]
     Unavailable(String),
+    /// A request URI longer than the server reads.
+    #[error("the request URI is longer than {0} bytes")]
+    UriTooLong(usize),
+    /// Request headers larger or more numerous than the server reads.
+    #[error("request headers exceed {0}")]
+    HeadersTooLarge(&'static str),
     /// More requests in flight than `--max-requests-inflight`.
     #[error("Too many requests, please try again later.")]
     TooManyRequests,
@@ -150,6 +156,8 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -163,6 +171,8 @@ impl ApiError {
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::TooManyRequests => "TooManyRequests",
+            ApiError::UriTooLong(_) => "RequestURITooLong",
+            ApiError::HeadersTooLarge(_) => "RequestHeaderFieldsTooLarge",
         }
     }
 
@@ -193,7 +203,11 @@ impl ApiError {
                 kind: None,
                 retry_after_seconds: Some(RETRY_AFTER_SECONDS),
             }),
-            ApiError::BadRequest(_) | ApiError::Unauthorized | ApiError::Unavailable(_) => None,
+            ApiError::BadRequest(_)
+            | ApiError::Unauthorized
+            | ApiError::Unavailable(_)
+            | ApiError::UriTooLong(_)
+            | ApiError::HeadersTooLarge(_) => None,
             ApiError::Forbidden { attrs, .. } => Some(match attrs.as_ref() {
                 Attributes::Resource {
                     group,
