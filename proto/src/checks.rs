@@ -100,6 +100,19 @@ pub fn check_labels(labels: &HashMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest CPU (nanocores) or memory (bytes) value served: a Kubernetes
+/// quantity holds an int64, and no machine comes near it (9.2 billion
+/// cores, 8 EiB), so a larger value is a broken sample, not a rounding case.
+pub const MAX_USAGE: u64 = i64::MAX as u64;
+
+/// Refuses usage values a quantity cannot carry exactly.
+pub fn check_usage(cpu_nanocores: u64, memory_bytes: u64) -> Result<(), &'static str> {
+    if cpu_nanocores > MAX_USAGE || memory_bytes > MAX_USAGE {
+        return Err("usage beyond what a quantity holds (2^63)");
+    }
+    Ok(())
+}
+
 /// Why one pod cannot be served, if it cannot (its labels apart).
 pub fn check_pod(p: &PodUsage) -> Result<(), String> {
     if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {
@@ -119,6 +132,8 @@ pub fn check_pod(p: &PodUsage) -> Result<(), String> {
         if !seen.insert(c.name.as_str()) {
             return Err(format!("two containers named {:?}", c.name));
         }
+        check_usage(c.cpu_nanocores, c.memory_working_set_bytes)
+            .map_err(|e| format!("container {:?}: {e}", c.name))?;
     }
     check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(str::to_owned)
 }
@@ -180,6 +195,11 @@ mod tests {
             ..PodUsage::default()
         };
         assert!(check_pod(&pod(&["app", "sidecar-1"])).is_ok());
+        let mut huge = pod(&["app"]);
+        huge.containers[0].cpu_nanocores = u64::MAX;
+        assert!(check_pod(&huge).is_err());
+        huge.containers[0].cpu_nanocores = i64::MAX as u64;
+        assert!(check_pod(&huge).is_ok(), "2^63 - 1 still fits");
         for bad in [
             &["App"][..],
             &["a_b"],
