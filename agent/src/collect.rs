@@ -2,7 +2,7 @@
 //! store, and build the report to send.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics_proto::v1::NodeReport;
 use metrics_proto::PROTOCOL_VERSION;
@@ -26,10 +26,17 @@ pub struct Collector {
     api_labels: Option<Arc<ApiPods>>,
     /// Pods (and the node's labels) already logged as unsendable.
     warned: std::collections::HashSet<String>,
+    /// Problem series and when each was last logged (bounded).
+    problem_logged: std::collections::HashMap<String, Instant>,
+    /// When malformed lines were last logged.
+    malformed_logged: Option<Instant>,
 }
 
 /// Most unsendable pods remembered for logging once each.
 const WARNED_MAX: usize = 1024;
+
+/// How often one problem series is logged again.
+const PROBLEM_LOG_EVERY: Duration = Duration::from_secs(3600);
 
 impl Collector {
     pub fn new(
@@ -48,6 +55,8 @@ impl Collector {
             pods: None,
             api_labels: None,
             warned: Default::default(),
+            problem_logged: Default::default(),
+            malformed_logged: None,
         }
     }
 
@@ -91,13 +100,7 @@ impl Collector {
             tracing::info!(source = self.source.name(), "source recovered");
             self.failing = false;
         }
-        if stats.malformed_lines + stats.invalid_samples > 0 {
-            tracing::warn!(
-                malformed_lines = stats.malformed_lines,
-                invalid_samples = stats.invalid_samples,
-                "dropped unusable samples from source"
-            );
-        }
+        self.warn_problems(&stats);
         self.metrics.read(true);
         self.metrics.decoded(&stats);
         self.rates.store(&batch);
@@ -158,6 +161,34 @@ impl Collector {
     /// Leaves out what an aggregator would refuse, pod by pod (and the
     /// node's labels alone), so one bad pod never costs the report; each is
     /// counted every period and logged once.
+    /// Logs each problem series once an hour (counters count every one),
+    /// and malformed lines once an hour in all.
+    fn warn_problems(&mut self, stats: &crate::source::decode::DecodeStats) {
+        let now = Instant::now();
+        let due = |last: Option<&Instant>| {
+            last.is_none_or(|t| now.duration_since(*t) >= PROBLEM_LOG_EVERY)
+        };
+        for p in &stats.problems {
+            if due(self.problem_logged.get(p)) {
+                if self.problem_logged.len() >= WARNED_MAX {
+                    self.problem_logged
+                        .retain(|_, t| now.duration_since(*t) < PROBLEM_LOG_EVERY);
+                }
+                if self.problem_logged.len() < WARNED_MAX {
+                    self.problem_logged.insert(p.clone(), now);
+                    tracing::warn!(series = %p, "sample left out or overridden (logged once an hour per series; counted in metrics_agent_dropped_total)");
+                }
+            }
+        }
+        if stats.malformed_lines > 0 && due(self.malformed_logged.as_ref()) {
+            self.malformed_logged = Some(now);
+            tracing::warn!(
+                lines = stats.malformed_lines,
+                "malformed lines in the source's payload (logged once an hour)"
+            );
+        }
+    }
+
     fn drop_unsendable(
         &mut self,
         pods: &mut Vec<metrics_proto::v1::PodUsage>,

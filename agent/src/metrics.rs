@@ -80,6 +80,7 @@ impl AgentMetrics {
             ("incomplete_container", s.incomplete_containers),
             ("incomplete_node", s.incomplete_node),
             ("unmapped_cgroup", s.unmapped_cgroups),
+            ("duplicate_sample", s.duplicate_samples),
         ] {
             if n > 0 {
                 self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);

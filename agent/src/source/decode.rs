@@ -13,8 +13,11 @@ use std::time::SystemTime;
 use crate::batch::{Batch, PodRef, Point};
 use crate::source::prom::{self, Sample};
 
+/// Most problem series named per payload, for logs.
+pub const MAX_PROBLEMS: usize = 32;
+
 /// What decoding had to drop, for logs and counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodeStats {
     /// Lines that are not valid exposition format.
     pub malformed_lines: u64,
@@ -26,11 +29,29 @@ pub struct DecodeStats {
     pub incomplete_node: u64,
     /// Pod cgroups whose UID matched no known pod (cgroup source).
     pub unmapped_cgroups: u64,
+    /// Samples of a series already seen in the payload (the last one is
+    /// used, as metrics-server does).
+    pub duplicate_samples: u64,
+    /// The series behind the invalid and duplicate samples (at most
+    /// [`MAX_PROBLEMS`]), each as `name{labels}: what`, for logs.
+    pub problems: Vec<String>,
+}
+
+impl DecodeStats {
+    fn problem(&mut self, sample: &Sample<'_>, what: &str) {
+        if self.problems.len() < MAX_PROBLEMS {
+            let labels: String = sample.raw_labels().chars().take(200).collect();
+            self.problems
+                .push(format!("{}{{{labels}}}: {what}", sample.name));
+        }
+    }
 }
 
 /// Partial point while series are collected.
 #[derive(Default, Clone, Copy)]
 struct Partial {
+    /// Fields already set, one bit per [`Field`].
+    seen: u8,
     timestamp_ns: Option<i64>,
     start_ns: i64,
     cpu_ns: u64,
@@ -74,7 +95,11 @@ fn classify(name: &str) -> Option<(bool, Field)> {
 
 pub use metrics_proto::time::unix_nanos;
 
-fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) {
+/// Sets `field`; false when it was already set (a duplicate series).
+fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) -> bool {
+    let bit = 1u8 << (field as u8);
+    let first = p.seen & bit == 0;
+    p.seen |= bit;
     match field {
         // `as` truncates toward zero like Go's float-to-integer conversion.
         Field::Cpu => p.cpu_ns = (value * 1e9) as u64,
@@ -82,10 +107,11 @@ fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) {
         Field::Swap => p.swap_bytes = value as u64,
         Field::Start => {
             p.start_ns = (value * 1e9) as i64;
-            return;
+            return first;
         }
     }
     p.timestamp_ns = Some(timestamp_ns);
+    first
 }
 
 fn container_key(s: &Sample<'_>) -> Option<(PodRef, String)> {
@@ -124,12 +150,8 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
             continue;
         };
         if !sample.value.is_finite() || sample.value < 0.0 {
-            tracing::debug!(
-                series = sample.name,
-                value = sample.value,
-                "unusable sample value"
-            );
             stats.invalid_samples += 1;
+            stats.problem(&sample, &format!("unusable value {}", sample.value));
             continue;
         }
         let ts = sample
@@ -137,19 +159,22 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
             .and_then(|ms| ms.checked_mul(1_000_000))
             .unwrap_or(default_ns);
         if is_node {
-            apply(&mut node, field, sample.value, ts);
+            if !apply(&mut node, field, sample.value, ts) {
+                stats.duplicate_samples += 1;
+                stats.problem(&sample, "repeated; the last value is used");
+            }
             continue;
         }
         let Some((pod, container)) = container_key(&sample) else {
-            tracing::debug!(
-                series = sample.name,
-                "container sample without namespace/pod/container"
-            );
             stats.invalid_samples += 1;
+            stats.problem(&sample, "no namespace, pod or container label");
             continue;
         };
         let partial = pods.entry(pod).or_default().entry(container).or_default();
-        apply(partial, field, sample.value, ts);
+        if !apply(partial, field, sample.value, ts) {
+            stats.duplicate_samples += 1;
+            stats.problem(&sample, "repeated; the last value is used");
+        }
     }
 
     let mut batch = Batch {
@@ -177,4 +202,48 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
         }
     }
     (batch, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPEATED: &str = "\
+container_cpu_usage_seconds_total{container=\"app\",namespace=\"ns\",pod=\"p\"} 1 1700000000000
+container_cpu_usage_seconds_total{container=\"app\",namespace=\"ns\",pod=\"p\"} 2 1700000000000
+container_memory_working_set_bytes{container=\"app\",namespace=\"ns\",pod=\"p\"} NaN 1700000000000
+container_memory_working_set_bytes{container=\"app\",namespace=\"ns\",pod=\"p\"} 1024 1700000000000
+node_cpu_usage_seconds_total 5 1700000000000
+node_memory_working_set_bytes 4096 1700000000000
+node_memory_working_set_bytes 8192 1700000000000
+";
+
+    #[test]
+    fn repeated_and_unusable_series_are_counted_and_named() {
+        let (batch, stats) = decode(REPEATED, SystemTime::now());
+        assert_eq!(stats.duplicate_samples, 2, "{stats:?}");
+        assert_eq!(stats.invalid_samples, 1, "{stats:?}");
+        // The last value wins, as in metrics-server.
+        let pod = PodRef {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        assert_eq!(batch.pods[&pod]["app"].cpu_ns, 2_000_000_000);
+        assert_eq!(batch.node.unwrap().memory_bytes, 8192);
+        assert_eq!(stats.problems.len(), 3, "{:?}", stats.problems);
+        assert!(stats.problems[0].starts_with(
+            "container_cpu_usage_seconds_total{container=\"app\",namespace=\"ns\",pod=\"p\"}: repeated"
+        ), "{:?}", stats.problems);
+        assert!(
+            stats.problems[1].contains("unusable value NaN"),
+            "{:?}",
+            stats.problems
+        );
+        assert!(stats.problems[2].starts_with("node_memory_working_set_bytes{}: repeated"));
+        // Bounded however many there are.
+        let many = REPEATED.repeat(100);
+        let (_, stats) = decode(&many, SystemTime::now());
+        assert_eq!(stats.problems.len(), MAX_PROBLEMS);
+        assert!(stats.duplicate_samples > 100);
+    }
 }

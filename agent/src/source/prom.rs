@@ -29,6 +29,11 @@ pub struct Sample<'a> {
 }
 
 impl<'a> Sample<'a> {
+    /// The label text between the braces, as sent (escapes kept).
+    pub fn raw_labels(&self) -> &'a str {
+        self.labels
+    }
+
     /// Value of label `key`, unescaped.
     pub fn label(&self, key: &str) -> Option<Cow<'a, str>> {
         LabelIter { rest: self.labels }
