@@ -67,10 +67,12 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = tls::server_config(
+            &tls::policy::TlsPolicy::default(),
             tls::reload::ReloadingCert::new(&id).unwrap(),
             &[b"h2"],
             false,
-        );
+        )
+        .unwrap();
         let limits = server::ConnLimits {
             max_connections: 16,
             max_handshakes: 16,

@@ -41,6 +41,16 @@ pub struct Args {
     #[arg(long, env = "TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
 
+    /// Lowest TLS version served: VersionTLS12 (default) or VersionTLS13.
+    #[arg(long, env = "TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+
+    /// TLS 1.2 cipher suites served, by IANA name as Go spells them (e.g.
+    /// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); default: all rustls implements. TLS 1.3
+    /// suites are always on.
+    #[arg(long, env = "TLS_CIPHER_SUITES", value_delimiter = ',')]
+    pub tls_cipher_suites: Vec<String>,
+
     /// Extra DNS names or IPs for the generated certificate (e.g. metrics-aggregator.kube-system.svc).
     #[arg(long = "tls-san", env = "TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
@@ -288,6 +298,8 @@ pub enum ArgsError {
     PeersService,
     #[error("--max-missing-share must be between 0 and 1, got {0}")]
     MissingShare(f64),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::policy::PolicyError),
     #[error("--pki=kubernetes needs the Kubernetes API: run without --insecure-allow-anonymous and --standalone")]
     PkiWithoutApi,
     #[error("--pki-ca-propagation ({propagation:?}) must be under a third of --pki-ca-validity ({validity:?}) and --pki-cert-validity at least 1m")]
@@ -312,6 +324,10 @@ impl Args {
         if self.metric_resolution < Duration::from_secs(1) {
             return Err(ArgsError::Resolution(self.metric_resolution));
         }
+        crate::tls::policy::TlsPolicy::parse(
+            self.tls_min_version.as_deref(),
+            &self.tls_cipher_suites,
+        )?;
         if self.node_expiry_periods < 2 {
             return Err(ArgsError::Expiry);
         }

@@ -262,12 +262,18 @@ impl Aggregator {
                 self.args.auth.agent_token_recheck_interval,
             );
         }
+        let policy = tls::policy::TlsPolicy::parse(
+            self.args.tls_min_version.as_deref(),
+            &self.args.tls_cipher_suites,
+        )
+        .map_err(|e| StartError::Serving(tls::ServingError::Policy(e.to_string())))?;
         let api_tls = tls::server_config(
+            &policy,
             Arc::clone(&self.cert),
             &[b"h2", b"http/1.1"],
             auth.is_some(),
-        );
-        let grpc_tls = tls::server_config(Arc::clone(&self.cert), &[b"h2"], false);
+        )?;
+        let grpc_tls = tls::server_config(&policy, Arc::clone(&self.cert), &[b"h2"], false)?;
         let cluster = Arc::new(self.cluster(&mut registry)?);
         let app = api::router(
             api::AppState {

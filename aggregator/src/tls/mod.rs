@@ -11,6 +11,7 @@ use metrics_proto::tls::TlsError;
 pub mod bootstrap;
 pub mod client_auth;
 pub mod pki;
+pub mod policy;
 pub mod reload;
 
 pub use reload::ReloadingCert;
@@ -34,6 +35,8 @@ pub enum ServingError {
     },
     #[error("serving certificate and key do not match: {0}")]
     Config(#[from] rustls::Error),
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// PEM paths of the certificate and key in use.
@@ -150,14 +153,20 @@ pub async fn renew_self_signed(
     }
 }
 
-/// A rustls server config serving `cert` and offering `alpn`; with
-/// `client_certs`, clients may present a certificate, checked per request.
+/// A rustls server config serving `cert` and offering `alpn`, with the TLS
+/// versions and suites of `policy`; with `client_certs`, clients may
+/// present a certificate, checked per request.
 pub fn server_config(
+    policy: &policy::TlsPolicy,
     cert: Arc<ReloadingCert>,
     alpn: &[&[u8]],
     client_certs: bool,
-) -> Arc<ServerConfig> {
-    let builder = ServerConfig::builder();
+) -> Result<Arc<ServerConfig>, ServingError> {
+    let provider = policy
+        .provider()
+        .map_err(|e| ServingError::Policy(e.to_string()))?;
+    let builder =
+        ServerConfig::builder_with_provider(provider).with_protocol_versions(policy.versions())?;
     let builder = if client_certs {
         builder.with_client_cert_verifier(client_auth::DeferredClientCert::new())
     } else {
@@ -165,7 +174,7 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
