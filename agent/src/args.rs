@@ -25,9 +25,13 @@ pub enum SourceKind {
 /// `metrics-agent` and `metrics-aggregator --standalone`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostArgs {
-    /// Base URL of the kubelet; default https://$NODE_IP:10250.
+    /// Base URL of the kubelet; default https://$NODE_IP:--kubelet-port.
     #[arg(long, env = "KUBELET_URL")]
     pub kubelet_url: Option<String>,
+
+    /// The kubelet's port, with NODE_IP, when --kubelet-url is not given.
+    #[arg(long, default_value_t = 10250, env = "KUBELET_PORT")]
+    pub kubelet_port: u16,
 
     /// Bearer token file for the kubelet; skipped when the file is absent.
     #[arg(
@@ -122,6 +126,10 @@ pub struct Args {
     #[arg(long, env = "METRICS_BIND_ADDRESS")]
     pub metrics_bind_address: Option<SocketAddr>,
 
+    /// Log verbosity as klog numbers it (-v 4 is debug, 6 trace); RUST_LOG, when set, wins.
+    #[arg(short = 'v', long = "v", env = "V")]
+    pub verbosity: Option<u8>,
+
     /// Sampling and reporting period (1s to 10m).
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "METRIC_RESOLUTION")]
     pub metric_resolution: Duration,
@@ -183,12 +191,17 @@ impl Args {
 impl HostArgs {
     /// The kubelet base URL, from the flag or `NODE_IP`.
     pub fn kubelet_url(&self) -> Result<String, ArgsError> {
+        self.kubelet_url_with(std::env::var("NODE_IP").ok())
+    }
+
+    /// [`kubelet_url`](Self::kubelet_url) with `node_ip` for `NODE_IP`.
+    fn kubelet_url_with(&self, node_ip: Option<String>) -> Result<String, ArgsError> {
         if let Some(u) = &self.kubelet_url {
             return Ok(u.clone());
         }
-        match std::env::var("NODE_IP") {
-            Ok(ip) if ip.contains(':') => Ok(format!("https://[{ip}]:10250")),
-            Ok(ip) if !ip.is_empty() => Ok(format!("https://{ip}:10250")),
+        match node_ip.ok_or(()) {
+            Ok(ip) if ip.contains(':') => Ok(format!("https://[{ip}]:{}", self.kubelet_port)),
+            Ok(ip) if !ip.is_empty() => Ok(format!("https://{ip}:{}", self.kubelet_port)),
             _ => Err(ArgsError::KubeletUrl),
         }
     }
@@ -197,5 +210,35 @@ impl HostArgs {
     pub fn kubelet_timeout(&self, resolution: Duration) -> Duration {
         self.kubelet_request_timeout
             .unwrap_or_else(|| resolution.mul_f64(0.9).min(Duration::from_secs(10)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(
+            ["metrics-agent", "--node-name=n", "--aggregator=https://a:1"]
+                .iter()
+                .chain(args),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn kubelet_port_and_klog_verbosity_flags() {
+        let a = parse(&["--kubelet-port=10255", "-v", "4"]);
+        assert_eq!(a.verbosity, Some(4));
+        assert_eq!(a.host.kubelet_port, 10255);
+        let a = parse(&["--v=2", "--kubelet-url=https://k:1"]);
+        assert_eq!(a.verbosity, Some(2));
+        assert_eq!(a.host.kubelet_url().unwrap(), "https://k:1");
+        // From NODE_IP the port flag applies; the URL flag wins over both.
+        let a = parse(&["--kubelet-port=10255"]);
+        let url = |ip: &str| a.host.kubelet_url_with(Some(ip.to_owned())).unwrap();
+        assert_eq!(url("10.0.0.7"), "https://10.0.0.7:10255");
+        assert_eq!(url("fd00::7"), "https://[fd00::7]:10255");
+        assert!(a.host.kubelet_url_with(None).is_err());
     }
 }

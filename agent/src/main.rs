@@ -11,8 +11,8 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() -> anyhow::Result<()> {
     metrics_proto::tls::install_crypto_provider();
-    init_logging();
     let args = Args::parse();
+    init_logging(args.verbosity);
     let agent = match Agent::from_args(&args) {
         Ok(a) => a,
         Err(e) => {

@@ -13,6 +13,10 @@ use metrics_proto::duration::parse_duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "metrics-aggregator", version)]
 pub struct Args {
+    /// Log verbosity as klog numbers it (-v 4 is debug, 6 trace); RUST_LOG, when set, wins.
+    #[arg(short = 'v', long = "v", env = "V")]
+    pub verbosity: Option<u8>,
+
     /// Address to serve the API and the ingest port on.
     #[arg(long, default_value = "0.0.0.0", env = "BIND_ADDRESS")]
     pub bind_address: IpAddr,

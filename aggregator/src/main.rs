@@ -17,8 +17,8 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() -> anyhow::Result<()> {
     metrics_proto::tls::install_crypto_provider();
-    metrics_proto::runtime::init_logging();
     let args = Args::parse();
+    metrics_proto::runtime::init_logging(args.verbosity);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -3,14 +3,25 @@
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), coloured only
 /// on a terminal.
-pub fn init_logging() {
+pub fn init_logging(verbosity: Option<u8>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(verbosity)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// The log filter for klog's `-v` level when `RUST_LOG` is not set:
+/// up to 3 is `info` (klog's steady-state levels), 4 and 5 `debug`, 6 and
+/// above `trace`.
+pub fn log_filter(verbosity: Option<u8>) -> &'static str {
+    match verbosity.unwrap_or(0) {
+        0..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -39,4 +50,17 @@ pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> Strin
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn klog_levels_map_to_filters() {
+        assert_eq!(log_filter(None), "info");
+        assert_eq!(log_filter(Some(2)), "info");
+        assert_eq!(log_filter(Some(4)), "debug");
+        assert_eq!(log_filter(Some(10)), "trace");
+    }
 }
