@@ -114,6 +114,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000, env = "MAX_STORED_PODS")]
     pub max_stored_pods: usize,
 
+    /// On SIGTERM, keep serving this long with readiness failing, so endpoints and
+    /// kube-apiserver move away before the replica stops.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, env = "SHUTDOWN_DELAY_DURATION")]
+    pub shutdown_delay_duration: Duration,
+
     /// A node's data expires after this many of its reporting periods without a report.
     #[arg(long, default_value_t = 3, env = "NODE_EXPIRY_PERIODS")]
     pub node_expiry_periods: u32,

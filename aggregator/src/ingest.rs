@@ -252,7 +252,15 @@ impl Ingest for IngestService {
                         (p * this.expiry_periods).max(MIN_SILENCE)
                     });
                     let msg = tokio::select! {
-                        _ = this.cancel.cancelled() => break,
+                        _ = this.cancel.cancelled() => {
+                            // Agents reconnect elsewhere at once, and say why.
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "this replica is shutting down; reconnect",
+                                )))
+                                .await;
+                            break;
+                        }
                         m = tokio::time::timeout(silence, inbound.message()) => match m {
                             Ok(m) => m,
                             Err(_) => {

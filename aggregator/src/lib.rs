@@ -93,6 +93,8 @@ pub struct Aggregator {
     membership: Option<(kube::Client, membership::HeadlessService)>,
     store: Arc<Store>,
     shard: Option<shard::SharedShard>,
+    /// Fired when shutdown starts (see [`Aggregator::draining`]).
+    draining: CancellationToken,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -178,7 +180,15 @@ impl Aggregator {
             membership,
             store: Arc::new(Store::new()),
             shard,
+            draining: CancellationToken::new(),
         })
+    }
+
+    /// Cancel to start shutting down: readiness fails at once (so
+    /// endpoints drop this replica) while everything keeps serving until
+    /// the token given to [`run`](Self::run) fires.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 
     /// Address of the HTTPS API.
@@ -281,6 +291,7 @@ impl Aggregator {
                 cluster,
                 metrics: Arc::clone(&metrics),
                 registry: Arc::new(registry),
+                draining: self.draining.clone(),
             },
             auth,
             self.args.max_requests_inflight,

@@ -18,6 +18,7 @@ const EXIT_CONFIG: i32 = 64;
 fn main() -> anyhow::Result<()> {
     metrics_proto::tls::install_crypto_provider();
     let args = Args::parse();
+    let delay = args.shutdown_delay_duration;
     metrics_proto::runtime::init_logging(args.verbosity);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,8 +38,14 @@ fn main() -> anyhow::Result<()> {
         }
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        let draining = agg.draining();
         tokio::spawn(async move {
             metrics_proto::runtime::shutdown_signal().await;
+            draining.cancel();
+            if !delay.is_zero() {
+                tracing::info!(?delay, "shutting down: not ready, still serving");
+                tokio::time::sleep(delay).await;
+            }
             tracing::info!("shutting down");
             stop.cancel();
         });

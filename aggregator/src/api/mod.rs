@@ -24,6 +24,8 @@ pub struct AppState {
     pub cluster: Arc<crate::cluster::Cluster>,
     pub metrics: Arc<AggregatorMetrics>,
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Fired when shutdown starts: readiness fails from then on.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";
@@ -112,6 +114,13 @@ async fn bounds(req: axum::extract::Request, next: axum::middleware::Next) -> Re
 }
 
 async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Response {
+    if s.draining.is_cancelled() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "[-]shutdown failed: shutting down\nreadyz check failed\n",
+        )
+            .into_response();
+    }
     if s.store.has_data() {
         "ok".into_response()
     } else {

@@ -1,0 +1,117 @@
+//! SIGTERM with `--shutdown-delay-duration`: readiness fails at once while
+//! the API keeps answering for the delay; then agents' streams end with
+//! UNAVAILABLE (so they reconnect elsewhere, told why) and the process
+//! exits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use metrics_e2e::https::get_as;
+use metrics_e2e::procs::start_aggregator;
+use metrics_proto::v1::ingest_client::IngestClient;
+use metrics_proto::v1::{NodeReport, Usage};
+
+fn report(node: &str) -> NodeReport {
+    let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
+    NodeReport {
+        protocol_version: metrics_proto::PROTOCOL_VERSION,
+        node_name: node.into(),
+        sequence: 1,
+        period_ms: 15_000,
+        node: Some(Usage {
+            timestamp_unix_nanos: now,
+            window_nanos: 15_000_000_000,
+            cpu_nanocores: 1_000_000,
+            memory_working_set_bytes: 1 << 20,
+        }),
+        source: "test".into(),
+        ..NodeReport::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
+    use tokio_stream::StreamExt as _;
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agg = start_aggregator(dir.path(), &["--shutdown-delay-duration=5s"])
+        .await
+        .unwrap();
+    let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
+    let req = tonic::Request::new(
+        tokio_stream::iter(vec![report("node-a")]).chain(tokio_stream::pending()),
+    );
+    let mut inbound = client.report(req).await.unwrap().into_inner();
+    // The first Ack: the stream is up.
+    let first = inbound.message().await.unwrap();
+    assert!(first.is_some());
+    let (code, _) = get_as(agg.api, &agg.ca, None, "/readyz", &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+
+    let pid = agg.proc.child.id().unwrap();
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Not ready at once, still live and still answering.
+    let mut not_ready = false;
+    while sent.elapsed() < Duration::from_secs(4) {
+        let (code, body) = get_as(agg.api, &agg.ca, None, "/readyz", &[])
+            .await
+            .unwrap();
+        if code == 500 {
+            assert!(body.contains("shutting down"), "{body}");
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(not_ready, "readiness did not fail after SIGTERM");
+    let (code, _) = get_as(agg.api, &agg.ca, None, "/livez", &[]).await.unwrap();
+    assert_eq!(code, 200);
+    let (code, body) = get_as(
+        agg.api,
+        &agg.ca,
+        None,
+        "/apis/metrics.k8s.io/v1beta1/nodes",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("node-a"), "{body}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "checks ran past the delay"
+    );
+
+    // Then the agent is told to go, and the process exits.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the stream outlived the shutdown");
+    let s = ended.expect("the stream ended without saying why");
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("shutting down"), "{s:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(5),
+        "left before the delay"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(60), agg.proc.child.wait())
+        .await
+        .expect("did not exit")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", agg.proc.log_text());
+}
