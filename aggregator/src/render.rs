@@ -69,6 +69,18 @@ impl Rendered {
         out.extend_from_slice(self.tail.as_bytes());
     }
 
+    /// Appends the object as a whole answer: with `kind` and `apiVersion`
+    /// first (a head that already has them, from an older peer, is kept).
+    pub fn write_object(&self, out: &mut Vec<u8>, kind: &str, created: &str) {
+        let start = out.len();
+        self.write_to(out, created);
+        if out[start..].starts_with(b"{\"kind\"") || !out[start..].starts_with(b"{") {
+            return;
+        }
+        let prefix = format!("{{\"kind\":\"{kind}\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",");
+        out.splice(start..start + 1, prefix.into_bytes());
+    }
+
     /// Bytes this object adds to a response, minus the timestamp.
     pub fn len(&self) -> usize {
         self.head.len() + self.tail.len() + self.labels.as_ref().map_or(0, |l| 1 + l.json().len())
@@ -103,12 +115,13 @@ fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64) {
     out.push_str("\"}");
 }
 
-fn head(kind: &str, namespace: Option<&str>, name: &str) -> String {
+/// The object up to its creationTimestamp value. Without `kind` and
+/// `apiVersion`: list items carry none (clients take them from the list,
+/// as metrics-server answers); a single GET adds them
+/// ([`Rendered::write_object`]).
+fn head(namespace: Option<&str>, name: &str) -> String {
     let mut h = String::with_capacity(160);
-    let _ = write!(
-        h,
-        "{{\"kind\":\"{kind}\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",\"metadata\":{{\"name\":"
-    );
+    h.push_str("{\"metadata\":{\"name\":");
     json_str(&mut h, name);
     if let Some(ns) = namespace {
         h.push_str(",\"namespace\":");
@@ -134,7 +147,7 @@ pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage) -> Rendered {
     tail.push_str(",\"usage\":");
     usage_json(&mut tail, u.cpu_nanocores, u.memory_working_set_bytes);
     tail.push('}');
-    Rendered::with_labels(&head("NodeMetrics", None, name), labels, &tail)
+    Rendered::with_labels(&head(None, name), labels, &tail)
 }
 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
@@ -155,11 +168,7 @@ pub fn pod_metrics(p: &PodUsage, labels: &Arc<Labels>) -> Rendered {
         tail.push('}');
     }
     tail.push_str("]}");
-    Rendered::with_labels(
-        &head("PodMetrics", Some(&p.namespace), &p.name),
-        labels,
-        &tail,
-    )
+    Rendered::with_labels(&head(Some(&p.namespace), &p.name), labels, &tail)
 }
 
 #[cfg(test)]
@@ -167,7 +176,15 @@ mod tests {
     use super::*;
     use metrics_proto::v1::ContainerUsage;
 
-    fn render(r: &Rendered, created: &str) -> String {
+    /// As a single GET answers it.
+    fn render(r: &Rendered, kind: &str, created: &str) -> String {
+        let mut out = Vec::new();
+        r.write_object(&mut out, kind, created);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// As a list item.
+    fn item(r: &Rendered, created: &str) -> String {
         let mut out = Vec::new();
         r.write_to(&mut out, created);
         String::from_utf8(out).unwrap()
@@ -186,14 +203,24 @@ mod tests {
             ("app.kubernetes.io/name".to_string(), "1".to_string()),
         ]))
         .unwrap();
-        let got = render(
-            &node_metrics("minikube", &labels, &u),
-            "2022-01-27T18:48:43Z",
-        );
+        let r = node_metrics("minikube", &labels, &u);
+        let got = render(&r, "NodeMetrics", "2022-01-27T18:48:43Z");
         assert_eq!(
             got,
             r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"minikube","creationTimestamp":"2022-01-27T18:48:43Z","labels":{"app.kubernetes.io/name":"1","b":"2"}},"timestamp":"2022-01-27T18:48:33Z","window":"30s","usage":{"cpu":"487558164n","memory":"732212Ki"}}"#
         );
+        // A list item has no kind or apiVersion, as metrics-server's.
+        assert_eq!(
+            item(&r, "2022-01-27T18:48:43Z"),
+            r#"{"metadata":{"name":"minikube","creationTimestamp":"2022-01-27T18:48:43Z","labels":{"app.kubernetes.io/name":"1","b":"2"}},"timestamp":"2022-01-27T18:48:33Z","window":"30s","usage":{"cpu":"487558164n","memory":"732212Ki"}}"#
+        );
+        // An object from an older peer that still carries them is not doubled.
+        let old = Rendered::from_parts(
+            r#"{"kind":"NodeMetrics","apiVersion":"metrics.k8s.io/v1beta1","metadata":{"name":"m","creationTimestamp":""#,
+            r#""},"timestamp":"2022-01-27T18:48:33Z","window":"30s","usage":{"cpu":"1","memory":"1"}}"#,
+        );
+        let once = render(&old, "NodeMetrics", "2022-01-27T18:48:43Z");
+        assert_eq!(once.matches("\"kind\"").count(), 1, "{once}");
     }
 
     #[test]
@@ -210,7 +237,11 @@ mod tests {
                 memory_working_set_bytes: 22_244 * 1024,
             }],
         };
-        let got = render(&pod_metrics(&p, &Labels::empty()), "2022-01-27T19:25:00Z");
+        let got = render(
+            &pod_metrics(&p, &Labels::empty()),
+            "PodMetrics",
+            "2022-01-27T19:25:00Z",
+        );
         let v: serde_json::Value = serde_json::from_str(&got).unwrap();
         assert_eq!(v["metadata"]["namespace"], "kube-system");
         assert_eq!(v["timestamp"], "2022-01-27T19:24:31Z");

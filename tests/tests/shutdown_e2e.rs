@@ -50,6 +50,38 @@ async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
         .await
         .unwrap();
     assert_eq!(code, 200);
+    // List items carry no kind or apiVersion (clients take them from the
+    // list, as from metrics-server); a single object does.
+    let (_, body) = get_as(
+        agg.api,
+        &agg.ca,
+        None,
+        "/apis/metrics.k8s.io/v1beta1/nodes",
+        &[],
+    )
+    .await
+    .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["kind"], "NodeMetricsList");
+    assert_eq!(list["apiVersion"], "metrics.k8s.io/v1beta1");
+    let first = &list["items"][0];
+    assert_eq!(first["metadata"]["name"], "node-a", "{body}");
+    assert!(
+        first.get("kind").is_none() && first.get("apiVersion").is_none(),
+        "{body}"
+    );
+    let (_, body) = get_as(
+        agg.api,
+        &agg.ca,
+        None,
+        "/apis/metrics.k8s.io/v1beta1/nodes/node-a",
+        &[],
+    )
+    .await
+    .unwrap();
+    let one: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(one["kind"], "NodeMetrics", "{body}");
+    assert_eq!(one["apiVersion"], "metrics.k8s.io/v1beta1", "{body}");
 
     let pid = agg.proc.child.id().unwrap();
     let sent = Instant::now();

@@ -155,8 +155,12 @@ async fn get(
     }
     match got.hits.first() {
         Some(h) => {
-            let mut out = Vec::with_capacity(h.rendered.len() + 24);
-            h.rendered.write_to(&mut out, &now_rfc3339());
+            let mut out = Vec::with_capacity(h.rendered.len() + 96);
+            let object = match kind {
+                Kind::Nodes => "NodeMetrics",
+                Kind::Pods => "PodMetrics",
+            };
+            h.rendered.write_object(&mut out, object, &now_rfc3339());
             Ok(json(out))
         }
         None => Err(ApiError::NotFound {
