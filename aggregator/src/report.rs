@@ -72,11 +72,17 @@ pub struct NodeEntry {
     pub pods: Vec<PodEntry>,
     pub received: Instant,
     pub expires: Instant,
+    /// [`NodeEntry::footprint`], computed once.
+    bytes: usize,
 }
 
 impl NodeEntry {
     /// Estimated bytes held for this node and its pods.
     pub fn footprint(&self) -> usize {
+        self.bytes
+    }
+
+    fn measure(&self) -> usize {
         self.name.len()
             + self.node.as_ref().map_or(0, |n| 2 * n.len())
             + NODE_OVERHEAD
@@ -260,7 +266,7 @@ pub fn to_entry_with(
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     pods.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
     let period = Duration::from_millis(report.period_ms);
-    let entry = NodeEntry {
+    let mut entry = NodeEntry {
         name: report.node_name.clone(),
         labels,
         timestamp_ns,
@@ -268,6 +274,8 @@ pub fn to_entry_with(
         pods,
         received: now,
         expires: now + period * expiry_periods,
+        bytes: 0,
     };
+    entry.bytes = entry.measure();
     Ok((entry, dropped))
 }
