@@ -148,7 +148,7 @@ impl Collector {
             sequence: 0,
             period_ms: u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX),
             node_labels,
-            node: self.rates.node_usage(),
+            node: self.sendable_node(self.rates.node_usage()),
             pods,
             source: self.source.name().to_owned(),
             labels_version: 0,
@@ -186,6 +186,32 @@ impl Collector {
                 lines = stats.malformed_lines,
                 "malformed lines in the source's payload (logged once an hour)"
             );
+        }
+    }
+
+    /// The node's usage unless the aggregator would refuse it (which would
+    /// cost the whole report): out-of-range values or times are left out,
+    /// counted and logged once, and the pods still go.
+    fn sendable_node(
+        &mut self,
+        usage: Option<metrics_proto::v1::Usage>,
+    ) -> Option<metrics_proto::v1::Usage> {
+        use metrics_proto::checks::{check_time, check_usage};
+        let u = usage?;
+        match check_usage(u.cpu_nanocores, u.memory_working_set_bytes)
+            .and_then(|()| check_time(u.timestamp_unix_nanos, u.window_nanos))
+        {
+            Ok(()) => Some(u),
+            Err(reason) => {
+                self.metrics
+                    .dropped
+                    .get_or_create(&[("reason", "invalid_node_usage")])
+                    .inc();
+                if self.warned.len() < WARNED_MAX && self.warned.insert("node usage".into()) {
+                    tracing::warn!(%reason, "node usage left out of reports: the aggregator would refuse it");
+                }
+                None
+            }
         }
     }
 
