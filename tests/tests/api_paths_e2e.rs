@@ -93,3 +93,23 @@ async fn malformed_requests_get_a_status_too() {
         assert_eq!(v["reason"], reason, "{what}: {body}");
     }
 }
+
+/// `/version` answers in kube-apiserver's shape: the real kubectl reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reads_the_server_version() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let agg = start_aggregator(dir.path(), &[]).await.unwrap();
+    let out = metrics_e2e::procs::kubectl(&agg.kubeconfig, &["version", "-o", "json"]).await;
+    assert!(out.success, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let server = &v["serverVersion"];
+    assert_eq!(
+        server["gitVersion"],
+        format!("v{}", env!("CARGO_PKG_VERSION")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(server["compiler"], "rustc");
+    assert!(server["platform"].as_str().unwrap().starts_with("linux/"));
+}

@@ -62,6 +62,7 @@ pub fn router(
             &format!("{V1BETA1}/namespaces/{{ns}}/pods/{{name}}"),
             get(metrics::get_pod),
         )
+        .route("/version", get(|| async { version() }))
         .route("/livez", get(|| async { "ok" }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -111,6 +112,35 @@ async fn bounds(req: axum::extract::Request, next: axum::middleware::Next) -> Re
         return ApiError::HeadersTooLarge("32768 bytes").into_response();
     }
     next.run(req).await
+}
+
+/// `/version` in kube-apiserver's shape (k8s.io/apimachinery's
+/// `version.Info`), with this build's version.
+fn version() -> Response {
+    let v = env!("CARGO_PKG_VERSION");
+    let mut parts = v.split('.');
+    let major = parts.next().unwrap_or("0");
+    let minor = parts.next().unwrap_or("0");
+    let info = serde_json::json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{v}"),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }),
+    });
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        info.to_string(),
+    )
+        .into_response()
 }
 
 async fn readyz(axum::extract::State(s): axum::extract::State<AppState>) -> Response {
