@@ -41,6 +41,23 @@ pub struct HostArgs {
     )]
     pub kubelet_token_file: PathBuf,
 
+    /// Client certificate (PEM) presented to the kubelet, for kubelets that
+    /// authenticate by certificate; with --kubelet-client-key.
+    #[arg(
+        long,
+        env = "KUBELET_CLIENT_CERTIFICATE",
+        requires = "kubelet_client_key"
+    )]
+    pub kubelet_client_certificate: Option<PathBuf>,
+
+    /// Key of --kubelet-client-certificate (PEM).
+    #[arg(
+        long,
+        env = "KUBELET_CLIENT_KEY",
+        requires = "kubelet_client_certificate"
+    )]
+    pub kubelet_client_key: Option<PathBuf>,
+
     /// CA bundle that signs the kubelet's serving certificate.
     #[arg(long, env = "KUBELET_CERTIFICATE_AUTHORITY")]
     pub kubelet_certificate_authority: Option<PathBuf>,

@@ -82,7 +82,11 @@ pub fn kubelet_source(
             "kubelet",
             "--kubelet-certificate-authority",
         )?;
-        tls::client_config(v, &[])?
+        let identity = args
+            .kubelet_client_certificate
+            .as_deref()
+            .zip(args.kubelet_client_key.as_deref());
+        tls::client_config_with_identity(v, &[], identity)?
     } else {
         Arc::new(
             rustls::ClientConfig::builder()

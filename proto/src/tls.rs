@@ -25,6 +25,13 @@ pub enum TlsError {
     /// A certificate file held no certificate.
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
+    /// A client certificate and key that do not go together.
+    #[error("client certificate {path}: {source}")]
+    ClientCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
     /// A CA bundle could not be added to the trust store.
     #[error("CA bundle {path}: {source}")]
     BadCa {
@@ -108,6 +115,38 @@ pub fn client_config(verify: Verify<'_>, alpn: &[&[u8]]) -> Result<Arc<ClientCon
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::default()))
             .with_no_client_auth(),
     };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// [`client_config`] presenting the certificate and key in these PEM
+/// files, when given.
+pub fn client_config_with_identity(
+    verify: Verify<'_>,
+    alpn: &[&[u8]],
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let Some((cert, key)) = identity else {
+        return client_config(verify, alpn);
+    };
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
+    let builder = ClientConfig::builder();
+    let builder = match verify {
+        Verify::CaFile(path) => builder.dangerous().with_custom_certificate_verifier(
+            crate::roots::DynamicRoots::from_file(path, crate::roots::FILE_RECHECK)?,
+        ),
+        Verify::Roots(roots) => builder.dangerous().with_custom_certificate_verifier(roots),
+        Verify::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::default())),
+    };
+    let mut config = builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|source| TlsError::ClientCert {
+            path: cert.to_owned(),
+            source,
+        })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -125,6 +125,7 @@ impl Drop for FakeKubelet {
 struct State {
     node: FakeNode,
     t0: f64,
+    /// Empty: callers authenticate with a client certificate instead.
     token: String,
     scrapes: Arc<AtomicU64>,
     failing: Arc<AtomicBool>,
@@ -270,7 +271,7 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if auth != Some(&format!("Bearer {}", state.token)) {
+    if !state.token.is_empty() && auth != Some(&format!("Bearer {}", state.token)) {
         return reply(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let gzip = req
@@ -337,6 +338,22 @@ pub async fn start(node: FakeNode, token: &str, dir: &Path) -> anyhow::Result<Fa
     start_at(node, token, dir, now_secs()).await
 }
 
+/// Like [`start`], but callers must present a client certificate signed by
+/// the CA in `client_ca` (PEM file) instead of a token, as a kubelet with
+/// `--client-ca-file` and no webhook authentication requires.
+pub async fn start_with_client_ca(
+    node: FakeNode,
+    dir: &Path,
+    client_ca: &Path,
+) -> anyhow::Result<FakeKubelet> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in metrics_proto::tls::load_certs(client_ca)? {
+        roots.add(c)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    start_inner(node, "", dir, now_secs(), Some(verifier)).await
+}
+
 /// Like [`start`], with counters anchored at `t0` (seconds since the epoch).
 pub async fn start_at(
     node: FakeNode,
@@ -344,15 +361,28 @@ pub async fn start_at(
     dir: &Path,
     t0: f64,
 ) -> anyhow::Result<FakeKubelet> {
+    start_inner(node, token, dir, t0, None).await
+}
+
+async fn start_inner(
+    node: FakeNode,
+    token: &str,
+    dir: &Path,
+    t0: f64,
+    client_certs: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> anyhow::Result<FakeKubelet> {
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
     let ca_file = dir.join(format!("kubelet-{}.crt", rand_suffix()));
     std::fs::write(&ca_file, cert.cert.pem())?;
     let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
         .map_err(|e| anyhow::anyhow!(e))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_certs {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(vec![cert.cert.der().clone()], key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -77,3 +77,63 @@ async fn an_untrusted_kubelet_certificate_names_the_fix() {
     .await;
     assert!(served, "{}", insecure.log_text());
 }
+
+/// A kubelet that authenticates callers by client certificate (no token
+/// webhook) is read with `--kubelet-client-certificate`/`--kubelet-client-key`;
+/// without them the handshake fails and the node is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_that_wants_a_client_certificate_gets_one() {
+    use metrics_e2e::pki::{Leaf, TestCa};
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let client_ca = TestCa::new(d, "kubelet-client-ca").unwrap();
+    let client = client_ca
+        .issue(
+            d,
+            "metrics-agent",
+            Leaf::Client {
+                cn: "system:metrics-agent",
+                orgs: &[],
+            },
+            false,
+        )
+        .unwrap();
+    let k = kubelet::start_with_client_ca(FakeNode::one_pod("cert-node"), d, &client_ca.file)
+        .await
+        .unwrap();
+    let agg = start_aggregator(d, &[]).await.unwrap();
+    let no_token = d.join("no-token");
+    let base = || -> Vec<String> {
+        [
+            format!("--kubelet-url={}", k.url()),
+            format!("--kubelet-certificate-authority={}", k.ca_file.display()),
+            format!("--kubelet-token-file={}", no_token.display()),
+        ]
+        .into_iter()
+        .chain(agg.agent_flags(None))
+        .collect()
+    };
+    let mut with_cert = base();
+    with_cert.push(format!(
+        "--kubelet-client-certificate={}",
+        client.cert.display()
+    ));
+    with_cert.push(format!("--kubelet-client-key={}", client.key.display()));
+    std::fs::create_dir_all(d.join("with")).unwrap();
+    let agent = start_agent(&d.join("with"), "cert-node", &with_cert).unwrap();
+    let served = eventually(Duration::from_secs(30), async || {
+        node_served(&agg, "cert-node").await
+    })
+    .await;
+    assert!(served, "{}", agent.log_text());
+
+    std::fs::create_dir_all(d.join("without")).unwrap();
+    let without = start_agent(&d.join("without"), "cert-node-2", &base()).unwrap();
+    let failed = eventually(Duration::from_secs(30), async || {
+        without.log_text().contains("reading source failed")
+    })
+    .await;
+    assert!(failed, "{}", without.log_text());
+    assert!(!node_served(&agg, "cert-node-2").await);
+}
