@@ -258,13 +258,22 @@ impl Cluster {
             });
         }
         let mut parts = Vec::new();
+        // Set when this future is dropped (the HTTP caller went away), so
+        // the blocking scan stops too.
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _abandoned = Abandoned(Arc::clone(&flag));
         let local = if q.is_indexed() {
             parts.push(q.local(&self.store, Instant::now()));
             None
         } else {
             let (local_q, store) = (q.clone(), Arc::clone(&self.store));
+            let gone = Arc::clone(&flag);
             Some(tokio::task::spawn_blocking(move || {
-                local_q.local(&store, Instant::now())
+                local_q
+                    .local_until(&store, Instant::now(), &|| {
+                        gone.load(std::sync::atomic::Ordering::Relaxed)
+                    })
+                    .unwrap_or_default()
             }))
         };
         while let Some(joined) = calls.join_next().await {
@@ -480,11 +489,23 @@ impl Peer for PeerService {
         // one that goes away ends it.
         let (tx, rx) = mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
-            send_chunks(&q.local(&store, Instant::now()), |c| {
-                tx.blocking_send(Ok(c)).is_ok()
-            });
+            // Stops matching, not only sending, once the asker is gone.
+            let asker = tx.clone();
+            let Some(hits) = q.local_until(&store, Instant::now(), &|| asker.is_closed()) else {
+                return;
+            };
+            send_chunks(&hits, |c| tx.blocking_send(Ok(c)).is_ok());
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Raises its flag when dropped.
+struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

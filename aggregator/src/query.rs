@@ -103,6 +103,33 @@ impl Query {
 
     /// Answers from this replica's store.
     pub fn local(&self, store: &Store, now: Instant) -> Vec<Hit> {
+        self.local_until(store, now, &|| false).unwrap_or_default()
+    }
+
+    /// [`local`](Self::local), asking `gone` every [`CHECK_EVERY`] objects
+    /// whether the caller still waits; None once it does not, so a query
+    /// whose asker went away stops instead of running to its end.
+    pub fn local_until(
+        &self,
+        store: &Store,
+        now: Instant,
+        gone: &dyn Fn() -> bool,
+    ) -> Option<Vec<Hit>> {
+        let seen = std::cell::Cell::new(0usize);
+        let stopped = std::cell::Cell::new(false);
+        let go_on = || {
+            let n = seen.get() + 1;
+            seen.set(n);
+            if n % CHECK_EVERY == 0 && !stopped.get() && gone() {
+                stopped.set(true);
+            }
+            !stopped.get()
+        };
+        let hits = self.scan(store, now, &go_on);
+        (!stopped.get()).then_some(hits)
+    }
+
+    fn scan(&self, store: &Store, now: Instant, go_on: &dyn Fn() -> bool) -> Vec<Hit> {
         let name_ok = |n: &str| self.name.as_deref().is_none_or(|want| want == n);
         match self.kind {
             Kind::Nodes => {
@@ -112,6 +139,7 @@ impl Query {
                 };
                 entries
                     .iter()
+                    .take_while(|_| go_on())
                     .filter(|e| {
                         name_ok(&e.name)
                             && self.fields.matches("", &e.name)
@@ -132,6 +160,7 @@ impl Query {
                 (ns, _) => store.pods(ns.as_deref(), now),
             }
             .iter()
+            .take_while(|_| go_on())
             .map(|h| h.pod())
             .filter(|p| {
                 name_ok(&p.name)
@@ -169,6 +198,9 @@ impl Hit {
         }
     }
 }
+
+/// How many objects a scan matches between checks that its caller waits.
+pub const CHECK_EVERY: usize = 4096;
 
 /// Merges answers: one copy per object (the freshest), sorted by namespace
 /// then name.
@@ -263,5 +295,76 @@ mod tests {
         assert_eq!(local.rendered.len() + 20, a.len());
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["metadata"]["labels"]["app"], "shop");
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use crate::report::to_entry;
+    use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
+
+    fn store_with(nodes: usize, pods: usize) -> Store {
+        let store = Store::new();
+        let now_ns = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
+        for n in 0..nodes {
+            let report = NodeReport {
+                protocol_version: metrics_proto::PROTOCOL_VERSION,
+                node_name: format!("node-{n}"),
+                period_ms: 15_000,
+                node: Some(Usage {
+                    timestamp_unix_nanos: now_ns,
+                    window_nanos: 1,
+                    cpu_nanocores: 1,
+                    memory_working_set_bytes: 1,
+                }),
+                pods: (0..pods)
+                    .map(|i| PodUsage {
+                        namespace: "ns".into(),
+                        name: format!("p-{n}-{i}"),
+                        timestamp_unix_nanos: now_ns,
+                        window_nanos: 1,
+                        containers: vec![ContainerUsage {
+                            name: "c".into(),
+                            cpu_nanocores: 1,
+                            memory_working_set_bytes: 1,
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            store.insert(to_entry(&report, None, Instant::now(), 3).unwrap());
+        }
+        store
+    }
+
+    #[test]
+    fn a_scan_stops_once_its_caller_is_gone() {
+        let store = store_with(6, 2_000);
+        let q = Query::new(Kind::Pods, None, None, "app!=x", "").unwrap();
+        let now = Instant::now();
+        let asked = std::cell::Cell::new(0);
+        let all = q
+            .local_until(&store, now, &|| {
+                asked.set(asked.get() + 1);
+                false
+            })
+            .unwrap();
+        assert_eq!(all.len(), 12_000);
+        assert_eq!(
+            asked.get(),
+            12_000 / CHECK_EVERY,
+            "asked every CHECK_EVERY objects"
+        );
+        // Gone at the first check: no answer, and no further checks.
+        let asked = std::cell::Cell::new(0);
+        let none = q.local_until(&store, now, &|| {
+            asked.set(asked.get() + 1);
+            true
+        });
+        assert!(none.is_none());
+        assert_eq!(asked.get(), 1);
+        assert_eq!(q.local(&store, now).len(), 12_000);
     }
 }
