@@ -120,7 +120,7 @@ impl Query {
         let go_on = || {
             let n = seen.get() + 1;
             seen.set(n);
-            if n % CHECK_EVERY == 0 && !stopped.get() && gone() {
+            if n.is_multiple_of(CHECK_EVERY) && !stopped.get() && gone() {
                 stopped.set(true);
             }
             !stopped.get()
