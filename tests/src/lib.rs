@@ -13,4 +13,5 @@ pub mod procs;
 pub mod procstat;
 pub mod quantity;
 pub mod replicas;
+pub mod reports;
 pub mod wait;

@@ -21,9 +21,9 @@ use metrics_e2e::pki::{Leaf, Pair, TestCa};
 use metrics_e2e::procs::{
     kubeconfig_as, kubectl, start_agent, start_secure_aggregator, AggregatorProc,
 };
+use metrics_e2e::reports::node_report;
 use metrics_e2e::wait::until;
 use metrics_proto::v1::ingest_client::IngestClient;
-use metrics_proto::v1::{NodeReport, Usage};
 
 const V1: &str = "/apis/metrics.k8s.io/v1beta1";
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
@@ -491,24 +491,6 @@ async fn delegated_authentication_and_authorization() {
     assert_eq!(code, 200);
 }
 
-fn report(node: &str) -> NodeReport {
-    let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
-    NodeReport {
-        protocol_version: metrics_proto::PROTOCOL_VERSION,
-        node_name: node.into(),
-        sequence: 1,
-        period_ms: 1000,
-        node: Some(Usage {
-            timestamp_unix_nanos: now,
-            window_nanos: 1_000_000_000,
-            cpu_nanocores: 1_000_000,
-            memory_working_set_bytes: 1 << 20,
-        }),
-        source: "test".into(),
-        ..NodeReport::default()
-    }
-}
-
 /// Opens an Ingest stream with `token`, sends one report for `node`, and
 /// returns how the aggregator answered.
 async fn stream_as(
@@ -517,8 +499,9 @@ async fn stream_as(
     node: &str,
 ) -> Result<bool, tonic::Status> {
     let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
-    let mut req =
-        tonic::Request::new(tokio_stream::iter(vec![report(node)]).chain(tokio_stream::pending()));
+    let mut req = tonic::Request::new(
+        tokio_stream::iter(vec![node_report(node, 1000)]).chain(tokio_stream::pending()),
+    );
     if let Some(t) = token {
         req.metadata_mut()
             .insert("authorization", format!("Bearer {t}").parse().unwrap());
@@ -718,7 +701,7 @@ async fn a_revoked_agent_token_ends_its_open_stream() {
     let mut seq = 0;
     let mut send = async || {
         seq += 1;
-        let mut r = report("node-b");
+        let mut r = node_report("node-b", 1000);
         r.sequence = seq;
         tx.send(r).await.unwrap();
         inbound.message().await

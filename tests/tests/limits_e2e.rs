@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 
 use metrics_e2e::https::{get, get_as};
 use metrics_e2e::procs::{free_port, start_aggregator, AggregatorProc};
+use metrics_e2e::reports::node_report;
 use metrics_e2e::wait::until;
 use metrics_proto::v1::ingest_client::IngestClient;
-use metrics_proto::v1::{NodeReport, Usage};
+use metrics_proto::v1::NodeReport;
 
 /// Waits until the server closes `s` (EOF or an error), at most `within`.
 async fn closed_within<S: AsyncReadExt + Unpin>(s: &mut S, within: Duration) -> bool {
@@ -223,24 +224,6 @@ async fn requests_past_the_inflight_limit_get_429_and_health_checks_still_answer
     assert!(limit_count(&agg, "max_requests_inflight").await >= 1);
 }
 
-fn report(node: &str) -> NodeReport {
-    let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
-    NodeReport {
-        protocol_version: metrics_proto::PROTOCOL_VERSION,
-        node_name: node.into(),
-        sequence: 1,
-        period_ms: 1000,
-        node: Some(Usage {
-            timestamp_unix_nanos: now,
-            window_nanos: 1_000_000_000,
-            cpu_nanocores: 1_000_000,
-            memory_working_set_bytes: 1 << 20,
-        }),
-        source: "test".into(),
-        ..NodeReport::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_stops_reporting_is_closed() {
     use tokio_stream::StreamExt as _;
@@ -250,7 +233,7 @@ async fn a_stream_that_stops_reporting_is_closed() {
     let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
     // One report (1 s period), then silence with the stream left open.
     let req = tonic::Request::new(
-        tokio_stream::iter(vec![report("node-quiet")]).chain(tokio_stream::pending()),
+        tokio_stream::iter(vec![node_report("node-quiet", 1000)]).chain(tokio_stream::pending()),
     );
     let mut inbound = client.report(req).await.unwrap().into_inner();
     let start = Instant::now();
@@ -311,9 +294,9 @@ async fn reports_past_the_memory_budget_are_refused_and_the_rest_kept() {
     let agg = start_aggregator(dir.path(), &["--max-stored-bytes=2000000"])
         .await
         .unwrap();
-    let small = ack_for(&agg, report("node-small")).await;
+    let small = ack_for(&agg, node_report("node-small", 1000)).await;
     assert!(small.accepted, "{}", small.error);
-    let mut big = report("node-big");
+    let mut big = node_report("node-big", 1000);
     let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
     big.pods = (0..600)
         .map(|i| metrics_proto::v1::PodUsage {

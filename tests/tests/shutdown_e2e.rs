@@ -9,26 +9,8 @@ use std::time::{Duration, Instant};
 
 use metrics_e2e::https::get_as;
 use metrics_e2e::procs::start_aggregator;
+use metrics_e2e::reports::node_report;
 use metrics_proto::v1::ingest_client::IngestClient;
-use metrics_proto::v1::{NodeReport, Usage};
-
-fn report(node: &str) -> NodeReport {
-    let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
-    NodeReport {
-        protocol_version: metrics_proto::PROTOCOL_VERSION,
-        node_name: node.into(),
-        sequence: 1,
-        period_ms: 15_000,
-        node: Some(Usage {
-            timestamp_unix_nanos: now,
-            window_nanos: 15_000_000_000,
-            cpu_nanocores: 1_000_000,
-            memory_working_set_bytes: 1 << 20,
-        }),
-        source: "test".into(),
-        ..NodeReport::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
@@ -40,7 +22,7 @@ async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
         .unwrap();
     let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
     let req = tonic::Request::new(
-        tokio_stream::iter(vec![report("node-a")]).chain(tokio_stream::pending()),
+        tokio_stream::iter(vec![node_report("node-a", 15_000)]).chain(tokio_stream::pending()),
     );
     let mut inbound = client.report(req).await.unwrap().into_inner();
     // The first Ack: the stream is up.

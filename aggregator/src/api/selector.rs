@@ -126,35 +126,9 @@ fn err(msg: impl Into<String>) -> SelectorError {
     SelectorError(msg.into())
 }
 
-fn is_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
 fn validate_key(key: &str) -> Result<(), SelectorError> {
-    let ok = match key.split_once('/') {
-        Some((prefix, name)) => is_dns_subdomain(prefix) && is_name_part(name),
-        None => is_name_part(key),
-    };
-    if ok {
+    // The same rules the API server, the agent and ingest apply.
+    if metrics_proto::checks::is_label_key(key) {
         Ok(())
     } else {
         Err(err(format!("invalid label key {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")))
@@ -162,7 +136,7 @@ fn validate_key(key: &str) -> Result<(), SelectorError> {
 }
 
 fn validate_value(v: &str) -> Result<(), SelectorError> {
-    if v.is_empty() || is_name_part(v) {
+    if metrics_proto::checks::is_label_value(v) {
         Ok(())
     } else {
         Err(err(format!("invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")))
