@@ -276,7 +276,7 @@ impl Aggregator {
             self.args.tls_min_version.as_deref(),
             &self.args.tls_cipher_suites,
         )
-        .map_err(|e| StartError::Serving(tls::ServingError::Policy(e.to_string())))?;
+        .map_err(tls::ServingError::from)?;
         let api_tls = tls::server_config(
             &policy,
             Arc::clone(&self.cert),

@@ -97,26 +97,7 @@ pub enum Verify<'a> {
 
 /// A client config with the given verification and ALPN protocols.
 pub fn client_config(verify: Verify<'_>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder = ClientConfig::builder();
-    let mut config = match verify {
-        Verify::CaFile(path) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(crate::roots::DynamicRoots::from_file(
-                path,
-                crate::roots::FILE_RECHECK,
-            )?)
-            .with_no_client_auth(),
-        Verify::Roots(roots) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(roots)
-            .with_no_client_auth(),
-        Verify::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::default()))
-            .with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    client_config_with_identity(verify, alpn, None)
 }
 
 /// [`client_config`] presenting the certificate and key in these PEM
@@ -126,27 +107,25 @@ pub fn client_config_with_identity(
     alpn: &[&[u8]],
     identity: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let Some((cert, key)) = identity else {
-        return client_config(verify, alpn);
+    let verifier: Arc<dyn ServerCertVerifier> = match verify {
+        Verify::CaFile(path) => {
+            crate::roots::DynamicRoots::from_file(path, crate::roots::FILE_RECHECK)?
+        }
+        Verify::Roots(roots) => roots,
+        Verify::Insecure => Arc::new(AcceptAnyCert::default()),
     };
-    let certs = load_certs(cert)?;
-    let key = load_key(key)?;
-    let builder = ClientConfig::builder();
-    let builder = match verify {
-        Verify::CaFile(path) => builder.dangerous().with_custom_certificate_verifier(
-            crate::roots::DynamicRoots::from_file(path, crate::roots::FILE_RECHECK)?,
-        ),
-        Verify::Roots(roots) => builder.dangerous().with_custom_certificate_verifier(roots),
-        Verify::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::default())),
+    let builder = ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|source| TlsError::ClientCert {
+                path: cert.to_owned(),
+                source,
+            })?,
     };
-    let mut config = builder
-        .with_client_auth_cert(certs, key)
-        .map_err(|source| TlsError::ClientCert {
-            path: cert.to_owned(),
-            source,
-        })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

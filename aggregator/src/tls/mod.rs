@@ -35,8 +35,8 @@ pub enum ServingError {
     },
     #[error("serving certificate and key do not match: {0}")]
     Config(#[from] rustls::Error),
-    #[error("{0}")]
-    Policy(String),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// PEM paths of the certificate and key in use.
@@ -162,9 +162,7 @@ pub fn server_config(
     alpn: &[&[u8]],
     client_certs: bool,
 ) -> Result<Arc<ServerConfig>, ServingError> {
-    let provider = policy
-        .provider()
-        .map_err(|e| ServingError::Policy(e.to_string()))?;
+    let provider = policy.provider()?;
     let builder =
         ServerConfig::builder_with_provider(provider).with_protocol_versions(policy.versions())?;
     let builder = if client_certs {

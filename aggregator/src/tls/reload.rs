@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +23,15 @@ pub struct ReloadingCert {
 
 /// Reads and checks a certificate/key pair.
 pub fn load(id: &Identity) -> Result<CertifiedKey, ServingError> {
-    let certs = load_certs(&id.cert)?;
-    let key = load_key(&id.key)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    certified(load_certs(&id.cert)?, &load_key(&id.key)?)
+}
+
+/// A chain and its key, checked to go together.
+fn certified(
+    certs: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+) -> Result<CertifiedKey, ServingError> {
+    let signing = rustls::crypto::ring::sign::any_supported_type(key)?;
     let certified = CertifiedKey::new(certs, signing);
     certified.keys_match()?;
     Ok(certified)
@@ -33,7 +40,6 @@ pub fn load(id: &Identity) -> Result<CertifiedKey, ServingError> {
 /// Builds a certificate/key pair from PEM text.
 pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServingError> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let memory = || std::path::PathBuf::from("<memory>");
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -46,10 +52,7 @@ pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServingEr
             path: memory(),
             source,
         })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
-    let certified = CertifiedKey::new(certs, signing);
-    certified.keys_match()?;
-    Ok(certified)
+    certified(certs, &key)
 }
 
 impl ReloadingCert {
