@@ -28,8 +28,8 @@ pub struct Collector {
     warned: std::collections::HashSet<String>,
     /// Problem series and when each was last logged (bounded).
     problem_logged: std::collections::HashMap<String, Instant>,
-    /// When malformed lines were last logged.
-    malformed_logged: Option<Instant>,
+    /// Malformed lines are logged once an hour in all.
+    malformed_log: metrics_proto::runtime::LogThrottle,
 }
 
 /// Most unsendable pods remembered for logging once each.
@@ -56,7 +56,7 @@ impl Collector {
             api_labels: None,
             warned: Default::default(),
             problem_logged: Default::default(),
-            malformed_logged: None,
+            malformed_log: metrics_proto::runtime::LogThrottle::new(PROBLEM_LOG_EVERY),
         }
     }
 
@@ -180,8 +180,7 @@ impl Collector {
                 }
             }
         }
-        if stats.malformed_lines > 0 && due(self.malformed_logged.as_ref()) {
-            self.malformed_logged = Some(now);
+        if stats.malformed_lines > 0 && self.malformed_log.ready() {
             tracing::warn!(
                 lines = stats.malformed_lines,
                 "malformed lines in the source's payload (logged once an hour)"

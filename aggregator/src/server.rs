@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::PeerCerts;
 use crate::metrics::AggregatorMetrics;
 use crate::read_idle::ReadIdle;
+use metrics_proto::runtime::LogThrottle;
 
 /// The stream every handler sees: TLS over a TCP socket that closes when
 /// nothing is read for too long.
@@ -71,17 +72,22 @@ pub fn default_max_connections(ingest: bool) -> usize {
 struct Refusals {
     metrics: Arc<AggregatorMetrics>,
     what: &'static str,
-    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+    log: LogThrottle,
 }
 
 impl Refusals {
+    fn new(metrics: Arc<AggregatorMetrics>, what: &'static str) -> Self {
+        Self {
+            metrics,
+            what,
+            log: LogThrottle::new(Duration::from_secs(60)),
+        }
+    }
+
     fn refuse(&self, limit: &'static str, peer: SocketAddr) {
         self.metrics.limit(limit);
-        if let Ok(mut last) = self.last_log.lock() {
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                *last = Some(std::time::Instant::now());
-                tracing::warn!(port = self.what, %peer, limit, "connection refused by a limit (logged at most once a minute; see metrics_aggregator_limits_hit_total)");
-            }
+        if self.log.ready() {
+            tracing::warn!(port = self.what, %peer, limit, "connection refused by a limit (logged at most once a minute; see metrics_aggregator_limits_hit_total)");
         }
     }
 }
@@ -192,11 +198,7 @@ pub async fn serve_https(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(http.h2_max_streams);
-    let refusals = Refusals {
-        metrics,
-        what: "api",
-        last_log: std::sync::Mutex::new(None),
-    };
+    let refusals = Refusals::new(metrics, "api");
     accept_tls(listener, tls, limits, refusals, cancel, |peer| {
         let app = app.clone();
         let builder = builder.clone();
@@ -237,11 +239,7 @@ pub fn tls_incoming(
     cancel: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let refusals = Refusals {
-        metrics,
-        what: "grpc",
-        last_log: std::sync::Mutex::new(None),
-    };
+    let refusals = Refusals::new(metrics, "grpc");
     tokio::spawn(accept_tls(
         listener,
         tls,

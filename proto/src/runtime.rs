@@ -24,6 +24,35 @@ pub fn log_filter(verbosity: Option<u8>) -> &'static str {
     }
 }
 
+/// Lets a log line through at most once per period, for events that can
+/// repeat as fast as peers make them (their counters count every one).
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: std::time::Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl LogThrottle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// True the first time, then once `every` has passed since the last true.
+    pub fn ready(&self) -> bool {
+        let Ok(mut last) = self.last.lock() else {
+            return false;
+        };
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -55,6 +84,15 @@ pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_through_per_period() {
+        let t = LogThrottle::new(std::time::Duration::from_secs(3600));
+        assert!(t.ready());
+        assert!(!t.ready());
+        let t = LogThrottle::new(std::time::Duration::ZERO);
+        assert!(t.ready() && t.ready());
+    }
 
     #[test]
     fn klog_levels_map_to_filters() {

@@ -12,13 +12,14 @@ use tokio::sync::Semaphore;
 
 use super::status::ApiError;
 use crate::metrics::AggregatorMetrics;
+use metrics_proto::runtime::LogThrottle;
 
 /// The shared limit.
 #[derive(Debug)]
 pub struct Inflight {
     slots: Arc<Semaphore>,
     metrics: Arc<AggregatorMetrics>,
-    last_log: std::sync::Mutex<Option<std::time::Instant>>,
+    log: LogThrottle,
 }
 
 impl Inflight {
@@ -26,7 +27,7 @@ impl Inflight {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(max)),
             metrics,
-            last_log: std::sync::Mutex::new(None),
+            log: LogThrottle::new(std::time::Duration::from_secs(60)),
         })
     }
 }
@@ -42,11 +43,8 @@ pub async fn limit(State(l): State<Arc<Inflight>>, req: Request, next: Next) -> 
     }
     let Ok(slot) = Arc::clone(&l.slots).try_acquire_owned() else {
         l.metrics.limit("max_requests_inflight");
-        if let Ok(mut last) = l.last_log.lock() {
-            if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
-                *last = Some(std::time::Instant::now());
-                tracing::warn!("requests refused with 429: --max-requests-inflight reached (logged at most once a minute)");
-            }
+        if l.log.ready() {
+            tracing::warn!("requests refused with 429: --max-requests-inflight reached (logged at most once a minute)");
         }
         return ApiError::TooManyRequests.into_response();
     };
