@@ -195,11 +195,8 @@ impl Collector {
         &mut self,
         usage: Option<metrics_proto::v1::Usage>,
     ) -> Option<metrics_proto::v1::Usage> {
-        use metrics_proto::checks::{check_time, check_usage};
         let u = usage?;
-        match check_usage(u.cpu_nanocores, u.memory_working_set_bytes)
-            .and_then(|()| check_time(u.timestamp_unix_nanos, u.window_nanos))
-        {
+        match metrics_proto::checks::check_node_usage(&u) {
             Ok(()) => Some(u),
             Err(reason) => {
                 self.metrics

@@ -124,7 +124,7 @@ impl IngestService {
                     self.metrics.report(false);
                     self.metrics.limit("memory_budget");
                     // Once per stream until a report fits again.
-                    if stream.warned.insert(BUDGET_WARNED.to_owned()) {
+                    if !std::mem::replace(&mut stream.budget_warned, true) {
                         tracing::warn!(node = %name, error = %e, "report refused: memory budget");
                     }
                     return Ack {
@@ -133,7 +133,7 @@ impl IngestService {
                         error: ReportError::from(e).to_string(),
                     };
                 }
-                stream.warned.remove(BUDGET_WARNED);
+                stream.budget_warned = false;
                 if bound.is_none() {
                     tracing::info!(node = %name, "agent stream bound to node");
                     *bound = Some(name.clone());
@@ -200,6 +200,9 @@ pub struct StreamState {
     warned: std::collections::HashSet<String>,
     /// The period the agent last announced.
     period: Option<Duration>,
+    /// Whether a refusal for the memory budget was logged since the last
+    /// report that fit.
+    budget_warned: bool,
 }
 
 /// How long a stream may stay silent before its first report.
@@ -207,9 +210,6 @@ pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(60);
 /// After it, as long as the node's data lasts (its expiry), and never
 /// less than this, so a short stall does not cost a reconnect.
 pub const MIN_SILENCE: Duration = Duration::from_secs(10);
-
-/// Key in a stream's warned set while its reports do not fit the budget.
-const BUDGET_WARNED: &str = "\0budget";
 
 /// Most dropped parts remembered per stream for logging once each.
 const WARNED_MAX: usize = 1024;

@@ -91,7 +91,7 @@ impl NodeEntry {
 }
 
 pub use metrics_proto::checks::is_dns_subdomain;
-use metrics_proto::checks::{check_pod, check_time, check_usage, pod_key};
+use metrics_proto::checks::{check_node_usage, check_pod, pod_key};
 
 /// How far ahead of this replica's clock a sample time may be.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
@@ -227,9 +227,7 @@ pub fn to_entry_with(
     }
     let (node, timestamp_ns) = match &report.node {
         Some(u) => {
-            check_time(u.timestamp_unix_nanos, u.window_nanos).map_err(ReportError::NodeUsage)?;
-            check_usage(u.cpu_nanocores, u.memory_working_set_bytes)
-                .map_err(ReportError::NodeUsage)?;
+            check_node_usage(u).map_err(ReportError::NodeUsage)?;
             clock(u.timestamp_unix_nanos).map_err(ReportError::Clock)?;
             (
                 Some(render::node_metrics(&report.node_name, &labels, u)),

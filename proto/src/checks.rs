@@ -113,6 +113,13 @@ pub fn check_usage(cpu_nanocores: u64, memory_bytes: u64) -> Result<(), &'static
     Ok(())
 }
 
+/// Why a node's usage cannot be served, if it cannot: the aggregator
+/// refuses such a report, so the agent leaves the usage out instead.
+pub fn check_node_usage(u: &crate::v1::Usage) -> Result<(), &'static str> {
+    check_usage(u.cpu_nanocores, u.memory_working_set_bytes)?;
+    check_time(u.timestamp_unix_nanos, u.window_nanos)
+}
+
 /// Why one pod cannot be served, if it cannot (its labels apart).
 pub fn check_pod(p: &PodUsage) -> Result<(), String> {
     if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {

@@ -38,6 +38,11 @@ pub struct DecodeStats {
 }
 
 impl DecodeStats {
+    fn duplicate(&mut self, sample: &Sample<'_>) {
+        self.duplicate_samples += 1;
+        self.problem(sample, "repeated; the last value is used");
+    }
+
     fn problem(&mut self, sample: &Sample<'_>, what: &str) {
         if self.problems.len() < MAX_PROBLEMS {
             let labels: String = sample.raw_labels().chars().take(200).collect();
@@ -160,8 +165,7 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
             .unwrap_or(default_ns);
         if is_node {
             if !apply(&mut node, field, sample.value, ts) {
-                stats.duplicate_samples += 1;
-                stats.problem(&sample, "repeated; the last value is used");
+                stats.duplicate(&sample);
             }
             continue;
         }
@@ -172,8 +176,7 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
         };
         let partial = pods.entry(pod).or_default().entry(container).or_default();
         if !apply(partial, field, sample.value, ts) {
-            stats.duplicate_samples += 1;
-            stats.problem(&sample, "repeated; the last value is used");
+            stats.duplicate(&sample);
         }
     }
 
