@@ -23,3 +23,22 @@ pub fn node_report(node: &str, period_ms: u64) -> NodeReport {
         ..NodeReport::default()
     }
 }
+
+/// Reads `inbound` until the aggregator ends it, at most `within`: the
+/// status it ended with (None for a clean end), or Err when it was still
+/// open.
+pub async fn stream_end(
+    inbound: &mut tonic::Streaming<metrics_proto::v1::AggregatorMessage>,
+    within: std::time::Duration,
+) -> Result<Option<tonic::Status>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(within, async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+}

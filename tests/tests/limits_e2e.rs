@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use metrics_e2e::https::{get, get_as};
 use metrics_e2e::procs::{free_port, start_aggregator, AggregatorProc};
-use metrics_e2e::reports::node_report;
+use metrics_e2e::reports::{node_report, stream_end};
 use metrics_e2e::wait::until;
 use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::NodeReport;
@@ -237,17 +237,9 @@ async fn a_stream_that_stops_reporting_is_closed() {
     );
     let mut inbound = client.report(req).await.unwrap().into_inner();
     let start = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status),
-            }
-        }
-    })
-    .await
-    .expect("a silent stream was kept for 60 s");
+    let ended = stream_end(&mut inbound, Duration::from_secs(60))
+        .await
+        .expect("a silent stream was kept for 60 s");
     let status = ended.expect("closed without saying why");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("no report for"), "{status:?}");

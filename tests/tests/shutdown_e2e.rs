@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use metrics_e2e::https::get_as;
 use metrics_e2e::procs::start_aggregator;
-use metrics_e2e::reports::node_report;
+use metrics_e2e::reports::{node_report, stream_end};
 use metrics_proto::v1::ingest_client::IngestClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,17 +105,9 @@ async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
     );
 
     // Then the agent is told to go, and the process exits.
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(s) => return Some(s),
-            }
-        }
-    })
-    .await
-    .expect("the stream outlived the shutdown");
+    let ended = stream_end(&mut inbound, Duration::from_secs(60))
+        .await
+        .expect("the stream outlived the shutdown");
     let s = ended.expect("the stream ended without saying why");
     assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
     assert!(s.message().contains("shutting down"), "{s:?}");
