@@ -267,22 +267,17 @@ impl Pki {
             data: Some([(BUNDLE_KEY.to_owned(), bundle.to_owned())].into()),
             ..ConfigMap::default()
         };
-        let result = match existing {
-            None => self.configmaps.create(&PostParams::default(), &cm).await,
+        match existing {
+            None => self.configmaps.create(&PostParams::default(), &cm).await?,
             Some(old) => {
                 cm.metadata.resource_version = old.metadata.resource_version;
                 self.configmaps
                     .replace(name, &PostParams::default(), &cm)
-                    .await
+                    .await?
             }
         };
-        match result {
-            Ok(_) => {
-                tracing::info!(configmap = %name, "CA bundle published");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        tracing::info!(configmap = %name, "CA bundle published");
+        Ok(())
     }
 
     async fn publish_apiservice(&mut self, bundle: &str) -> Result<(), PkiError> {
