@@ -91,6 +91,77 @@ fn decimal_si(out: &mut String, value: i64, scale: i32) {
     let _ = write!(out, "{v}{suffix}");
 }
 
+/// A quantity as written by [`cpu_quantity`] and [`memory_quantity`] (and
+/// resource.Quantity in general: decimal and binary suffixes, exponents,
+/// fractions) in billionths of its unit, so that CPU comes out in
+/// nanocores. `None` for anything else, or for values beyond ±10^28 units.
+pub fn parse_quantity_nanos(s: &str) -> Option<i128> {
+    let (number, suffix) = s.split_at(
+        s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+            .unwrap_or(s.len()),
+    );
+    let (neg, digits) = match number.as_bytes().first()? {
+        b'-' => (true, &number[1..]),
+        b'+' => (false, &number[1..]),
+        _ => (false, number),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        || whole.len() + fraction.len() > 30
+    {
+        return None;
+    }
+    // mantissa × 10^exp10 × 2^exp2 units, in nano-units.
+    let mut mantissa: i128 = format!("{whole}{fraction}").parse().ok()?;
+    let mut exp10 = 9 - i32::try_from(fraction.len()).ok()?;
+    let exp2: u32 = match suffix {
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        "Ti" => 40,
+        "Pi" => 50,
+        "Ei" => 60,
+        _ => {
+            exp10 += match suffix {
+                "n" => -9,
+                "u" => -6,
+                "m" => -3,
+                "" => 0,
+                "k" => 3,
+                "M" => 6,
+                "G" => 9,
+                "T" => 12,
+                "P" => 15,
+                "E" => 18,
+                e => e
+                    .strip_prefix(['e', 'E'])
+                    .and_then(|x| x.parse::<i32>().ok())
+                    .filter(|x| x.abs() <= 30)?,
+            };
+            0
+        }
+    };
+    mantissa = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
+    while exp10 > 0 {
+        mantissa = mantissa.checked_mul(10)?;
+        exp10 -= 1;
+    }
+    while exp10 < 0 {
+        // Below a nano-unit: round up, as resource.Quantity does.
+        let rounded_up = mantissa % 10 != 0;
+        mantissa = mantissa / 10 + i128::from(rounded_up);
+        exp10 += 1;
+    }
+    if mantissa > 10i128.pow(37) {
+        return None;
+    }
+    Some(if neg { -mantissa } else { mantissa })
+}
+
 /// Go's `time.Duration.String()`: `"15s"`, `"20.064s"`, `"1m0s"`,
 /// `"1h2m3.5s"`, `"500ms"`, `"0s"`.
 pub fn go_duration(nanos: i64) -> String {
@@ -179,6 +250,39 @@ mod tests {
         ];
         for (n, want) in cases {
             assert_eq!(memory_quantity(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn quantities_parse_back_to_what_was_written() {
+        for n in [
+            0u64,
+            1,
+            999,
+            1_000,
+            100_000_000,
+            487_558_164,
+            1_500_000_000,
+            u64::MAX / 10,
+        ] {
+            assert_eq!(
+                parse_quantity_nanos(&cpu_quantity(n)),
+                Some(i128::from(n)),
+                "{n}"
+            );
+        }
+        for b in [0u64, 1, 1000, 1024, 1536, 749_785_088, 1 << 30, 5 << 40] {
+            assert_eq!(
+                parse_quantity_nanos(&memory_quantity(b)),
+                Some(i128::from(b) * 1_000_000_000),
+                "{b}"
+            );
+        }
+        assert_eq!(parse_quantity_nanos("1.5"), Some(1_500_000_000));
+        assert_eq!(parse_quantity_nanos("2e3"), Some(2_000_000_000_000));
+        assert_eq!(parse_quantity_nanos("0.5n"), Some(1));
+        for bad in ["", "m", "1x", "1.2.3", "--1", "1e99", "Ki"] {
+            assert_eq!(parse_quantity_nanos(bad), None, "{bad:?}");
         }
     }
 

@@ -33,6 +33,16 @@ pub async fn get(
     ca: &Path,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(StatusCode, http::HeaderMap, String)> {
+    let (status, headers, body) = get_bytes(url, ca, headers).await?;
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// [`get`] with the body as bytes (for binary representations).
+pub async fn get_bytes(
+    url: &str,
+    ca: &Path,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(StatusCode, http::HeaderMap, Bytes)> {
     let client = client(ca)?;
     let mut req = Request::get(url);
     for (k, v) in headers {
@@ -42,7 +52,7 @@ pub async fn get(
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, headers, body))
 }
 
 /// One HTTP/1.1 connection over TLS, optionally presenting a client

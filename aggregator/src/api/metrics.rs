@@ -5,11 +5,14 @@ use std::time::SystemTime;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
 
-use crate::api::discovery::json;
+use crate::api::negotiate::{negotiate, Format};
+use crate::api::object::Object;
 use crate::api::status::ApiError;
-use crate::api::AppState;
+use crate::api::table::IncludeObject;
+use crate::api::{protobuf, table, yaml, AppState};
 use crate::cluster::Missing;
 use crate::format::rfc3339;
 use crate::query::{Hit, Kind, Query};
@@ -20,6 +23,7 @@ struct Params {
     labels: String,
     fields: String,
     watch: bool,
+    include_object: String,
 }
 
 impl Params {
@@ -33,32 +37,81 @@ impl Params {
                 "watch" => {
                     p.watch = matches!(v.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True")
                 }
+                "includeObject" => p.include_object = v.into_owned(),
                 _ => {}
             }
         }
         p
     }
 
-    /// The query for `kind`; watch is refused before anything is parsed.
+    /// The query for `kind` and the representation of its answer; watch and
+    /// unacceptable formats are refused before anything is parsed.
     fn query(
         self,
+        headers: &HeaderMap,
         kind: Kind,
         namespace: Option<String>,
         name: Option<String>,
-    ) -> Result<Query, ApiError> {
+    ) -> Result<(Query, Encoding), ApiError> {
         if self.watch {
             return Err(ApiError::MethodNotSupported {
                 verb: "watch".into(),
                 resource: resource(kind),
             });
         }
-        Ok(Query::new(
+        let encoding = Encoding {
+            format: negotiate(headers)?,
+            include: IncludeObject::parse(&self.include_object)?,
             kind,
-            namespace,
-            name,
-            &self.labels,
-            &self.fields,
-        )?)
+        };
+        let q = Query::new(kind, namespace, name, &self.labels, &self.fields)?;
+        Ok((q, encoding))
+    }
+}
+
+/// How an answer is written.
+struct Encoding {
+    format: Format,
+    include: IncludeObject,
+    kind: Kind,
+}
+
+impl Encoding {
+    fn objects(hits: &[Hit], created: &str) -> Result<Vec<Object>, ApiError> {
+        hits.iter().map(|h| Object::from_hit(h, created)).collect()
+    }
+
+    /// `json` (the JSON answer for `hits`) in the negotiated format.
+    fn respond(
+        &self,
+        json: Vec<u8>,
+        hits: &[Hit],
+        created: &str,
+        single: bool,
+    ) -> Result<Response, ApiError> {
+        let body = match self.format {
+            Format::Json => json,
+            Format::Yaml => {
+                let v: serde_json::Value = serde_json::from_slice(&json)
+                    .map_err(|e| ApiError::Internal(format!("answer does not decode: {e}")))?;
+                yaml::to_yaml(&v).into_bytes()
+            }
+            Format::Protobuf => {
+                let objects = Self::objects(hits, created)?;
+                match (single, objects.first()) {
+                    (true, Some(o)) => protobuf::object(self.kind, o),
+                    _ => protobuf::list(self.kind, &objects),
+                }
+            }
+            Format::Table(v) => {
+                table::render(v, self.kind, &Self::objects(hits, created)?, self.include)
+            }
+        };
+        Ok((
+            [(http::header::CONTENT_TYPE, self.format.content_type())],
+            body,
+        )
+            .into_response())
     }
 }
 
@@ -73,8 +126,7 @@ fn now_rfc3339() -> String {
     rfc3339(metrics_proto::time::unix_nanos(SystemTime::now()))
 }
 
-fn list_body(kind: &str, hits: &[Hit]) -> Vec<u8> {
-    let created = now_rfc3339();
+fn list_body(kind: &str, hits: &[Hit], created: &str) -> Vec<u8> {
     let size: usize = hits
         .iter()
         .map(|h| h.rendered.len() + created.len() + 1)
@@ -89,7 +141,7 @@ fn list_body(kind: &str, hits: &[Hit]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        h.rendered.write_to(&mut out, &created);
+        h.rendered.write_to(&mut out, created);
     }
     out.extend_from_slice(b"]}");
     out
@@ -100,8 +152,9 @@ async fn list(
     kind: Kind,
     namespace: Option<String>,
     raw: Option<&str>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Params::parse(raw).query(kind, namespace, None)?;
+    let (q, encoding) = Params::parse(raw).query(headers, kind, namespace, None)?;
     let got = s.cluster.gather(&q).await;
     let warning = match &got.missing {
         None => None,
@@ -121,7 +174,9 @@ async fn list(
         Kind::Nodes => "NodeMetricsList",
         Kind::Pods => "PodMetricsList",
     };
-    let mut resp = json(list_body(list_kind, &got.hits));
+    let created = now_rfc3339();
+    let body = list_body(list_kind, &got.hits, &created);
+    let mut resp = encoding.respond(body, &got.hits, &created, false)?;
     if let Some(w) = warning {
         resp.headers_mut().insert(http::header::WARNING, w);
     }
@@ -142,8 +197,10 @@ async fn get(
     namespace: Option<String>,
     name: String,
     raw: Option<&str>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Params::parse(raw).query(kind, namespace.clone(), Some(name.clone()))?;
+    let (q, encoding) =
+        Params::parse(raw).query(headers, kind, namespace.clone(), Some(name.clone()))?;
     let got = s.cluster.gather(&q).await;
     if let (None, Some(m)) = (got.hits.first(), &got.missing) {
         // Not found, but its owners may be the replicas that did not answer.
@@ -160,8 +217,9 @@ async fn get(
                 Kind::Nodes => "NodeMetrics",
                 Kind::Pods => "PodMetrics",
             };
-            h.rendered.write_object(&mut out, object, &now_rfc3339());
-            Ok(json(out))
+            let created = now_rfc3339();
+            h.rendered.write_object(&mut out, object, &created);
+            encoding.respond(out, std::slice::from_ref(h), &created, true)
         }
         None => Err(ApiError::NotFound {
             resource: match kind {
@@ -180,8 +238,9 @@ async fn get(
 pub async fn list_nodes(
     State(s): State<AppState>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list(&s, Kind::Nodes, None, raw.as_deref()).await
+    list(&s, Kind::Nodes, None, raw.as_deref(), &headers).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/nodes/{name}`.
@@ -189,17 +248,19 @@ pub async fn get_node(
     State(s): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(bad_path)?;
-    get(&s, Kind::Nodes, None, name, raw.as_deref()).await
+    get(&s, Kind::Nodes, None, name, raw.as_deref(), &headers).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/pods`.
 pub async fn list_all_pods(
     State(s): State<AppState>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list(&s, Kind::Pods, None, raw.as_deref()).await
+    list(&s, Kind::Pods, None, raw.as_deref(), &headers).await
 }
 
 /// A path segment that does not decode (invalid percent-encoding or UTF-8)
@@ -224,9 +285,17 @@ pub async fn list_namespace_pods(
     State(s): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(ns) = path.map_err(bad_path)?;
-    list(&s, Kind::Pods, Some(namespace(ns)?), raw.as_deref()).await
+    list(
+        &s,
+        Kind::Pods,
+        Some(namespace(ns)?),
+        raw.as_deref(),
+        &headers,
+    )
+    .await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}`.
@@ -234,7 +303,16 @@ pub async fn get_pod(
     State(s): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((ns, name)) = path.map_err(bad_path)?;
-    get(&s, Kind::Pods, Some(namespace(ns)?), name, raw.as_deref()).await
+    get(
+        &s,
+        Kind::Pods,
+        Some(namespace(ns)?),
+        name,
+        raw.as_deref(),
+        &headers,
+    )
+    .await
 }

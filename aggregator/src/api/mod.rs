@@ -3,8 +3,13 @@
 pub mod discovery;
 pub mod inflight;
 pub mod metrics;
+pub mod negotiate;
+pub mod object;
+pub mod protobuf;
 pub mod selector;
 pub mod status;
+pub mod table;
+pub mod yaml;
 
 use std::sync::Arc;
 

@@ -54,6 +54,9 @@ pub enum ApiError {
     /// More requests in flight than `--max-requests-inflight`.
     #[error("Too many requests, please try again later.")]
     TooManyRequests,
+    /// No representation the `Accept` header allows.
+    #[error("only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf")]
+    NotAcceptable,
 }
 
 /// k8s.io/apiserver's wording: `pods.metrics.k8s.io is forbidden: User "u"
@@ -158,6 +161,7 @@ impl ApiError {
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
         }
     }
 
@@ -173,6 +177,7 @@ impl ApiError {
             ApiError::TooManyRequests => "TooManyRequests",
             ApiError::UriTooLong(_) => "RequestURITooLong",
             ApiError::HeadersTooLarge(_) => "RequestHeaderFieldsTooLarge",
+            ApiError::NotAcceptable => "NotAcceptable",
         }
     }
 
@@ -207,7 +212,8 @@ impl ApiError {
             | ApiError::Unauthorized
             | ApiError::Unavailable(_)
             | ApiError::UriTooLong(_)
-            | ApiError::HeadersTooLarge(_) => None,
+            | ApiError::HeadersTooLarge(_)
+            | ApiError::NotAcceptable => None,
             ApiError::Forbidden { attrs, .. } => Some(match attrs.as_ref() {
                 Attributes::Resource {
                     group,

@@ -1,0 +1,74 @@
+//! A metrics object read back from its rendered JSON, for the
+//! representations built from it (Table, YAML, protobuf). JSON answers
+//! never go through here: they are copied from the rendered bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::status::ApiError;
+use crate::query::Hit;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(rename = "creationTimestamp")]
+    pub creation_timestamp: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    pub usage: BTreeMap<String, String>,
+}
+
+/// A NodeMetrics (with `usage`) or PodMetrics (with `containers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    pub metadata: Meta,
+    pub timestamp: String,
+    pub window: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<Container>>,
+    /// The sample time with its full precision (the JSON has seconds).
+    #[serde(skip)]
+    pub timestamp_ns: i64,
+}
+
+impl Object {
+    /// Reads `hit` as answered at `created` (RFC 3339).
+    pub fn from_hit(hit: &Hit, created: &str) -> Result<Self, ApiError> {
+        let mut json = Vec::with_capacity(hit.rendered.len() + created.len());
+        hit.rendered.write_to(&mut json, created);
+        let mut o: Object = serde_json::from_slice(&json).map_err(|e| {
+            ApiError::Internal(format!("stored object {:?} does not decode: {e}", hit.name))
+        })?;
+        o.timestamp_ns = hit.timestamp_ns;
+        Ok(o)
+    }
+
+    /// Usage summed over the object: the node's own, or its containers'
+    /// (metrics-server's Table rule), in nano-units by resource name.
+    pub fn total_usage(&self) -> BTreeMap<&str, i128> {
+        let mut total = BTreeMap::new();
+        let parts: Vec<&BTreeMap<String, String>> = match (&self.usage, &self.containers) {
+            (Some(u), _) => vec![u],
+            (None, Some(cs)) => cs.iter().map(|c| &c.usage).collect(),
+            (None, None) => Vec::new(),
+        };
+        for usage in parts {
+            for (name, q) in usage {
+                let v = crate::format::parse_quantity_nanos(q).unwrap_or(0);
+                let sum: &mut i128 = total.entry(name.as_str()).or_default();
+                *sum = sum.saturating_add(v);
+            }
+        }
+        total
+    }
+}
