@@ -113,3 +113,84 @@ async fn kubectl_reads_the_server_version() {
     assert_eq!(server["compiler"], "rustc");
     assert!(server["platform"].as_str().unwrap().starts_with("linux/"));
 }
+
+/// OpenAPI v2 and v3 describe the group: kube-apiserver's every-minute
+/// `If-None-Match` poll gets a 304, the v3 index points at the group's
+/// document, and the real `kubectl explain` describes the kinds from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_serve_kubectl_explain() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let agg = start_aggregator(dir.path(), &[]).await.unwrap();
+    let base = agg.api_url();
+
+    let (code, h, body) = https::get(
+        &format!("{base}/openapi/v2"),
+        &agg.ca,
+        &[("accept", "application/json")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v2: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    let pod = &v2["definitions"]["io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics"];
+    assert_eq!(
+        pod["x-kubernetes-group-version-kind"][0]["kind"],
+        "PodMetrics"
+    );
+    assert!(
+        v2["paths"]["/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"]["get"].is_object()
+    );
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let (code, h2, body) = https::get(
+        &format!("{base}/openapi/v2"),
+        &agg.ca,
+        &[("if-none-match", etag.as_str())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 304, "{body}");
+    assert!(body.is_empty());
+    assert_eq!(h2["etag"], etag.as_str());
+    let (code, _, _) = https::get(
+        &format!("{base}/openapi/v2"),
+        &agg.ca,
+        &[("if-none-match", "\"something-else\"")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+
+    let (code, _, body) = https::get(&format!("{base}/openapi/v3"), &agg.ca, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let index: Value = serde_json::from_str(&body).unwrap();
+    let url = index["paths"]["apis/metrics.k8s.io/v1beta1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap();
+    let (code, h, body) = https::get(&format!("{base}{url}"), &agg.ca, &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
+    let v3: Value = serde_json::from_str(&body).unwrap();
+    assert!(v3["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(
+        v3["components"]["schemas"]["io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics"]
+            .is_object()
+    );
+
+    let out = metrics_e2e::procs::kubectl(&agg.kubeconfig, &["explain", "podmetrics"]).await;
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("KIND:") && out.stdout.contains("PodMetrics"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("containers"), "{}", out.stdout);
+    let out = metrics_e2e::procs::kubectl(&agg.kubeconfig, &["explain", "nodemetrics.usage"]).await;
+    assert!(out.success, "{}", out.stderr);
+    assert!(out.stdout.contains("cpu"), "{}", out.stdout);
+}

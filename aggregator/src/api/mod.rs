@@ -5,6 +5,7 @@ pub mod inflight;
 pub mod metrics;
 pub mod negotiate;
 pub mod object;
+pub mod openapi;
 pub mod protobuf;
 pub mod selector;
 pub mod status;
@@ -66,6 +67,22 @@ pub fn router(
         .route(
             &format!("{V1BETA1}/namespaces/{{ns}}/pods/{{name}}"),
             get(metrics::get_pod),
+        )
+        .route(
+            "/openapi/v2",
+            get(|h: HeaderMap| async move { openapi::openapi_v2(&h) }),
+        )
+        .route(
+            "/openapi/v3",
+            get(|h: HeaderMap| async move { openapi::openapi_v3(&h) }),
+        )
+        .route(
+            openapi::V3_GROUP_PATH,
+            get(
+                |h: HeaderMap, axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                    openapi::openapi_v3_group(&h, q.as_deref())
+                },
+            ),
         )
         .route("/version", get(|| async { version() }))
         .route("/livez", get(|| async { "ok" }))
