@@ -295,6 +295,9 @@ impl Aggregator {
             },
             auth,
             self.args.max_requests_inflight,
+            self.args
+                .standalone
+                .then(|| api::core::HostCapacity::read(&self.args.host.proc_root)),
         );
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(id) = &self.identity {

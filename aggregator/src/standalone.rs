@@ -46,9 +46,10 @@ impl fmt::Display for Info {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "metrics-aggregator serving node {} on {}; first numbers after two samples. Query it with:\n  kubectl --kubeconfig {} get --raw /apis/metrics.k8s.io/v1beta1/nodes",
+            "metrics-aggregator serving node {} on {}; first numbers after two samples. Query it with:\n  kubectl --kubeconfig {} top node\n  kubectl --kubeconfig {} get --raw /apis/metrics.k8s.io/v1beta1/nodes",
             self.node,
             self.url,
+            self.kubeconfig.display(),
             self.kubeconfig.display()
         )
     }

@@ -92,6 +92,40 @@ async fn standalone_serves_this_host() {
         (0.0..=cores * 1.05).contains(&cpu),
         "cpu {cpu} cores on {cores}"
     );
+
+    // The real `kubectl top node`: it reads the core API's Nodes (this
+    // host, with its capacity) beside the metrics and prints percentages.
+    let out = kubectl(&kubeconfig, &["top", "node"]).await;
+    assert!(out.success, "{}", out.stderr);
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("this-host "))
+        .unwrap_or_else(|| panic!("no row for this-host:\n{}", out.stdout))
+        .split_whitespace()
+        .collect();
+    let memory_pct: f64 = row[4].trim_end_matches('%').parse().unwrap();
+    let want = mem / total * 100.0;
+    assert!(
+        (memory_pct - want).abs() < 5.0,
+        "MEMORY% {memory_pct} for {mem} of {total}: {row:?}"
+    );
+    assert!(row[2].ends_with('%'), "{row:?}");
+    let out = kubectl(&kubeconfig, &["get", "nodes", "-o", "json"]).await;
+    assert!(out.success, "{}", out.stderr);
+    let nodes: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(nodes["items"][0]["metadata"]["name"], "this-host");
+    assert_eq!(
+        quantity::parse(
+            nodes["items"][0]["status"]["allocatable"]["cpu"]
+                .as_str()
+                .unwrap()
+        ),
+        Some(cores)
+    );
+    let out = kubectl(&kubeconfig, &["get", "node", "no-such-node"]).await;
+    assert!(!out.success);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
 }
 
 /// MemTotal in bytes, read independently of the code under test.
@@ -156,6 +190,24 @@ async fn standalone_on_a_node_shows_its_pods() {
     assert_eq!(
         pods["items"][0]["containers"][0]["usage"]["memory"],
         "12240Ki"
+    );
+
+    // The real `kubectl top pod`, through the core API's Pods.
+    let out = kubectl(&kubeconfig, &["top", "pod", "-n", "kube-system"]).await;
+    assert!(out.success, "{}", out.stderr);
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("coredns "))
+        .unwrap_or_else(|| panic!("no row for coredns:\n{}", out.stdout))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[2], "11Mi", "{row:?}");
+    let out = kubectl(&kubeconfig, &["top", "pod", "-l", "k8s-app=none", "-A"]).await;
+    assert!(
+        !out.stderr.contains("could not find the requested resource"),
+        "{}",
+        out.stderr
     );
 }
 

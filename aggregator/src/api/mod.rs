@@ -1,5 +1,6 @@
 //! The HTTPS API: metrics.k8s.io/v1beta1, discovery and health endpoints.
 
+pub mod core;
 pub mod discovery;
 pub mod inflight;
 pub mod metrics;
@@ -37,14 +38,20 @@ pub struct AppState {
 const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";
 
 /// The full router; every request goes through `auth` when given, and
-/// first through the `max_inflight` limit (0: none).
+/// first through the `max_inflight` limit (0: none). `core` adds the core
+/// API subset of `--standalone`, with this host's capacity.
 pub fn router(
     state: AppState,
     auth: Option<Arc<crate::auth::Auth>>,
     max_inflight: usize,
+    core: Option<core::HostCapacity>,
 ) -> Router {
     let metrics = Arc::clone(&state.metrics);
-    let router = Router::new()
+    let mut router = Router::new();
+    if let Some(capacity) = core {
+        router = router.merge(core::routes(capacity));
+    }
+    let router = router
         .route(
             "/apis",
             get(|h: HeaderMap| async move { discovery::apis(&h) }),

@@ -17,6 +17,13 @@ pub enum ApiError {
         resource: &'static str,
         name: String,
     },
+    /// A core object (standalone's Nodes) that does not exist:
+    /// `nodes "<name>" not found`.
+    #[error("{resource} {name:?} not found")]
+    CoreNotFound {
+        resource: &'static str,
+        name: String,
+    },
     /// A path this server does not serve.
     #[error("the server could not find the requested resource")]
     NoRoute,
@@ -151,7 +158,9 @@ impl ApiError {
     /// HTTP status code of the error.
     pub fn code(&self) -> StatusCode {
         match self {
-            ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::CoreNotFound { .. } | ApiError::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotSupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -167,7 +176,9 @@ impl ApiError {
 
     fn reason(&self) -> &'static str {
         match self {
-            ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
+            ApiError::NotFound { .. } | ApiError::CoreNotFound { .. } | ApiError::NoRoute => {
+                "NotFound"
+            }
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::MethodNotSupported { .. } => "MethodNotAllowed",
             ApiError::Unauthorized => "Unauthorized",
@@ -187,6 +198,12 @@ impl ApiError {
             ApiError::NotFound { resource, name } => Some(Details {
                 name: Some(name),
                 group: Some("metrics.k8s.io"),
+                kind: Some(resource),
+                retry_after_seconds: None,
+            }),
+            ApiError::CoreNotFound { resource, name } => Some(Details {
+                name: Some(name),
+                group: None,
                 kind: Some(resource),
                 retry_after_seconds: None,
             }),
