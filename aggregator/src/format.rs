@@ -38,7 +38,8 @@ pub fn write_memory_quantity(out: &mut String, bytes: u64) {
         exp += 1;
     }
     const SUFFIX: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
-    let _ = write!(out, "{v}{}", SUFFIX[exp.min(6)]);
+    write_u64(out, v.unsigned_abs());
+    out.push_str(SUFFIX[exp.min(6)]);
 }
 
 /// metrics-server's uint64Quantity: values above i64::MAX lose one decimal
@@ -88,7 +89,13 @@ fn decimal_si(out: &mut String, value: i64, scale: i32) {
             return;
         }
     };
-    let _ = write!(out, "{v}{suffix}");
+    match u64::try_from(v) {
+        Ok(v) => write_u64(out, v),
+        Err(_) => {
+            let _ = write!(out, "{v}");
+        }
+    }
+    out.push_str(suffix);
 }
 
 /// A quantity as written by [`cpu_quantity`] and [`memory_quantity`] (and
@@ -165,45 +172,87 @@ pub fn parse_quantity_nanos(s: &str) -> Option<i128> {
 /// Go's `time.Duration.String()`: `"15s"`, `"20.064s"`, `"1m0s"`,
 /// `"1h2m3.5s"`, `"500ms"`, `"0s"`.
 pub fn go_duration(nanos: i64) -> String {
-    let neg = nanos < 0;
-    let u = nanos.unsigned_abs();
     let mut out = String::new();
-    if neg {
-        out.push('-');
-    }
-    if u < 1_000_000_000 {
-        let (unit, prec) = match u {
-            0 => return "0s".to_owned(),
-            1..=999 => ("ns", 0),
-            1_000..=999_999 => ("µs", 3),
-            _ => ("ms", 6),
-        };
-        let _ = write!(out, "{}{}{unit}", u / 10u64.pow(prec), frac(u, prec));
-        return out;
-    }
-    let secs = u / 1_000_000_000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    if h > 0 {
-        let _ = write!(out, "{h}h");
-    }
-    if h > 0 || m > 0 {
-        let _ = write!(out, "{m}m");
-    }
-    let _ = write!(out, "{s}{}s", frac(u, 9));
+    write_go_duration(&mut out, nanos);
     out
 }
 
-/// `.ddd` of `v / 10^prec` without trailing zeros; empty when zero.
-fn frac(v: u64, prec: u32) -> String {
-    if prec == 0 {
-        return String::new();
+/// [`go_duration`], appended to `out` without formatting machinery.
+pub fn write_go_duration(out: &mut String, nanos: i64) {
+    let u = nanos.unsigned_abs();
+    if nanos < 0 {
+        out.push('-');
     }
-    let f = v % 10u64.pow(prec);
+    if u < 1_000_000_000 {
+        match u {
+            0 => out.push_str("0s"),
+            1..=999 => {
+                write_u64(out, u);
+                out.push_str("ns");
+            }
+            1_000..=999_999 => {
+                write_u64(out, u / 1_000);
+                write_frac(out, u % 1_000, 3);
+                out.push_str("µs");
+            }
+            _ => {
+                write_u64(out, u / 1_000_000);
+                write_frac(out, u % 1_000_000, 6);
+                out.push_str("ms");
+            }
+        }
+        return;
+    }
+    let secs = u / 1_000_000_000;
+    let (h, m, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        write_u64(out, h);
+        out.push('h');
+    }
+    if h > 0 || m > 0 {
+        write_u64(out, m);
+        out.push('m');
+    }
+    write_u64(out, sec);
+    write_frac(out, u % 1_000_000_000, 9);
+    out.push('s');
+}
+
+/// Appends `v` in decimal.
+fn write_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Appends `.ddd` for the fraction `f / 10^prec`, without trailing zeros;
+/// nothing when it is zero.
+fn write_frac(out: &mut String, mut f: u64, mut prec: u32) {
     if f == 0 {
-        return String::new();
+        return;
     }
-    let digits = format!("{f:0width$}", width = prec as usize);
-    format!(".{}", digits.trim_end_matches('0'))
+    while f.is_multiple_of(10) {
+        f /= 10;
+        prec -= 1;
+    }
+    let mut buf = [b'0'; 9];
+    let width = prec as usize;
+    let mut i = width;
+    while f > 0 && i > 0 {
+        i -= 1;
+        buf[i] = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    out.push('.');
+    out.push_str(std::str::from_utf8(&buf[..width]).unwrap_or_default());
 }
 
 /// RFC 3339 in UTC with whole seconds, as metav1.Time marshals:
@@ -301,6 +350,11 @@ mod tests {
             (7, "7ns"),
             (-15 * s, "-15s"),
             (s + 1, "1.000000001s"),
+            (1_000_010, "1.00001ms"),
+            (999_999_999, "999.999999ms"),
+            (59 * s + 100_000_000, "59.1s"),
+            (i64::MAX, "2562047h47m16.854775807s"),
+            (i64::MIN + 1, "-2562047h47m16.854775807s"),
         ];
         for (n, want) in cases {
             assert_eq!(go_duration(n), want, "{n}");

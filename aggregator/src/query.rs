@@ -150,7 +150,7 @@ impl Query {
                             namespace: String::new(),
                             name: e.name.clone(),
                             timestamp_ns: e.timestamp_ns,
-                            rendered: e.node.clone()?,
+                            rendered: e.render()?,
                         })
                     })
                     .collect()
@@ -171,7 +171,7 @@ impl Query {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
                 timestamp_ns: p.timestamp_ns,
-                rendered: p.rendered.clone(),
+                rendered: p.render(),
             })
             .collect(),
         }

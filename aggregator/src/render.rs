@@ -2,57 +2,56 @@
 //! `creationTimestamp` (the response time) is filled in per request, so an
 //! object is split around it: `head + time + tail`.
 
-use std::fmt::Write;
 use std::sync::Arc;
 
-use metrics_proto::v1::{PodUsage, Usage};
+use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
 
-use crate::format::{go_duration, rfc3339, write_cpu_quantity, write_memory_quantity};
+use crate::format::{write_cpu_quantity, write_go_duration, write_memory_quantity};
 use crate::labelset::Labels;
 
-/// A pre-rendered object; see the module doc. Cheap to clone. Objects
-/// rendered here keep their labels' JSON by reference (one copy per label
-/// set, not per object): head ‖ time ‖ `"` ‖ labels ‖ tail. Objects from
-/// peers arrive as head ‖ time ‖ tail.
+/// A rendered object; see the module doc. Objects rendered here keep
+/// their labels' JSON by reference (one copy per label set, not per
+/// object): head ‖ time ‖ `"` ‖ labels ‖ tail. Objects from peers arrive
+/// as head ‖ time ‖ tail. Head and tail share one buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    head: Arc<str>,
+    text: String,
+    /// Where the head ends and the tail starts in `text`.
+    split: usize,
     labels: Option<Arc<Labels>>,
-    tail: Arc<str>,
 }
 
 impl Rendered {
     /// From the JSON before and after the creationTimestamp value.
     pub fn from_parts(head: &str, tail: &str) -> Self {
+        let mut text = String::with_capacity(head.len() + tail.len());
+        text.push_str(head);
+        text.push_str(tail);
         Self {
-            head: head.into(),
+            text,
+            split: head.len(),
             labels: None,
-            tail: tail.into(),
-        }
-    }
-
-    fn with_labels(head: &str, labels: &Arc<Labels>, tail: &str) -> Self {
-        Self {
-            head: head.into(),
-            labels: Some(Arc::clone(labels)),
-            tail: tail.into(),
         }
     }
 
     pub fn head(&self) -> &str {
-        &self.head
+        &self.text[..self.split]
+    }
+
+    fn tail(&self) -> &str {
+        &self.text[self.split..]
     }
 
     /// Everything after the creationTimestamp value, as one string (for
     /// peers).
     pub fn full_tail(&self) -> String {
         match &self.labels {
-            None => self.tail.to_string(),
+            None => self.tail().to_string(),
             Some(l) => {
-                let mut t = String::with_capacity(1 + l.json().len() + self.tail.len());
+                let mut t = String::with_capacity(1 + l.json().len() + self.tail().len());
                 t.push('"');
                 t.push_str(l.json());
-                t.push_str(&self.tail);
+                t.push_str(self.tail());
                 t
             }
         }
@@ -60,13 +59,13 @@ impl Rendered {
 
     /// Appends the object with `created` (RFC 3339) as its creationTimestamp.
     pub fn write_to(&self, out: &mut Vec<u8>, created: &str) {
-        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(self.head().as_bytes());
         out.extend_from_slice(created.as_bytes());
         if let Some(l) = &self.labels {
             out.push(b'"');
             out.extend_from_slice(l.json().as_bytes());
         }
-        out.extend_from_slice(self.tail.as_bytes());
+        out.extend_from_slice(self.tail().as_bytes());
     }
 
     /// Appends the object as a whole answer: with `kind` and `apiVersion`
@@ -83,7 +82,7 @@ impl Rendered {
 
     /// Bytes this object adds to a response, minus the timestamp.
     pub fn len(&self) -> usize {
-        self.head.len() + self.tail.len() + self.labels.as_ref().map_or(0, |l| 1 + l.json().len())
+        self.text.len() + self.labels.as_ref().map_or(0, |l| 1 + l.json().len())
     }
 
     /// Never true for a rendered object; for clippy's `len` convention.
@@ -115,66 +114,94 @@ fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64) {
     out.push_str("\"}");
 }
 
-/// The object up to its creationTimestamp value. Without `kind` and
-/// `apiVersion`: list items carry none (clients take them from the list,
-/// as metrics-server answers); a single GET adds them
+/// Starts an object: everything up to its creationTimestamp value.
+/// Without `kind` and `apiVersion`: list items carry none (clients take
+/// them from the list, as metrics-server answers); a single GET adds them
 /// ([`Rendered::write_object`]).
-fn head(namespace: Option<&str>, name: &str) -> String {
-    let mut h = String::with_capacity(160);
-    h.push_str("{\"metadata\":{\"name\":");
-    json_str(&mut h, name);
+fn head(out: &mut String, namespace: Option<&str>, name: &str) {
+    out.push_str("{\"metadata\":{\"name\":");
+    json_str(out, name);
     if let Some(ns) = namespace {
-        h.push_str(",\"namespace\":");
-        json_str(&mut h, ns);
+        out.push_str(",\"namespace\":");
+        json_str(out, ns);
     }
-    h.push_str(",\"creationTimestamp\":\"");
-    h
+    out.push_str(",\"creationTimestamp\":\"");
 }
 
 fn times(t: &mut String, timestamp_nanos: i64, window_nanos: i64) {
-    let _ = write!(
-        t,
-        "}},\"timestamp\":\"{}\",\"window\":\"{}\"",
-        rfc3339(timestamp_nanos),
-        go_duration(window_nanos)
-    );
+    t.push_str("},\"timestamp\":\"");
+    metrics_proto::time::write_rfc3339(t, timestamp_nanos);
+    t.push_str("\",\"window\":\"");
+    write_go_duration(t, window_nanos);
+    t.push('"');
 }
 
 /// A NodeMetrics object.
 pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage) -> Rendered {
-    let mut tail = String::with_capacity(160);
-    times(&mut tail, u.timestamp_unix_nanos, u.window_nanos);
-    tail.push_str(",\"usage\":");
-    usage_json(&mut tail, u.cpu_nanocores, u.memory_working_set_bytes);
-    tail.push('}');
-    Rendered::with_labels(&head(None, name), labels, &tail)
+    let mut text = String::with_capacity(256 + name.len());
+    head(&mut text, None, name);
+    let split = text.len();
+    times(&mut text, u.timestamp_unix_nanos, u.window_nanos);
+    text.push_str(",\"usage\":");
+    usage_json(&mut text, u.cpu_nanocores, u.memory_working_set_bytes);
+    text.push('}');
+    Rendered {
+        text,
+        split,
+        labels: Some(Arc::clone(labels)),
+    }
 }
 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
 pub fn pod_metrics(p: &PodUsage, labels: &Arc<Labels>) -> Rendered {
-    let mut tail = String::with_capacity(128 + 80 * p.containers.len());
-    times(&mut tail, p.timestamp_unix_nanos, p.window_nanos);
-    tail.push_str(",\"containers\":[");
-    let mut containers: Vec<_> = p.containers.iter().collect();
+    let mut containers = p.containers.clone();
     containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    for (i, c) in containers.into_iter().enumerate() {
+    pod_object(
+        &p.namespace,
+        &p.name,
+        labels,
+        p.timestamp_unix_nanos,
+        p.window_nanos,
+        &containers,
+    )
+}
+
+/// A PodMetrics object from its parts; `containers` in the order given.
+pub fn pod_object(
+    namespace: &str,
+    name: &str,
+    labels: &Arc<Labels>,
+    timestamp_ns: i64,
+    window_ns: i64,
+    containers: &[ContainerUsage],
+) -> Rendered {
+    let mut text =
+        String::with_capacity(192 + namespace.len() + name.len() + 96 * containers.len());
+    head(&mut text, Some(namespace), name);
+    let split = text.len();
+    times(&mut text, timestamp_ns, window_ns);
+    text.push_str(",\"containers\":[");
+    for (i, c) in containers.iter().enumerate() {
         if i > 0 {
-            tail.push(',');
+            text.push(',');
         }
-        tail.push_str("{\"name\":");
-        json_str(&mut tail, &c.name);
-        tail.push_str(",\"usage\":");
-        usage_json(&mut tail, c.cpu_nanocores, c.memory_working_set_bytes);
-        tail.push('}');
+        text.push_str("{\"name\":");
+        json_str(&mut text, &c.name);
+        text.push_str(",\"usage\":");
+        usage_json(&mut text, c.cpu_nanocores, c.memory_working_set_bytes);
+        text.push('}');
     }
-    tail.push_str("]}");
-    Rendered::with_labels(&head(Some(&p.namespace), &p.name), labels, &tail)
+    text.push_str("]}");
+    Rendered {
+        text,
+        split,
+        labels: Some(Arc::clone(labels)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics_proto::v1::ContainerUsage;
 
     /// As a single GET answers it.
     fn render(r: &Rendered, kind: &str, created: &str) -> String {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_proto::v1::NodeReport;
+use metrics_proto::v1::{ContainerUsage, NodeReport, Usage};
 use metrics_proto::{MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
 
 use crate::labelset::{self, LabelError, Labels, Resolved};
@@ -44,19 +44,43 @@ pub struct PodEntry {
     pub name: String,
     pub labels: Arc<Labels>,
     pub timestamp_ns: i64,
-    pub rendered: Rendered,
+    pub window_ns: i64,
+    /// Sorted by name.
+    pub containers: Box<[ContainerUsage]>,
 }
 
 /// Bookkeeping per stored pod beyond its strings: the entry itself, the
 /// label set's offsets, and its keys in the index.
 const POD_OVERHEAD: usize = 192;
+const CONTAINER_OVERHEAD: usize = 48;
 const NODE_OVERHEAD: usize = 512;
 
 impl PodEntry {
-    /// Estimated bytes held for this pod: its names, its rendered JSON,
-    /// and its labels (counted whole even when shared with other pods).
+    /// Estimated bytes held for this pod: its names and containers, and
+    /// its labels (counted whole even when shared with other pods).
     pub fn footprint(&self) -> usize {
-        self.namespace.len() + self.name.len() + 2 * self.rendered.len() + POD_OVERHEAD
+        self.namespace.len()
+            + self.name.len()
+            + self.labels.json().len()
+            + self
+                .containers
+                .iter()
+                .map(|c| c.name.len() + CONTAINER_OVERHEAD)
+                .sum::<usize>()
+            + POD_OVERHEAD
+    }
+
+    /// The PodMetrics object, rendered now (objects are stored as values
+    /// and rendered only when an answer includes them).
+    pub fn render(&self) -> Rendered {
+        render::pod_object(
+            &self.namespace,
+            &self.name,
+            &self.labels,
+            self.timestamp_ns,
+            self.window_ns,
+            &self.containers,
+        )
     }
 }
 
@@ -67,7 +91,8 @@ pub struct NodeEntry {
     pub labels: Arc<Labels>,
     /// Sample time of the node usage, ns since the epoch.
     pub timestamp_ns: i64,
-    pub node: Option<Rendered>,
+    /// Node usage, when the report had it.
+    pub node: Option<Usage>,
     /// Sorted by namespace, then name.
     pub pods: Vec<PodEntry>,
     pub received: Instant,
@@ -82,9 +107,15 @@ impl NodeEntry {
         self.bytes
     }
 
+    /// The NodeMetrics object, rendered now; None without node usage.
+    pub fn render(&self) -> Option<Rendered> {
+        let u = self.node.as_ref()?;
+        Some(render::node_metrics(&self.name, &self.labels, u))
+    }
+
     fn measure(&self) -> usize {
         self.name.len()
-            + self.node.as_ref().map_or(0, |n| 2 * n.len())
+            + self.labels.json().len()
             + NODE_OVERHEAD
             + self.pods.iter().map(PodEntry::footprint).sum::<usize>()
     }
@@ -229,10 +260,7 @@ pub fn to_entry_with(
         Some(u) => {
             check_node_usage(u).map_err(ReportError::NodeUsage)?;
             clock(u.timestamp_unix_nanos).map_err(ReportError::Clock)?;
-            (
-                Some(render::node_metrics(&report.node_name, &labels, u)),
-                u.timestamp_unix_nanos,
-            )
+            (Some(*u), u.timestamp_unix_nanos)
         }
         None => (None, 0),
     };
@@ -253,12 +281,15 @@ pub fn to_entry_with(
                 continue;
             }
         };
+        let mut containers: Box<[ContainerUsage]> = p.containers.clone().into_boxed_slice();
+        containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         pods.push(PodEntry {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
-            rendered: render::pod_metrics(p, &labels),
             labels,
             timestamp_ns: p.timestamp_unix_nanos,
+            window_ns: p.window_nanos,
+            containers,
         });
     }
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
