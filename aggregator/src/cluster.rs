@@ -28,7 +28,7 @@ use metrics_proto::v1::{QueryRequest, QueryResponse};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::auth::callers::CallerAuth;
-use crate::query::{merge, Hit, Kind, Query};
+use crate::query::{dedup, sorted, Hit, Kind, Query};
 use crate::shard::{Shard, SharedShard};
 use crate::store::Store;
 
@@ -56,6 +56,8 @@ pub struct Cluster {
     partial: Family<[(&'static str, &'static str); 1], Counter>,
     /// When a partial answer was last logged (seconds on a monotonic clock).
     partial_logged: Mutex<Option<Instant>>,
+    /// Checks pods claimed by two nodes; none: the freshest copy wins.
+    claims: Option<Arc<crate::claims::PodClaims>>,
 }
 
 /// Partial answers are logged at most this often.
@@ -83,7 +85,14 @@ impl Cluster {
             max_missing_share: 0.5,
             partial: Family::default(),
             partial_logged: Mutex::new(None),
+            claims: None,
         }
+    }
+
+    /// Pods claimed by two nodes are checked with `claims`.
+    pub fn with_claims(mut self, claims: crate::claims::PodClaims) -> Self {
+        self.claims = Some(Arc::new(claims));
+        self
     }
 
     /// Queries the members of `shard` (as it is at each query) over TLS
@@ -319,13 +328,18 @@ impl Cluster {
                     share,
                 }
             });
-        let hits = if q.is_indexed() {
-            merge(parts)
-        } else {
-            tokio::task::spawn_blocking(move || merge(parts))
+        let big = !q.is_indexed();
+        let mut hits = if big {
+            tokio::task::spawn_blocking(move || sorted(parts))
                 .await
                 .unwrap_or_default()
+        } else {
+            sorted(parts)
         };
+        if let (Kind::Pods, Some(claims)) = (&q.kind, &self.claims) {
+            claims.settle(&mut hits).await;
+        }
+        dedup(&mut hits);
         Gathered { hits, missing }
     }
 }

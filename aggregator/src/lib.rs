@@ -4,6 +4,7 @@
 pub mod api;
 pub mod args;
 pub mod auth;
+pub mod claims;
 pub mod cluster;
 pub mod files;
 pub mod format;
@@ -91,6 +92,8 @@ pub struct Aggregator {
     delegated: Option<auth::setup::Delegated>,
     /// Client and Service for EndpointSlice membership.
     membership: Option<(kube::Client, membership::HeadlessService)>,
+    /// Client for checking pods claimed by two nodes.
+    claims_client: Option<kube::Client>,
     store: Arc<Store>,
     shard: Option<shard::SharedShard>,
     /// Fired when shutdown starts (see [`Aggregator::draining`]).
@@ -159,6 +162,15 @@ impl Aggregator {
             )),
             None => None,
         };
+        // Claims are checked wherever there is an API to ask: with
+        // delegated auth (in a cluster) or a kubeconfig, never standalone.
+        let claims_client = if !args.standalone
+            && (!args.insecure_allow_anonymous || args.auth.kubeconfig.is_some())
+        {
+            Some(metrics_proto::kubeclient::client(args.auth.kubeconfig.as_deref()).await?)
+        } else {
+            None
+        };
         let shard = members.map(|m| {
             shard::SharedShard::new(shard::Shard::new(
                 args.shard_id(),
@@ -178,6 +190,7 @@ impl Aggregator {
             self_signed_names,
             delegated,
             membership,
+            claims_client,
             store: Arc::new(Store::new()),
             shard,
             draining: CancellationToken::new(),
@@ -284,7 +297,8 @@ impl Aggregator {
             auth.is_some(),
         )?;
         let grpc_tls = tls::server_config(&policy, Arc::clone(&self.cert), &[b"h2"], false)?;
-        let cluster = Arc::new(self.cluster(&mut registry)?);
+        let claims = claims::PodClaims::new(self.claims_client.clone(), &mut registry);
+        let cluster = Arc::new(self.cluster(&mut registry)?.with_claims(claims));
         let app = api::router(
             api::AppState {
                 store: Arc::clone(&self.store),

@@ -37,6 +37,8 @@ pub struct Hit {
     /// "" for nodes.
     pub namespace: String,
     pub name: String,
+    /// For pods, the node that reported it ("" when not known).
+    pub node: String,
     /// Sample time, ns since the epoch.
     pub timestamp_ns: i64,
     pub rendered: Rendered,
@@ -149,6 +151,7 @@ impl Query {
                         Some(Hit {
                             namespace: String::new(),
                             name: e.name.clone(),
+                            node: String::new(),
                             timestamp_ns: e.timestamp_ns,
                             rendered: e.render()?,
                         })
@@ -161,15 +164,16 @@ impl Query {
             }
             .iter()
             .take_while(|_| go_on())
-            .map(|h| h.pod())
-            .filter(|p| {
+            .map(|h| (h.node(), h.pod()))
+            .filter(|(_, p)| {
                 name_ok(&p.name)
                     && self.fields.matches(&p.namespace, &p.name)
                     && self.labels.matches_with(|k| p.labels.get(k))
             })
-            .map(|p| Hit {
+            .map(|(node, p)| Hit {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
+                node: node.to_owned(),
                 timestamp_ns: p.timestamp_ns,
                 rendered: p.render(),
             })
@@ -186,6 +190,7 @@ impl Hit {
             timestamp_unix_nanos: self.timestamp_ns,
             head: self.rendered.head().to_owned(),
             tail: self.rendered.full_tail(),
+            node: self.node.clone(),
         }
     }
 
@@ -193,6 +198,7 @@ impl Hit {
         Self {
             namespace: o.namespace.clone(),
             name: o.name.clone(),
+            node: o.node.clone(),
             timestamp_ns: o.timestamp_unix_nanos,
             rendered: Rendered::from_parts(&o.head, &o.tail),
         }
@@ -205,12 +211,24 @@ pub const CHECK_EVERY: usize = 4096;
 /// Merges answers: one copy per object (the freshest), sorted by namespace
 /// then name.
 pub fn merge(parts: impl IntoIterator<Item = Vec<Hit>>) -> Vec<Hit> {
+    let mut all = sorted(parts);
+    dedup(&mut all);
+    all
+}
+
+/// Every copy of every object, sorted by namespace, then name, then
+/// freshest first.
+pub fn sorted(parts: impl IntoIterator<Item = Vec<Hit>>) -> Vec<Hit> {
     let mut all: Vec<Hit> = parts.into_iter().flatten().collect();
     all.sort_by(|a, b| {
         (&a.namespace, &a.name, b.timestamp_ns).cmp(&(&b.namespace, &b.name, a.timestamp_ns))
     });
-    all.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
     all
+}
+
+/// Keeps the first (freshest) copy of each object of a [`sorted`] list.
+pub fn dedup(all: &mut Vec<Hit>) {
+    all.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
 }
 
 #[cfg(test)]
@@ -221,6 +239,7 @@ mod tests {
         Hit {
             namespace: ns.into(),
             name: name.into(),
+            node: String::new(),
             timestamp_ns: ts,
             rendered: Rendered::from_parts(&format!("{ns}/{name}@{ts}"), ""),
         }
@@ -281,10 +300,12 @@ mod tests {
         let local = Hit {
             namespace: "ns".into(),
             name: "p".into(),
+            node: "node-a".into(),
             timestamp_ns: p.timestamp_unix_nanos,
             rendered: crate::render::pod_metrics(&p, &labels),
         };
         let remote = Hit::from_wire(&local.to_wire());
+        assert_eq!(remote.node, "node-a");
         let (mut a, mut b) = (Vec::new(), Vec::new());
         local.rendered.write_to(&mut a, "2023-11-14T22:13:20Z");
         remote.rendered.write_to(&mut b, "2023-11-14T22:13:20Z");

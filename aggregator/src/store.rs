@@ -89,6 +89,11 @@ impl PodHit {
     pub fn pod(&self) -> &PodEntry {
         &self.entry.pods[self.index]
     }
+
+    /// The node whose report holds the pod.
+    pub fn node(&self) -> &str {
+        &self.entry.name
+    }
 }
 
 impl Store {
