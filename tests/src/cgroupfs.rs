@@ -1,7 +1,7 @@
 //! Fake cgroup trees in a temp dir, laid out as the kubelet and runtimes
 //! lay them out, with files in the kernel's formats (taken from the shared
-//! cgroup fixtures). Values are written atomically (write, then rename),
-//! so a reader never sees a half-written file.
+//! cgroup fixtures). Values change in place, as the kernel's files do under
+//! a descriptor a reader keeps open (see [`write_in_place`]).
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +78,27 @@ fn with_values(template: &str, values: &[(&str, u64)]) -> String {
 }
 
 /// Writes `text` to `path` atomically.
+/// Rewrites an existing file in place (same inode, so a descriptor kept
+/// open reads the new text, as with cgroupfs), in one write at offset 0; a
+/// text shorter than the file is padded with blank lines, so a reader sees
+/// the old text or the new one, never a truncated file. A file that does
+/// not exist yet is created atomically.
+pub fn write_in_place(path: &Path, text: &str) {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return write_atomic(path, text);
+    };
+    let old = f.metadata().map_or(0, |m| m.len() as usize);
+    let mut bytes = text.as_bytes().to_vec();
+    if bytes.len() < old {
+        bytes.resize(old, b'\n');
+    }
+    f.write_all_at(&bytes, 0)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a
+/// reader opening the path sees the old file or the new one.
 pub fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
     if let Some(dir) = path.parent() {
@@ -102,7 +123,7 @@ impl FakeCgroups {
             },
         };
         match layout {
-            Layout::V2 => write_atomic(
+            Layout::V2 => write_in_place(
                 &root.join("cgroup.controllers"),
                 "cpuset cpu io memory pids\n",
             ),
@@ -110,7 +131,7 @@ impl FakeCgroups {
                 std::fs::create_dir_all(root.join("cpu,cpuacct")).unwrap_or_else(|e| panic!("{e}"));
                 std::fs::create_dir_all(root.join("memory")).unwrap_or_else(|e| panic!("{e}"));
                 if layout == Layout::Hybrid {
-                    write_atomic(&root.join("unified/cgroup.controllers"), "");
+                    write_in_place(&root.join("unified/cgroup.controllers"), "");
                 }
             }
         }
@@ -132,7 +153,7 @@ impl FakeCgroups {
         let (cpu, mem) = self.bases();
         match self.layout {
             Layout::V2 => {
-                write_atomic(
+                write_in_place(
                     &cpu.join("cpu.stat"),
                     &with_values(&self.templates.cpu_stat, &[("usage_usec", cpu_ns / 1000)]),
                 );
@@ -149,7 +170,7 @@ impl FakeCgroups {
                         ("active_file", file - inactive),
                     ],
                 );
-                write_atomic(&mem.join("memory.stat"), &stat);
+                write_in_place(&mem.join("memory.stat"), &stat);
             }
             _ => self.write_v1(&cpu, &mem, cpu_ns, working_set),
         }
@@ -157,8 +178,8 @@ impl FakeCgroups {
 
     fn write_v1(&self, cpu: &Path, mem: &Path, cpu_ns: u64, working_set: u64) {
         let inactive = 30 * 4096;
-        write_atomic(&cpu.join("cpuacct.usage"), &format!("{cpu_ns}\n"));
-        write_atomic(
+        write_in_place(&cpu.join("cpuacct.usage"), &format!("{cpu_ns}\n"));
+        write_in_place(
             &mem.join("memory.usage_in_bytes"),
             &format!("{}\n", working_set + inactive),
         );
@@ -166,7 +187,7 @@ impl FakeCgroups {
             &self.templates.memory_stat_v1,
             &[("total_inactive_file", inactive)],
         );
-        write_atomic(&mem.join("memory.stat"), &stat);
+        write_in_place(&mem.join("memory.stat"), &stat);
     }
 
     /// Relative path of a pod's cgroup.
@@ -221,12 +242,12 @@ impl FakeCgroups {
         match self.layout {
             Layout::V2 => {
                 let dir = cpu.join(rel);
-                write_atomic(
+                write_in_place(
                     &dir.join("cpu.stat"),
                     &with_values(&self.templates.cpu_stat, &[("usage_usec", cpu_ns / 1000)]),
                 );
                 let inactive = 4096 * 7;
-                write_atomic(
+                write_in_place(
                     &dir.join("memory.current"),
                     &format!("{}\n", working_set + inactive),
                 );
@@ -234,7 +255,7 @@ impl FakeCgroups {
                     &self.templates.memory_stat_v2,
                     &[("inactive_file", inactive)],
                 );
-                write_atomic(&dir.join("memory.stat"), &stat);
+                write_in_place(&dir.join("memory.stat"), &stat);
             }
             _ => self.write_v1(&cpu.join(rel), &mem.join(rel), cpu_ns, working_set),
         }

@@ -1,6 +1,8 @@
 //! Load harness: CPU and memory of a real `metrics-agent` reading a
-//! 110-pod node from cgroups at several resolutions. Everything runs on
-//! 127.0.0.1 and in a temp dir; every run is bounded and stops itself.
+//! 110-pod node from cgroups at several resolutions, with its pod watch on
+//! the stand-in kube-apiserver (as in a cluster: pods and labels come from
+//! the API). Everything runs on 127.0.0.1 and in a temp dir; every run is
+//! bounded and stops itself.
 //!
 //! `cargo run --release -p metrics-e2e --bin agent-cpu -- [PODS] [SECONDS_PER_RESOLUTION...]`
 //! (defaults: 110 pods; 30 s at 1s, 60 s at 5s, 120 s at 15s; a 0 skips a
@@ -9,6 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use metrics_e2e::apiserver::FakeApiServer;
 use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
 use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
 use metrics_e2e::procs::{start_agent, start_aggregator};
@@ -95,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let spec = node(pods);
     let tree = build_tree(&dir.path().join("cg"), &spec);
-    let k = kubelet::start(spec, "tok", dir.path()).await?;
+    let api = FakeApiServer::start(dir.path()).await?;
+    let now = kubelet::now_secs();
+    let kubeconfig = api.kubeconfig(dir.path(), "agent.kubeconfig")?;
+    let k = kubelet::start(spec.clone(), "tok", dir.path()).await?;
     let token = dir.path().join("token");
     std::fs::write(&token, "tok")?;
     let agg = start_aggregator(dir.path(), &[]).await?;
@@ -106,9 +112,13 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("resolution  measured_s  agent_mcpu  cpu_per_period_us  rss_mib");
     for (resolution, seconds) in plan.into_iter().filter(|(_, s)| *s > 0) {
+        let node_name = format!("bench-{resolution}s");
+        for o in kubelet::api_pods(&spec, &node_name, now) {
+            api.apply("pods", o);
+        }
         let mut agent = start_agent(
             dir.path(),
-            &format!("bench-{resolution}s"),
+            &node_name,
             &[
                 k.agent_flags(&token),
                 vec![
@@ -117,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
                     format!("--aggregator={}", agg.grpc_url()),
                     format!("--aggregator-ca-file={}", agg.ca.display()),
                     format!("--metric-resolution={resolution}s"),
+                    format!("--kubeconfig={}", kubeconfig.display()),
                 ],
             ]
             .concat(),
@@ -125,11 +136,18 @@ async fn main() -> anyhow::Result<()> {
             .child
             .id()
             .ok_or_else(|| anyhow::anyhow!("agent exited"))?;
+        let log = agent.log.clone();
         // Warm up: connection, first /pods fetch, two samples.
         tokio::time::sleep(Duration::from_secs(resolution * 2 + 1)).await;
         let (c0, t0) = (cpu_ns(pid), Instant::now());
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let (c1, elapsed) = (cpu_ns(pid), t0.elapsed().as_secs_f64());
+        if c1 == 0 {
+            anyhow::bail!(
+                "the agent is not running; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         let used = (c1 - c0) as f64;
         let periods = elapsed / resolution as f64;
         println!(

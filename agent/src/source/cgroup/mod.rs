@@ -7,7 +7,9 @@ pub mod detect;
 pub mod layout;
 pub mod read;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::batch::{Batch, Point};
@@ -34,6 +36,17 @@ pub enum CgroupError {
 pub struct CgroupSource {
     hierarchy: Hierarchy,
     host: HostSource,
+    /// Container cgroups' files, kept open between samples.
+    open: Arc<Mutex<OpenFiles>>,
+}
+
+/// Open files by container cgroup (relative path), with the sample that
+/// last saw each; cgroups not seen in a sample are closed.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    cgroups: HashMap<PathBuf, (read::OpenCgroup, u64)>,
+    sample: u64,
+    buf: Vec<u8>,
 }
 
 impl CgroupSource {
@@ -45,6 +58,7 @@ impl CgroupSource {
         Ok(Self {
             hierarchy,
             host: HostSource::new(proc_root),
+            open: Arc::default(),
         })
     }
 
@@ -61,6 +75,42 @@ impl CgroupSource {
                 cpuacct, memory, ..
             } => read::v1(&cpuacct.join(rel), &memory.join(rel)),
         }
+    }
+
+    /// Opens the files of the container cgroup at `rel`.
+    fn open(&self, rel: &Path) -> Result<read::OpenCgroup, read::ReadError> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => read::OpenCgroup::v2(&root.join(rel)),
+            Hierarchy::V1 {
+                cpuacct, memory, ..
+            } => read::OpenCgroup::v1(&cpuacct.join(rel), &memory.join(rel)),
+        }
+    }
+
+    /// Usage of the container cgroup at `rel`, through its kept-open files
+    /// (opened on first sight). A cgroup whose files fail is closed; it is
+    /// opened afresh if it is still listed next time.
+    fn container_usage(
+        &self,
+        open: &mut OpenFiles,
+        rel: &Path,
+    ) -> Result<read::Usage, read::ReadError> {
+        let sample = open.sample;
+        let entry = match open.cgroups.get_mut(rel) {
+            Some(e) => e,
+            None => {
+                let files = self.open(rel)?;
+                open.cgroups
+                    .entry(rel.to_owned())
+                    .or_insert((files, sample))
+            }
+        };
+        entry.1 = sample;
+        let got = entry.0.read(&mut open.buf);
+        if got.is_err() {
+            open.cgroups.remove(rel);
+        }
+        got
     }
 
     /// Where pod cgroups are listed (the CPU tree for v1).
@@ -120,6 +170,9 @@ impl CgroupSource {
             ..Batch::default()
         };
         let base = self.listing_root().to_owned();
+        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let open = &mut *guard;
+        open.sample += 1;
         for (rel, uid) in self.pod_dirs() {
             let Some(info) = pods.by_uid(&uid) else {
                 stats.unmapped_cgroups += 1;
@@ -135,7 +188,7 @@ impl CgroupSource {
                 };
                 let dir = rel.join(&name);
                 let now = SystemTime::now();
-                let u = match self.usage(&dir) {
+                let u = match self.container_usage(open, &dir) {
                     Ok(u) => u,
                     Err(e) => {
                         // A container that just exited; its cgroup is going away.
@@ -161,6 +214,8 @@ impl CgroupSource {
                 );
             }
         }
+        let sample = open.sample;
+        open.cgroups.retain(|_, (_, seen)| *seen == sample);
         Ok((batch, stats))
     }
 }

@@ -4,6 +4,8 @@
 //! `memory.current` − `memory.stat inactive_file`; v1
 //! `memory.usage_in_bytes` − `memory.stat total_inactive_file`).
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// A cgroup file that is missing or unreadable.
@@ -100,6 +102,119 @@ pub fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Usage, ReadError> {
     })
 }
 
+/// The files of one container cgroup, opened once and read again from
+/// offset 0 every sample (the kernel regenerates a cgroup file's text on
+/// each read), so a sample costs three reads per container and no path
+/// walks, opens or closes.
+#[derive(Debug)]
+pub struct OpenCgroup {
+    kind: Kind,
+    cpu: (PathBuf, File),
+    current: (PathBuf, File),
+    stat: (PathBuf, File),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    V2,
+    V1,
+}
+
+fn open(path: PathBuf) -> Result<(PathBuf, File), ReadError> {
+    match File::open(&path) {
+        Ok(f) => Ok((path, f)),
+        Err(source) => Err(ReadError::Io { path, source }),
+    }
+}
+
+/// Reads all of `f` from offset 0 into `buf` (kept between calls).
+fn pread<'a>((path, f): &(PathBuf, File), buf: &'a mut Vec<u8>) -> Result<&'a str, ReadError> {
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
+    }
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            // Cgroup files are a few KiB; a file that keeps growing is not one.
+            if buf.len() >= 1 << 20 {
+                break;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(ReadError::Io {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    std::str::from_utf8(&buf[..n]).map_err(|_| ReadError::Missing {
+        path: path.clone(),
+        key: "text",
+    })
+}
+
+impl OpenCgroup {
+    /// v2: `cpu.stat`, `memory.current`, `memory.stat` of `dir`.
+    pub fn v2(dir: &Path) -> Result<Self, ReadError> {
+        Ok(Self {
+            kind: Kind::V2,
+            cpu: open(dir.join("cpu.stat"))?,
+            current: open(dir.join("memory.current"))?,
+            stat: open(dir.join("memory.stat"))?,
+        })
+    }
+
+    /// v1: `cpuacct.usage`, `memory.usage_in_bytes`, `memory.stat`.
+    pub fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Self, ReadError> {
+        Ok(Self {
+            kind: Kind::V1,
+            cpu: open(cpuacct_dir.join("cpuacct.usage"))?,
+            current: open(memory_dir.join("memory.usage_in_bytes"))?,
+            stat: open(memory_dir.join("memory.stat"))?,
+        })
+    }
+
+    /// The usage now, read through `buf`; the same definitions as [`v2`]
+    /// and [`v1`].
+    pub fn read(&self, buf: &mut Vec<u8>) -> Result<Usage, ReadError> {
+        let number = |file: &(PathBuf, File), buf: &mut Vec<u8>, name: &'static str| {
+            let text = pread(file, buf)?;
+            text.trim().parse::<u64>().map_err(|_| ReadError::Missing {
+                path: file.0.clone(),
+                key: name,
+            })
+        };
+        let (cpu_ns, current, inactive_key) = match self.kind {
+            Kind::V2 => {
+                let text = pread(&self.cpu, buf)?;
+                let usec = key(&self.cpu.0, text, "usage_usec")?;
+                (
+                    usec.saturating_mul(1_000),
+                    number(&self.current, buf, "memory.current")?,
+                    "inactive_file",
+                )
+            }
+            Kind::V1 => (
+                number(&self.cpu, buf, "cpuacct.usage")?,
+                number(&self.current, buf, "memory.usage_in_bytes")?,
+                "total_inactive_file",
+            ),
+        };
+        let text = pread(&self.stat, buf)?;
+        let inactive = key(&self.stat.0, text, inactive_key)?;
+        Ok(Usage {
+            cpu_ns,
+            working_set: current.saturating_sub(inactive),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +225,52 @@ mod tests {
         assert_eq!(keyed(text, "usage_usec"), Some(100));
         assert_eq!(keyed(text, "usage"), None);
         assert_eq!(keyed("inactive_file x\n", "inactive_file"), None);
+    }
+
+    /// A kept-open cgroup reads what the files say now, as the one-shot
+    /// readers do, and a removed cgroup is an error, not stale numbers.
+    #[test]
+    fn open_cgroups_follow_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let write = |cpu_usec: u64, current: u64, inactive: u64| {
+            std::fs::write(
+                d.join("cpu.stat"),
+                format!("usage_usec {cpu_usec}\nuser_usec 1\n"),
+            )
+            .unwrap();
+            std::fs::write(d.join("memory.current"), format!("{current}\n")).unwrap();
+            std::fs::write(
+                d.join("memory.stat"),
+                format!(
+                    "anon 1\nfile 2\ninactive_file {inactive}\n{}",
+                    "pad 0\n".repeat(900)
+                ),
+            )
+            .unwrap();
+        };
+        write(100, 5000, 1000);
+        let open = OpenCgroup::v2(d).unwrap();
+        let mut buf = Vec::new();
+        let first = open.read(&mut buf).unwrap();
+        assert_eq!(first, v2(d).unwrap());
+        assert_eq!(
+            first,
+            Usage {
+                cpu_ns: 100_000,
+                working_set: 4000
+            }
+        );
+        // Files rewritten in place (as the kernel regenerates them).
+        write(250, 9000, 500);
+        assert_eq!(
+            open.read(&mut buf).unwrap(),
+            Usage {
+                cpu_ns: 250_000,
+                working_set: 8500
+            }
+        );
+        std::fs::write(d.join("cpu.stat"), "user_usec 1\n").unwrap();
+        assert!(open.read(&mut buf).is_err());
     }
 }
