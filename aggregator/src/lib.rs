@@ -261,6 +261,7 @@ impl Aggregator {
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), StartError> {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(metrics::AggregatorMetrics::register(&mut registry));
+        let compat = Arc::new(metrics::ServerCompatMetrics::register(&mut registry));
         let mut ingest = IngestService::new(
             Arc::clone(&self.store),
             Arc::clone(&metrics),
@@ -304,6 +305,7 @@ impl Aggregator {
                 store: Arc::clone(&self.store),
                 cluster,
                 metrics: Arc::clone(&metrics),
+                compat,
                 registry: Arc::new(registry),
                 draining: self.draining.clone(),
             },

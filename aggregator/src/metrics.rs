@@ -4,6 +4,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// `result` label of report counters.
@@ -101,5 +102,75 @@ impl AggregatorMetrics {
     pub fn report(&self, accepted: bool) {
         let result = if accepted { "accepted" } else { "refused" };
         self.reports.get_or_create(&[("result", result)]).inc();
+    }
+}
+
+/// `verb`, `resource` and `code` of `apiserver_request_total`.
+type RequestLabels = [(&'static str, String); 3];
+/// `verb` and `resource` of `apiserver_request_duration_seconds`.
+type DurationLabels = [(&'static str, &'static str); 2];
+
+/// The metrics metrics-server (k8s.io/apiserver) exposes, under its names,
+/// where the meaning carries over; no label has per-node or per-pod values.
+#[derive(Debug)]
+pub struct ServerCompatMetrics {
+    /// `metrics_server_storage_points{type="node"|"container"}` (set when scraped).
+    pub points: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// `metrics_server_api_metric_freshness_seconds`: age of every served
+    /// object's sample.
+    pub freshness: Histogram,
+    /// `apiserver_request_total{verb,resource,code}`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `apiserver_request_duration_seconds{verb,resource}`.
+    pub durations: Family<DurationLabels, Histogram>,
+}
+
+impl ServerCompatMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            points: Family::default(),
+            freshness: Histogram::new(exponential_buckets(1.0, 1.364, 20)),
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+        };
+        let ms = registry.sub_registry_with_prefix("metrics_server");
+        ms.register(
+            "storage_points",
+            "Number of metrics points stored",
+            m.points.clone(),
+        );
+        ms.register(
+            "api_metric_freshness_seconds",
+            "Freshness of metrics exported",
+            m.freshness.clone(),
+        );
+        let api = registry.sub_registry_with_prefix("apiserver");
+        api.register(
+            "request",
+            "Requests answered, by verb, resource and HTTP code",
+            m.requests.clone(),
+        );
+        api.register(
+            "request_duration_seconds",
+            "Time to answer a request, by verb and resource",
+            m.durations.clone(),
+        );
+        m
+    }
+
+    /// Records one answered request.
+    pub fn request(&self, verb: &'static str, resource: &'static str, code: u16, secs: f64) {
+        self.requests
+            .get_or_create(&[
+                ("verb", verb.to_owned()),
+                ("resource", resource.to_owned()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+        self.durations
+            .get_or_create(&[("verb", verb), ("resource", resource)])
+            .observe(secs);
     }
 }

@@ -257,6 +257,17 @@ impl Store {
         out
     }
 
+    /// Live nodes with usage and live containers: metrics-server's
+    /// storage points. Walks every entry; for scrapes.
+    pub fn points(&self, now: Instant) -> (usize, usize) {
+        let (mut nodes, mut containers) = (0, 0);
+        for e in self.nodes.iter().filter(|e| e.expires > now) {
+            nodes += usize::from(e.node.is_some());
+            containers += e.pods.iter().map(|p| p.containers.len()).sum::<usize>();
+        }
+        (nodes, containers)
+    }
+
     /// Namespaces and pod keys in the index.
     pub fn index_sizes(&self) -> (usize, usize) {
         self.index.sizes()

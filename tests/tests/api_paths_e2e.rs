@@ -194,3 +194,100 @@ async fn openapi_documents_serve_kubectl_explain() {
     assert!(out.success, "{}", out.stderr);
     assert!(out.stdout.contains("cpu"), "{}", out.stdout);
 }
+
+/// Self-metrics under metrics-server's names: storage points by type, the
+/// freshness of served metrics, and requests by verb, resource and code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_metrics_use_metrics_servers_names() {
+    use metrics_proto::v1::ingest_client::IngestClient;
+    use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage};
+    use tokio_stream::StreamExt;
+
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let agg = start_aggregator(dir.path(), &[]).await.unwrap();
+    let now = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
+    let pod = |name: &str, containers: usize| PodUsage {
+        namespace: "team-a".into(),
+        name: name.into(),
+        timestamp_unix_nanos: now - 5_000_000_000,
+        window_nanos: 15_000_000_000,
+        containers: (0..containers)
+            .map(|i| ContainerUsage {
+                name: format!("c{i}"),
+                cpu_nanocores: 1_000_000,
+                memory_working_set_bytes: 1 << 20,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let report = NodeReport {
+        pods: vec![pod("a", 2), pod("b", 3)],
+        ..metrics_e2e::reports::node_report("node-m", 15_000)
+    };
+    let mut client = IngestClient::new(agg.grpc_channel().await.unwrap());
+    let outbound = tokio_stream::iter(vec![report]).chain(tokio_stream::pending());
+    let mut inbound = client.report(outbound).await.unwrap().into_inner();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "{first:?}");
+
+    let base = format!("{}/apis/metrics.k8s.io/v1beta1", agg.api_url());
+    let ok = metrics_e2e::wait::eventually(std::time::Duration::from_secs(10), async || {
+        let (_, _, body) = https::get(&format!("{base}/namespaces/team-a/pods"), &agg.ca, &[])
+            .await
+            .unwrap();
+        body.contains("\"b\"")
+    })
+    .await;
+    assert!(ok);
+    for path in [
+        "pods",
+        "namespaces/team-a/pods/a",
+        "nodes/node-m",
+        "nodes/nope",
+    ] {
+        https::get(&format!("{base}/{path}"), &agg.ca, &[])
+            .await
+            .unwrap();
+    }
+    let (_, _, text) = https::get(&format!("{}/metrics", agg.api_url()), &agg.ca, &[])
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(
+        value("metrics_server_storage_points{type=\"container\"}"),
+        5.0
+    );
+    assert_eq!(value("metrics_server_storage_points{type=\"node\"}"), 1.0);
+    // Served: the pods (5 s old) at least 2 + 2 + 1 times, the node (fresh)
+    // once.
+    let count = value("metrics_server_api_metric_freshness_seconds_count");
+    let fresh = value("metrics_server_api_metric_freshness_seconds_bucket{le=\"1.0\"}");
+    assert!(count >= 6.0, "{count}");
+    assert!(
+        count - fresh >= 5.0,
+        "pods observed as older than 1 s: {count} {fresh}"
+    );
+    assert!(value("apiserver_request_total{verb=\"LIST\",resource=\"pods\",code=\"200\"}") >= 2.0);
+    assert_eq!(
+        value("apiserver_request_total{verb=\"GET\",resource=\"pods\",code=\"200\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("apiserver_request_total{verb=\"GET\",resource=\"nodes\",code=\"404\"}"),
+        1.0
+    );
+    assert!(
+        value("apiserver_request_duration_seconds_count{verb=\"GET\",resource=\"nodes\"}") >= 2.0
+    );
+    // No label carries a node's or a pod's name.
+    assert!(
+        !text.contains("node-m") && !text.contains("team-a"),
+        "{text}"
+    );
+}

@@ -174,6 +174,7 @@ async fn list(
         Kind::Nodes => "NodeMetricsList",
         Kind::Pods => "PodMetricsList",
     };
+    freshness(s, &got.hits);
     let created = now_rfc3339();
     let body = list_body(list_kind, &got.hits, &created);
     let mut resp = encoding.respond(body, &got.hits, &created, false)?;
@@ -181,6 +182,16 @@ async fn list(
         resp.headers_mut().insert(http::header::WARNING, w);
     }
     Ok(resp)
+}
+
+/// Observes the age of every served object's sample.
+fn freshness(s: &AppState, hits: &[Hit]) {
+    let now = metrics_proto::time::unix_nanos(SystemTime::now());
+    for h in hits {
+        s.compat
+            .freshness
+            .observe(now.saturating_sub(h.timestamp_ns).max(0) as f64 / 1e9);
+    }
 }
 
 /// A `Warning` header (RFC 7234, code 299 as k8s.io/apiserver sends them,
@@ -210,6 +221,7 @@ async fn get(
             m.describe()
         )));
     }
+    freshness(s, &got.hits);
     match got.hits.first() {
         Some(h) => {
             let mut out = Vec::with_capacity(h.rendered.len() + 96);

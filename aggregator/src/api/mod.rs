@@ -30,6 +30,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub cluster: Arc<crate::cluster::Cluster>,
     pub metrics: Arc<AggregatorMetrics>,
+    /// metrics-server's metric names.
+    pub compat: Arc<crate::metrics::ServerCompatMetrics>,
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// Fired when shutdown starts: readiness fails from then on.
     pub draining: tokio_util::sync::CancellationToken,
@@ -47,6 +49,7 @@ pub fn router(
     core: Option<core::HostCapacity>,
 ) -> Router {
     let metrics = Arc::clone(&state.metrics);
+    let compat = Arc::clone(&state.compat);
     let mut router = Router::new();
     if let Some(capacity) = core {
         router = router.merge(core::routes(capacity));
@@ -107,13 +110,74 @@ pub fn router(
         None => router,
     };
     let router = router.layer(axum::middleware::from_fn(bounds));
-    if max_inflight == 0 {
-        return router;
+    let router = if max_inflight == 0 {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn_with_state(
+            inflight::Inflight::new(max_inflight, metrics),
+            inflight::limit,
+        ))
+    };
+    router.layer(axum::middleware::from_fn_with_state(compat, record))
+}
+
+/// Counts and times every answer, refusals included, by verb, resource
+/// and code (`apiserver_request_total`, `apiserver_request_duration_seconds`).
+async fn record(
+    axum::extract::State(compat): axum::extract::State<Arc<crate::metrics::ServerCompatMetrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (verb, resource) = classify(req.method(), req.uri());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    compat.request(
+        verb,
+        resource,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// kube-apiserver's verb (`LIST`, `GET`, `WATCH`, or the method for other
+/// requests) and the metrics resource a request is for ("" for others).
+fn classify(method: &http::Method, uri: &http::Uri) -> (&'static str, &'static str) {
+    let Some(rest) = uri.path().strip_prefix(V1BETA1) else {
+        return (method_verb(method), "");
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let (resource, named) = match segments.as_slice() {
+        ["nodes"] => ("nodes", false),
+        ["nodes", _] => ("nodes", true),
+        ["pods"] | ["namespaces", _, "pods"] => ("pods", false),
+        ["namespaces", _, "pods", _] => ("pods", true),
+        _ => return (method_verb(method), ""),
+    };
+    let watch = uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| {
+            k == "watch" && matches!(v.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True")
+        })
+    });
+    let verb = match (method == http::Method::GET, watch, named) {
+        (true, true, _) => "WATCH",
+        (true, false, true) => "GET",
+        (true, false, false) => "LIST",
+        (false, ..) => method_verb(method),
+    };
+    (verb, resource)
+}
+
+fn method_verb(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        _ => "OTHER",
     }
-    router.layer(axum::middleware::from_fn_with_state(
-        inflight::Inflight::new(max_inflight, metrics),
-        inflight::limit,
-    ))
 }
 
 /// Longest request URI served (selectors are bounded to 8 KiB).
@@ -203,6 +267,13 @@ async fn self_metrics(axum::extract::State(s): axum::extract::State<AppState>) -
         .stored_pods
         .set(i64::try_from(pods).unwrap_or(i64::MAX));
     s.cluster.refresh_metrics();
+    let (nodes, containers) = s.store.points(std::time::Instant::now());
+    for (kind, n) in [("node", nodes), ("container", containers)] {
+        s.compat
+            .points
+            .get_or_create(&[("type", kind)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     (
         [(
             http::header::CONTENT_TYPE,
