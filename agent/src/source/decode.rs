@@ -109,7 +109,13 @@ fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) -> bool {
         // `as` truncates toward zero like Go's float-to-integer conversion.
         Field::Cpu => p.cpu_ns = (value * 1e9) as u64,
         Field::Memory => p.memory_bytes = value as u64,
-        Field::Swap => p.swap_bytes = value as u64,
+        // Only the series metrics-server reads (CPU and memory) time a
+        // point: a swap sample taken at another moment must not move the
+        // window of the CPU rate.
+        Field::Swap => {
+            p.swap_bytes = value as u64;
+            return first;
+        }
         Field::Start => {
             p.start_ns = (value * 1e9) as i64;
             return first;
@@ -220,6 +226,33 @@ node_cpu_usage_seconds_total 5 1700000000000
 node_memory_working_set_bytes 4096 1700000000000
 node_memory_working_set_bytes 8192 1700000000000
 ";
+
+    /// A swap sample newer or older than the CPU and memory samples does
+    /// not change the point's time.
+    #[test]
+    fn swap_samples_do_not_time_a_point() {
+        for swap_ts in ["1700000009000", "1600000000000"] {
+            let body = format!(
+                "node_cpu_usage_seconds_total 5 1700000000000\n\
+                 node_memory_working_set_bytes 4096 1700000000000\n\
+                 node_swap_usage_bytes 10 {swap_ts}\n\
+                 container_cpu_usage_seconds_total{{container=\"app\",namespace=\"ns\",pod=\"p\"}} 1 1700000001000\n\
+                 container_memory_working_set_bytes{{container=\"app\",namespace=\"ns\",pod=\"p\"}} 1024 1700000001000\n\
+                 container_swap_usage_bytes{{container=\"app\",namespace=\"ns\",pod=\"p\"}} 7 {swap_ts}\n"
+            );
+            let (batch, _) = decode(&body, SystemTime::now());
+            let node = batch.node.unwrap();
+            assert_eq!(node.timestamp_ns, 1_700_000_000_000_000_000, "swap at {swap_ts}");
+            assert_eq!(node.swap_bytes, 10);
+            let pod = PodRef {
+                namespace: "ns".into(),
+                name: "p".into(),
+            };
+            let c = batch.pods[&pod]["app"];
+            assert_eq!(c.timestamp_ns, 1_700_000_001_000_000_000, "swap at {swap_ts}");
+            assert_eq!(c.swap_bytes, 7);
+        }
+    }
 
     #[test]
     fn repeated_and_unusable_series_are_counted_and_named() {
