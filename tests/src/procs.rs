@@ -99,8 +99,13 @@ fn spawn(bin: &str, args: &[String], log: &Path, stdout: Stdio) -> anyhow::Resul
         }
         None => Command::new(binary(bin)),
     };
+    // `info` unless the process is given a klog verbosity to follow.
+    if args.iter().any(|a| a.starts_with("--v=")) {
+        cmd.env_remove("RUST_LOG");
+    } else {
+        cmd.env("RUST_LOG", "info");
+    }
     cmd.args(args)
-        .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(stdout)

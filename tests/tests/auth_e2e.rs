@@ -108,7 +108,7 @@ struct Cluster {
     agg: AggregatorProc,
     pki: Pki,
     seen: Arc<Mutex<Vec<Value>>>,
-    _agent: metrics_e2e::procs::Proc,
+    agent: metrics_e2e::procs::Proc,
     _kubelet: kubelet::FakeKubelet,
 }
 
@@ -198,12 +198,19 @@ async fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
     std::fs::write(&kubelet_token, "kt").unwrap();
     let agent_token = dir.join("agent-token");
     std::fs::write(&agent_token, "agent-a\n").unwrap();
+    // The agent logs as verbosely as the aggregator was asked to.
+    let verbosity: Vec<String> = extra
+        .iter()
+        .filter(|f| f.starts_with("--v="))
+        .map(|f| f.to_string())
+        .collect();
     let agent = start_agent(
         dir,
         "node-a",
         &[
             k.agent_flags(&kubelet_token),
             agg.agent_flags(Some(&agent_token)),
+            verbosity,
         ]
         .concat(),
     )
@@ -213,7 +220,7 @@ async fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
         agg,
         pki,
         seen,
-        _agent: agent,
+        agent,
         _kubelet: k,
     }
 }
@@ -740,4 +747,103 @@ async fn a_revoked_agent_token_ends_its_open_stream() {
             == 200
     })
     .await;
+}
+
+/// No token or key material reaches a log line, even at the most verbose
+/// level (`--v=10`, every dependency at trace): bearer tokens of users,
+/// refused tokens, agents' tokens, and the private keys in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_key_reaches_a_log_line() {
+    const USER_TOKEN: &str = "user-tok-Qx7Vb2Kd9Lm4";
+    const BAD_TOKEN: &str = "bad-tok-Zr5Wn8Pt3Hy6";
+    const AGENT_TOKEN: &str = "agent-tok-Jc2Fs9Ue4Rv1";
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_with(dir.path(), &["--v=10"]).await;
+    c.api.set_token(
+        USER_TOKEN,
+        TokenEntry::Valid {
+            username: "bob".into(),
+            uid: "uid-bob".into(),
+            groups: vec!["ops".into()],
+            extra: Default::default(),
+            audiences: vec![API_AUDIENCE.into()],
+        },
+    );
+    c.api.set_token(
+        AGENT_TOKEN,
+        service_account_token(
+            "kube-system",
+            "metrics-agent",
+            Some("node-b"),
+            &["metrics-aggregator"],
+        ),
+    );
+    until("node-a to be served", Duration::from_secs(30), async || {
+        c.get(Some(&c.pki.admin), &format!("{V1}/nodes/node-a"), &[])
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let pods = format!("{V1}/namespaces/ns/pods");
+    let user = format!("Bearer {USER_TOKEN}");
+    let bad = format!("Bearer {BAD_TOKEN}");
+    for _ in 0..3 {
+        let (code, body) = c
+            .get(None, &pods, &[("Authorization", user.as_str())])
+            .await;
+        assert!(code == 200 || code == 403, "{code} {body}");
+        let (code, _) = c.get(None, &pods, &[("Authorization", bad.as_str())]).await;
+        assert_eq!(code, 401);
+    }
+    assert_eq!(
+        stream_as(&c.agg, Some(AGENT_TOKEN), "node-b").await.ok(),
+        Some(true)
+    );
+    assert!(stream_as(&c.agg, Some(BAD_TOKEN), "node-b").await.is_err());
+
+    let logs = [c.agg.proc.log_text(), c.agent.log_text()];
+    assert!(
+        logs[0].lines().count() > 100,
+        "the aggregator logged at trace level:\n{}",
+        logs[0]
+    );
+    let mut secrets = vec![
+        USER_TOKEN.to_owned(),
+        BAD_TOKEN.to_owned(),
+        AGENT_TOKEN.to_owned(),
+        // The agent's own token, from its file.
+        "agent-a".to_owned(),
+        "PRIVATE KEY".to_owned(),
+    ];
+    // Every line of base64 of every private key in use.
+    for pair in [&c.pki.admin, &c.pki.front_proxy] {
+        let pem = std::fs::read_to_string(&pair.key).unwrap();
+        secrets.extend(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                .map(str::to_owned),
+        );
+    }
+    for key in std::fs::read_dir(dir.path().join("certs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(key.path()).unwrap_or_default();
+        if text.contains("PRIVATE KEY") {
+            secrets.extend(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                    .map(str::to_owned),
+            );
+        }
+    }
+    for (log, who) in logs.iter().zip(["aggregator", "agent"]) {
+        for s in &secrets {
+            if let Some(line) = log.lines().find(|l| l.contains(s.as_str())) {
+                panic!("the {who} logged secret {s:?}: {line}");
+            }
+        }
+    }
 }

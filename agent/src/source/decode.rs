@@ -242,14 +242,20 @@ node_memory_working_set_bytes 8192 1700000000000
             );
             let (batch, _) = decode(&body, SystemTime::now());
             let node = batch.node.unwrap();
-            assert_eq!(node.timestamp_ns, 1_700_000_000_000_000_000, "swap at {swap_ts}");
+            assert_eq!(
+                node.timestamp_ns, 1_700_000_000_000_000_000,
+                "swap at {swap_ts}"
+            );
             assert_eq!(node.swap_bytes, 10);
             let pod = PodRef {
                 namespace: "ns".into(),
                 name: "p".into(),
             };
             let c = batch.pods[&pod]["app"];
-            assert_eq!(c.timestamp_ns, 1_700_000_001_000_000_000, "swap at {swap_ts}");
+            assert_eq!(
+                c.timestamp_ns, 1_700_000_001_000_000_000,
+                "swap at {swap_ts}"
+            );
             assert_eq!(c.swap_bytes, 7);
         }
     }
