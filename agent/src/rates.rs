@@ -69,6 +69,7 @@ pub fn usage(last: &Point, prev: &Point) -> Result<Usage, PairError> {
         window_nanos: window,
         cpu_nanocores: cpu as u64,
         memory_working_set_bytes: last.memory_bytes,
+        swap_bytes: last.swap_bytes,
     })
 }
 
@@ -182,6 +183,7 @@ impl RateStore {
                     name: name.clone(),
                     cpu_nanocores: u.cpu_nanocores,
                     memory_working_set_bytes: u.memory_working_set_bytes,
+                    swap_bytes: u.swap_bytes,
                 });
             }
             let Some((timestamp_unix_nanos, window_nanos)) = earliest else {

@@ -27,6 +27,7 @@ fn report(node: usize, pods: usize) -> NodeReport {
         window_nanos: 15_000_000_000,
         cpu_nanocores: 123_456_789 + i,
         memory_working_set_bytes: 734_003_200 + i * 4096,
+        swap_bytes: 0,
     };
     NodeReport {
         protocol_version: metrics_proto::PROTOCOL_VERSION,
@@ -59,6 +60,7 @@ fn report(node: usize, pods: usize) -> NodeReport {
                         name: c.to_string(),
                         cpu_nanocores: 12_345_678 * (i as u64 + 1),
                         memory_working_set_bytes: 52_428_800 + p as u64,
+                        swap_bytes: 0,
                     })
                     .collect(),
             })

@@ -155,6 +155,12 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PEER_TIMEOUT")]
     pub peer_timeout: Duration,
 
+    /// Resources served beside cpu and memory, comma-separated: `swap` (swap in use,
+    /// from the kubelet's swap series or the cgroup's swap accounting). Off by
+    /// default: clients expect exactly cpu and memory.
+    #[arg(long, value_delimiter = ',', env = "EXTRA_RESOURCES")]
+    pub extra_resources: Vec<String>,
+
     /// Largest estimated share of nodes (0 to 1) a list may miss because replicas did not
     /// answer; a list missing less carries a Warning header, one missing more fails with 503.
     #[arg(long, default_value_t = 0.5, env = "MAX_MISSING_SHARE")]
@@ -291,6 +297,8 @@ fn parse_peer(s: &str) -> Result<PeerArg, String> {
 /// A flag combination that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
+    #[error("--extra-resources: unknown resource {0:?} (known: swap)")]
+    ExtraResource(String),
     #[error("--insecure-allow-anonymous serves anyone who can connect; it requires a loopback --bind-address, got {0}")]
     AnonymousNotLoopback(IpAddr),
     #[error("--metric-resolution must be at least 1s, got {0:?}")]
@@ -342,6 +350,9 @@ impl Args {
         }
         if self.replication_factor == 0 {
             return Err(ArgsError::Replication);
+        }
+        if let Some(r) = self.extra_resources.iter().find(|r| r.as_str() != "swap") {
+            return Err(ArgsError::ExtraResource(r.clone()));
         }
         if !(0.0..=1.0).contains(&self.max_missing_share) {
             return Err(ArgsError::MissingShare(self.max_missing_share));

@@ -39,6 +39,8 @@ pub struct IngestService {
     interner: Arc<Interner>,
     /// What the store may hold.
     budget: crate::store::Budget,
+    /// Serve `swap` beside cpu and memory (`--extra-resources=swap`).
+    swap: bool,
 }
 
 impl IngestService {
@@ -58,7 +60,14 @@ impl IngestService {
             cancel,
             interner: Arc::default(),
             budget: crate::store::Budget::UNLIMITED,
+            swap: false,
         }
+    }
+
+    /// Objects of nodes stored from now on serve `swap` in their usage.
+    pub fn with_swap(mut self, swap: bool) -> Self {
+        self.swap = swap;
+        self
     }
 
     /// Bounds what the store holds (`--max-stored-bytes`, `--max-stored-pods`).
@@ -116,7 +125,11 @@ impl IngestService {
                     }),
                     _ => Ok((e, dropped)),
                 },
-            );
+            )
+            .map(|(mut e, dropped)| {
+                e.swap = self.swap;
+                (e, dropped)
+            });
         match checked {
             Ok((entry, dropped)) => {
                 let name = entry.name.clone();
@@ -359,6 +372,7 @@ mod tests {
                     name: format!("c{i}"),
                     cpu_nanocores: 1,
                     memory_working_set_bytes: 1024,
+                    swap_bytes: 0,
                 })
                 .collect(),
         }
@@ -404,6 +418,7 @@ mod tests {
                 window_nanos: 15_000_000_000,
                 cpu_nanocores: 5,
                 memory_working_set_bytes: 1024,
+                swap_bytes: 0,
             }),
             pods: vec![
                 pod("good-1", 2),
@@ -470,6 +485,7 @@ mod tests {
             window_nanos: 15_000_000_000,
             cpu_nanocores: 1,
             memory_working_set_bytes: 1,
+            swap_bytes: 0,
         });
         let ack = svc.handle(&report, &mut state);
         assert!(!ack.accepted);

@@ -275,7 +275,9 @@ impl Aggregator {
             max_node_bytes = budget.max_node_bytes,
             "store budget"
         );
-        ingest = ingest.with_budget(budget);
+        ingest = ingest
+            .with_budget(budget)
+            .with_swap(self.args.extra_resources.iter().any(|r| r == "swap"));
         if let Some(shard) = &self.shard {
             ingest = ingest.with_shard(shard.clone());
         }

@@ -164,18 +164,18 @@ impl Query {
             }
             .iter()
             .take_while(|_| go_on())
-            .map(|h| (h.node(), h.pod()))
+            .map(|h| (h, h.pod()))
             .filter(|(_, p)| {
                 name_ok(&p.name)
                     && self.fields.matches(&p.namespace, &p.name)
                     && self.labels.matches_with(|k| p.labels.get(k))
             })
-            .map(|(node, p)| Hit {
+            .map(|(h, p)| Hit {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
-                node: node.to_owned(),
+                node: h.node().to_owned(),
                 timestamp_ns: p.timestamp_ns,
-                rendered: p.render(),
+                rendered: h.render(),
             })
             .collect(),
         }
@@ -294,6 +294,7 @@ mod tests {
                 name: "c".into(),
                 cpu_nanocores: 1,
                 memory_working_set_bytes: 1024,
+                swap_bytes: 0,
             }],
             ..Default::default()
         };
@@ -338,6 +339,7 @@ mod scan_tests {
                     window_nanos: 1,
                     cpu_nanocores: 1,
                     memory_working_set_bytes: 1,
+                    swap_bytes: 0,
                 }),
                 pods: (0..pods)
                     .map(|i| PodUsage {
@@ -349,6 +351,7 @@ mod scan_tests {
                             name: "c".into(),
                             cpu_nanocores: 1,
                             memory_working_set_bytes: 1,
+                            swap_bytes: 0,
                         }],
                         ..Default::default()
                     })

@@ -106,11 +106,15 @@ pub fn json_str(out: &mut String, s: &str) {
     }
 }
 
-fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64) {
+fn usage_json(out: &mut String, cpu_nanocores: u64, memory_bytes: u64, swap: Option<u64>) {
     out.push_str("{\"cpu\":\"");
     write_cpu_quantity(out, cpu_nanocores);
     out.push_str("\",\"memory\":\"");
     write_memory_quantity(out, memory_bytes);
+    if let Some(swap) = swap {
+        out.push_str("\",\"swap\":\"");
+        write_memory_quantity(out, swap);
+    }
     out.push_str("\"}");
 }
 
@@ -136,14 +140,19 @@ fn times(t: &mut String, timestamp_nanos: i64, window_nanos: i64) {
     t.push('"');
 }
 
-/// A NodeMetrics object.
-pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage) -> Rendered {
+/// A NodeMetrics object; with `swap` in its usage when `swap`.
+pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage, swap: bool) -> Rendered {
     let mut text = String::with_capacity(256 + name.len());
     head(&mut text, None, name);
     let split = text.len();
     times(&mut text, u.timestamp_unix_nanos, u.window_nanos);
     text.push_str(",\"usage\":");
-    usage_json(&mut text, u.cpu_nanocores, u.memory_working_set_bytes);
+    usage_json(
+        &mut text,
+        u.cpu_nanocores,
+        u.memory_working_set_bytes,
+        swap.then_some(u.swap_bytes),
+    );
     text.push('}');
     Rendered {
         text,
@@ -163,6 +172,7 @@ pub fn pod_metrics(p: &PodUsage, labels: &Arc<Labels>) -> Rendered {
         p.timestamp_unix_nanos,
         p.window_nanos,
         &containers,
+        false,
     )
 }
 
@@ -174,6 +184,7 @@ pub fn pod_object(
     timestamp_ns: i64,
     window_ns: i64,
     containers: &[ContainerUsage],
+    swap: bool,
 ) -> Rendered {
     let mut text =
         String::with_capacity(192 + namespace.len() + name.len() + 96 * containers.len());
@@ -188,7 +199,12 @@ pub fn pod_object(
         text.push_str("{\"name\":");
         json_str(&mut text, &c.name);
         text.push_str(",\"usage\":");
-        usage_json(&mut text, c.cpu_nanocores, c.memory_working_set_bytes);
+        usage_json(
+            &mut text,
+            c.cpu_nanocores,
+            c.memory_working_set_bytes,
+            swap.then_some(c.swap_bytes),
+        );
         text.push('}');
     }
     text.push_str("]}");
@@ -224,13 +240,32 @@ mod tests {
             window_nanos: 30_000_000_000,
             cpu_nanocores: 487_558_164,
             memory_working_set_bytes: 749_785_088,
+            swap_bytes: 0,
         };
         let labels = Labels::new(&std::collections::HashMap::from([
             ("b".to_string(), "2".to_string()),
             ("app.kubernetes.io/name".to_string(), "1".to_string()),
         ]))
         .unwrap();
-        let r = node_metrics("minikube", &labels, &u);
+        let r = node_metrics("minikube", &labels, &u, false);
+        // --extra-resources=swap adds swap after memory.
+        let with_swap = item(
+            &node_metrics(
+                "minikube",
+                &labels,
+                &Usage {
+                    swap_bytes: 4096,
+                    ..u
+                },
+                true,
+            ),
+            "2022-01-27T18:48:43Z",
+        );
+        assert!(
+            with_swap
+                .ends_with(r#""usage":{"cpu":"487558164n","memory":"732212Ki","swap":"4Ki"}}"#),
+            "{with_swap}"
+        );
         let got = render(&r, "NodeMetrics", "2022-01-27T18:48:43Z");
         assert_eq!(
             got,
@@ -262,6 +297,7 @@ mod tests {
                 name: "kube-scheduler".into(),
                 cpu_nanocores: 9_559_630,
                 memory_working_set_bytes: 22_244 * 1024,
+                swap_bytes: 0,
             }],
         };
         let got = render(

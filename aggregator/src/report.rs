@@ -71,8 +71,9 @@ impl PodEntry {
     }
 
     /// The PodMetrics object, rendered now (objects are stored as values
-    /// and rendered only when an answer includes them).
-    pub fn render(&self) -> Rendered {
+    /// and rendered only when an answer includes them); with `swap` in
+    /// each container's usage when `swap`.
+    pub fn render(&self, swap: bool) -> Rendered {
         render::pod_object(
             &self.namespace,
             &self.name,
@@ -80,6 +81,7 @@ impl PodEntry {
             self.timestamp_ns,
             self.window_ns,
             &self.containers,
+            swap,
         )
     }
 }
@@ -97,6 +99,8 @@ pub struct NodeEntry {
     pub pods: Vec<PodEntry>,
     pub received: Instant,
     pub expires: Instant,
+    /// Whether this node's objects show `swap` beside cpu and memory.
+    pub swap: bool,
     /// [`NodeEntry::footprint`], computed once.
     bytes: usize,
 }
@@ -110,7 +114,7 @@ impl NodeEntry {
     /// The NodeMetrics object, rendered now; None without node usage.
     pub fn render(&self) -> Option<Rendered> {
         let u = self.node.as_ref()?;
-        Some(render::node_metrics(&self.name, &self.labels, u))
+        Some(render::node_metrics(&self.name, &self.labels, u, self.swap))
     }
 
     fn measure(&self) -> usize {
@@ -303,6 +307,7 @@ pub fn to_entry_with(
         pods,
         received: now,
         expires: now + period * expiry_periods,
+        swap: false,
         bytes: 0,
     };
     entry.bytes = entry.measure();

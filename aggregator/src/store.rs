@@ -94,6 +94,11 @@ impl PodHit {
     pub fn node(&self) -> &str {
         &self.entry.name
     }
+
+    /// The pod's object, rendered now.
+    pub fn render(&self) -> crate::render::Rendered {
+        self.pod().render(self.entry.swap)
+    }
 }
 
 impl Store {
@@ -320,6 +325,7 @@ mod tests {
                 window_nanos: 1,
                 cpu_nanocores: 1,
                 memory_working_set_bytes: 1,
+                swap_bytes: 0,
             }),
             pods: pods
                 .iter()

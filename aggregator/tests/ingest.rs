@@ -33,6 +33,7 @@ fn report(node: &str, pods: usize) -> NodeReport {
             window_nanos: 1_000_000_000,
             cpu_nanocores: 5,
             memory_working_set_bytes: 1024,
+            swap_bytes: 0,
         }),
         pods: (0..pods)
             .map(|i| PodUsage {
@@ -45,6 +46,7 @@ fn report(node: &str, pods: usize) -> NodeReport {
                     name: "c".into(),
                     cpu_nanocores: 1,
                     memory_working_set_bytes: 1,
+                    swap_bytes: 0,
                 }],
             })
             .collect(),

@@ -33,6 +33,7 @@ fn report(node: usize) -> NodeReport {
             window_nanos: 15_000_000_000,
             cpu_nanocores: 1,
             memory_working_set_bytes: 1,
+            swap_bytes: 0,
         }),
         pods: (0..PODS)
             .map(|p| PodUsage {
@@ -47,6 +48,7 @@ fn report(node: usize) -> NodeReport {
                         name: c.to_string(),
                         cpu_nanocores: 123_456_789,
                         memory_working_set_bytes: 987_654_321,
+                        swap_bytes: 0,
                     })
                     .collect(),
             })

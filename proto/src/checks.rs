@@ -197,6 +197,7 @@ mod tests {
                     name: n.to_string(),
                     cpu_nanocores: 1,
                     memory_working_set_bytes: 1,
+                    swap_bytes: 0,
                 })
                 .collect(),
             ..PodUsage::default()

@@ -18,6 +18,7 @@ pub fn node_report(node: &str, period_ms: u64) -> NodeReport {
             window_nanos: window,
             cpu_nanocores: 1_000_000,
             memory_working_set_bytes: 1 << 20,
+            swap_bytes: 0,
         }),
         source: "test".into(),
         ..NodeReport::default()

@@ -217,6 +217,7 @@ async fn self_metrics_use_metrics_servers_names() {
                 name: format!("c{i}"),
                 cpu_nanocores: 1_000_000,
                 memory_working_set_bytes: 1 << 20,
+                swap_bytes: 0,
             })
             .collect(),
         ..Default::default()

@@ -32,6 +32,7 @@ fn pod(ns: &str, name: &str, cpu_nanocores: u64, behind_ns: i64) -> PodUsage {
             name: "c".into(),
             cpu_nanocores,
             memory_working_set_bytes: 1 << 20,
+            swap_bytes: 0,
         }],
         ..Default::default()
     }

@@ -303,6 +303,7 @@ async fn reports_past_the_memory_budget_are_refused_and_the_rest_kept() {
                 name: "main".into(),
                 cpu_nanocores: 1_000,
                 memory_working_set_bytes: 1 << 20,
+                swap_bytes: 0,
             }],
         })
         .collect();

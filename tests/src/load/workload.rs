@@ -246,6 +246,7 @@ pub fn fill(report: &mut NodeReport, tick: u64, now_ns: i64, window_ns: i64) {
         window_nanos: window_ns,
         cpu_nanocores: 2_000_000_000 + wiggle(1) % 1_000_000_000,
         memory_working_set_bytes: (8 << 30) + (wiggle(2) % (1 << 30)),
+        swap_bytes: 0,
     });
     for (i, p) in report.pods.iter_mut().enumerate() {
         // Containers' samples are a few ms older than the node's.

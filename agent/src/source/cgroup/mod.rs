@@ -209,7 +209,7 @@ impl CgroupSource {
                         start_ns,
                         cpu_ns: u.cpu_ns,
                         memory_bytes: u.working_set,
-                        swap_bytes: 0,
+                        swap_bytes: u.swap,
                     },
                 );
             }

@@ -21,11 +21,13 @@ pub enum ReadError {
     Missing { path: PathBuf, key: &'static str },
 }
 
-/// Cumulative CPU (ns) and working set (bytes) of one cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Cumulative CPU (ns), working set and swap in use (bytes) of one
+/// cgroup; swap is 0 where the kernel has no swap accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub cpu_ns: u64,
     pub working_set: u64,
+    pub swap: u64,
 }
 
 fn read(path: PathBuf) -> Result<(PathBuf, String), ReadError> {
@@ -71,6 +73,7 @@ pub fn v2(dir: &Path) -> Result<Usage, ReadError> {
     Ok(Usage {
         cpu_ns: v2_cpu(dir)?,
         working_set: current.saturating_sub(inactive),
+        swap: single(dir.join("memory.swap.current"), "memory.swap.current").unwrap_or(0),
     })
 }
 
@@ -84,6 +87,7 @@ pub fn v2_root(root: &Path) -> Result<Usage, ReadError> {
     Ok(Usage {
         cpu_ns: v2_cpu(root)?,
         working_set: (anon + file).saturating_sub(inactive),
+        swap: 0,
     })
 }
 
@@ -96,9 +100,15 @@ pub fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Usage, ReadError> {
     )?;
     let (path, stat) = read(memory_dir.join("memory.stat"))?;
     let inactive = key(&path, &stat, "total_inactive_file")?;
+    // memsw counts memory and swap together, where swap accounting is on.
+    let memsw = single(
+        memory_dir.join("memory.memsw.usage_in_bytes"),
+        "memory.memsw.usage_in_bytes",
+    );
     Ok(Usage {
         cpu_ns,
         working_set: usage.saturating_sub(inactive),
+        swap: memsw.map_or(0, |m| m.saturating_sub(usage)),
     })
 }
 
@@ -112,6 +122,9 @@ pub struct OpenCgroup {
     cpu: (PathBuf, File),
     current: (PathBuf, File),
     stat: (PathBuf, File),
+    /// v2 `memory.swap.current`, v1 `memory.memsw.usage_in_bytes`; absent
+    /// without swap accounting.
+    swap: Option<(PathBuf, File)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +180,7 @@ impl OpenCgroup {
             cpu: open(dir.join("cpu.stat"))?,
             current: open(dir.join("memory.current"))?,
             stat: open(dir.join("memory.stat"))?,
+            swap: open(dir.join("memory.swap.current")).ok(),
         })
     }
 
@@ -177,6 +191,7 @@ impl OpenCgroup {
             cpu: open(cpuacct_dir.join("cpuacct.usage"))?,
             current: open(memory_dir.join("memory.usage_in_bytes"))?,
             stat: open(memory_dir.join("memory.stat"))?,
+            swap: open(memory_dir.join("memory.memsw.usage_in_bytes")).ok(),
         })
     }
 
@@ -208,9 +223,16 @@ impl OpenCgroup {
         };
         let text = pread(&self.stat, buf)?;
         let inactive = key(&self.stat.0, text, inactive_key)?;
+        let swap = match (&self.swap, self.kind) {
+            (None, _) => 0,
+            (Some(f), Kind::V2) => number(f, buf, "memory.swap.current").unwrap_or(0),
+            (Some(f), Kind::V1) => number(f, buf, "memory.memsw.usage_in_bytes")
+                .map_or(0, |memsw| memsw.saturating_sub(current)),
+        };
         Ok(Usage {
             cpu_ns,
             working_set: current.saturating_sub(inactive),
+            swap,
         })
     }
 }
@@ -258,7 +280,8 @@ mod tests {
             first,
             Usage {
                 cpu_ns: 100_000,
-                working_set: 4000
+                working_set: 4000,
+                swap: 0,
             }
         );
         // Files rewritten in place (as the kernel regenerates them).
@@ -267,9 +290,15 @@ mod tests {
             open.read(&mut buf).unwrap(),
             Usage {
                 cpu_ns: 250_000,
-                working_set: 8500
+                working_set: 8500,
+                swap: 0,
             }
         );
+        // Swap accounting appears with its file.
+        std::fs::write(d.join("memory.swap.current"), "4096\n").unwrap();
+        let with_swap = OpenCgroup::v2(d).unwrap();
+        assert_eq!(with_swap.read(&mut buf).unwrap().swap, 4096);
+        assert_eq!(v2(d).unwrap().swap, 4096);
         std::fs::write(d.join("cpu.stat"), "user_usec 1\n").unwrap();
         assert!(open.read(&mut buf).is_err());
     }
