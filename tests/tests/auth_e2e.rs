@@ -126,6 +126,17 @@ impl Cluster {
     }
 }
 
+/// User bob of group ops, for the API's audience.
+fn bob() -> TokenEntry {
+    TokenEntry::Valid {
+        username: "bob".into(),
+        uid: "uid-bob".into(),
+        groups: vec!["ops".into()],
+        extra: Default::default(),
+        audiences: vec![API_AUDIENCE.into()],
+    }
+}
+
 async fn start(dir: &Path) -> Cluster {
     start_with(dir, &[]).await
 }
@@ -144,16 +155,7 @@ async fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
         record.lock().unwrap().push(spec.clone());
         policy(spec)
     });
-    api.set_token(
-        "bob-token",
-        TokenEntry::Valid {
-            username: "bob".into(),
-            uid: "uid-bob".into(),
-            groups: vec!["ops".into()],
-            extra: Default::default(),
-            audiences: vec![API_AUDIENCE.into()],
-        },
-    );
+    api.set_token("bob-token", bob());
     api.set_token(
         "expired-token",
         TokenEntry::Invalid("token has expired".into()),
@@ -759,16 +761,7 @@ async fn no_token_or_key_reaches_a_log_line() {
     const AGENT_TOKEN: &str = "agent-tok-Jc2Fs9Ue4Rv1";
     let dir = tempfile::tempdir().unwrap();
     let c = start_with(dir.path(), &["--v=10"]).await;
-    c.api.set_token(
-        USER_TOKEN,
-        TokenEntry::Valid {
-            username: "bob".into(),
-            uid: "uid-bob".into(),
-            groups: vec!["ops".into()],
-            extra: Default::default(),
-            audiences: vec![API_AUDIENCE.into()],
-        },
-    );
+    c.api.set_token(USER_TOKEN, bob());
     c.api.set_token(
         AGENT_TOKEN,
         service_account_token(

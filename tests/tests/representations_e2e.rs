@@ -454,49 +454,45 @@ fn check_table(what: &str, include: &str, table: &Value, want: &[Value]) {
     }
 }
 
+/// What the real kubectl prints for `args`, whose header must be `header`.
+async fn printed(kubeconfig: &Path, args: &[&str], header: &[&str]) -> String {
+    let out = kubectl(kubeconfig, args).await;
+    assert!(out.success, "{}", out.stderr);
+    let got: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(got, header, "{}", out.stdout);
+    out.stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_prints_metrics_servers_columns_and_406_for_the_rest() {
     let c = Cluster::start().await;
     let kubeconfig: &Path = &c.aggs[0].kubeconfig;
 
-    let out = kubectl(kubeconfig, &["get", "nodemetrics"]).await;
-    assert!(out.success, "{}", out.stderr);
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        ["NAME", "CPU", "MEMORY", "WINDOW"],
-        "{}",
-        out.stdout
-    );
-    assert!(out.stdout.contains(&c.shape.node_name(0)), "{}", out.stdout);
+    let nodes = printed(
+        kubeconfig,
+        &["get", "nodemetrics"],
+        &["NAME", "CPU", "MEMORY", "WINDOW"],
+    )
+    .await;
+    assert!(nodes.contains(&c.shape.node_name(0)), "{nodes}");
 
-    let out = kubectl(kubeconfig, &["get", "podmetrics", "-A"]).await;
-    assert!(out.success, "{}", out.stderr);
-    let header: Vec<&str> = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        ["NAMESPACE", "NAME", "CPU", "MEMORY", "WINDOW"],
-        "{}",
-        out.stdout
-    );
+    let out = printed(
+        kubeconfig,
+        &["get", "podmetrics", "-A"],
+        &["NAMESPACE", "NAME", "CPU", "MEMORY", "WINDOW"],
+    )
+    .await;
     let (ns, pod) = c.shape.pod_key(0);
     let line = out
-        .stdout
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(pod.as_str()))
-        .unwrap_or_else(|| panic!("{pod} not listed:\n{}", out.stdout));
+        .unwrap_or_else(|| panic!("{pod} not listed:\n{out}"));
     assert!(line.starts_with(&ns), "{line}");
 
     // Nothing the server writes: 406 with a Status, before any work.
