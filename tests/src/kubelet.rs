@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -86,8 +86,44 @@ pub struct FakeKubelet {
     /// Bearer token it requires.
     pub token: String,
     scrapes: Arc<AtomicU64>,
-    failing: Arc<AtomicBool>,
+    fault: Arc<AtomicU8>,
     task: JoinHandle<()>,
+}
+
+/// How `/metrics/resource` misbehaves (`/pods` keeps working).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    None = 0,
+    /// 503, as a kubelet whose stats provider is broken answers.
+    Unavailable,
+    /// 500.
+    ServerError,
+    /// 200 with bytes that are not the text format.
+    Garbage,
+    /// 200 with every value 0.
+    Zeros,
+    /// 200 whose body stops half-way (a Content-Length it never reaches).
+    CutBody,
+    /// Accepts the request and never answers.
+    Hang,
+}
+
+impl Fault {
+    fn from_u8(v: u8) -> Self {
+        [
+            Fault::None,
+            Fault::Unavailable,
+            Fault::ServerError,
+            Fault::Garbage,
+            Fault::Zeros,
+            Fault::CutBody,
+            Fault::Hang,
+        ]
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(Fault::None)
+    }
 }
 
 impl FakeKubelet {
@@ -112,7 +148,16 @@ impl FakeKubelet {
     /// While set, `/metrics/resource` answers 503 (`/pods` keeps working),
     /// as a kubelet whose stats provider is broken does.
     pub fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::Relaxed);
+        self.set_fault(if failing {
+            Fault::Unavailable
+        } else {
+            Fault::None
+        });
+    }
+
+    /// `/metrics/resource` misbehaves as `fault` says from now on.
+    pub fn set_fault(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::Relaxed);
     }
 }
 
@@ -128,7 +173,7 @@ struct State {
     /// Empty: callers authenticate with a client certificate instead.
     token: String,
     scrapes: Arc<AtomicU64>,
-    failing: Arc<AtomicBool>,
+    fault: Arc<AtomicU8>,
 }
 
 /// Seconds since the epoch.
@@ -280,16 +325,35 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
     let body = match req.uri().path() {
-        "/metrics/resource" if state.failing.load(Ordering::Relaxed) => {
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stats provider unavailable",
-            );
-        }
-        "/metrics/resource" => {
-            state.scrapes.fetch_add(1, Ordering::Relaxed);
-            render(&state.node, state.t0, now_secs())
-        }
+        "/metrics/resource" => match Fault::from_u8(state.fault.load(Ordering::Relaxed)) {
+            Fault::None | Fault::Hang => {
+                state.scrapes.fetch_add(1, Ordering::Relaxed);
+                render(&state.node, state.t0, now_secs())
+            }
+            Fault::Unavailable => {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stats provider unavailable",
+                );
+            }
+            Fault::ServerError => {
+                return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+            Fault::Garbage => {
+                "\u{0}\u{1}\u{7f}<html>{{{ not the text format\n\u{feff}}}}\n".repeat(50)
+            }
+            Fault::Zeros => {
+                let text = render(&state.node, state.t0, now_secs());
+                zeroed(&text)
+            }
+            Fault::CutBody => {
+                let text = render(&state.node, state.t0, now_secs());
+                let mut r = reply(StatusCode::OK, text[..text.len() / 2].to_owned());
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, http::HeaderValue::from(text.len()));
+                return r;
+            }
+        },
         "/pods" => pod_list(&state.node, state.t0),
         _ => return reply(StatusCode::NOT_FOUND, "404 page not found"),
     };
@@ -309,6 +373,27 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `text` with every sample's value replaced by 0 (timestamps kept).
+fn zeroed(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                return l.to_owned();
+            }
+            // `name{labels} value timestamp`: the value is the second field
+            // from the end.
+            let mut parts: Vec<&str> = l.rsplitn(3, ' ').collect();
+            if parts.len() == 3 {
+                parts[1] = "0";
+                format!("{} {} {}", parts[2], parts[1], parts[0])
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A stable 64-hex-digit container ID for a name.
@@ -388,13 +473,13 @@ async fn start_inner(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let scrapes = Arc::new(AtomicU64::new(0));
-    let failing = Arc::new(AtomicBool::new(false));
+    let fault = Arc::new(AtomicU8::new(Fault::None as u8));
     let state = Arc::new(State {
         node,
         t0,
         token: token.to_owned(),
         scrapes: Arc::clone(&scrapes),
-        failing: Arc::clone(&failing),
+        fault: Arc::clone(&fault),
     });
     let task = tokio::spawn(async move {
         loop {
@@ -406,9 +491,18 @@ async fn start_inner(
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                    async move {
+                        let hang = req.uri().path() == "/metrics/resource"
+                            && state.fault.load(Ordering::Relaxed) == Fault::Hang as u8;
+                        if hang {
+                            // Longer than any request timeout; the connection
+                            // goes when the client gives up.
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        }
+                        Ok::<_, Infallible>(handle(&state, &req))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -421,7 +515,7 @@ async fn start_inner(
         ca_file,
         token: token.to_owned(),
         scrapes,
-        failing,
+        fault,
         task,
     })
 }
