@@ -87,6 +87,7 @@ pub struct FakeKubelet {
     pub token: String,
     scrapes: Arc<AtomicU64>,
     fault: Arc<AtomicU8>,
+    grid_ms: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -155,6 +156,13 @@ impl FakeKubelet {
         });
     }
 
+    /// From now on samples are taken on a grid of `ms` milliseconds (their
+    /// times and counters as of the last grid point), as the kubelet's
+    /// housekeeping does; 0 turns it off (samples at request time).
+    pub fn set_timestamp_grid_ms(&self, ms: u64) {
+        self.grid_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// `/metrics/resource` misbehaves as `fault` says from now on.
     pub fn set_fault(&self, fault: Fault) {
         self.fault.store(fault as u8, Ordering::Relaxed);
@@ -174,6 +182,21 @@ struct State {
     token: String,
     scrapes: Arc<AtomicU64>,
     fault: Arc<AtomicU8>,
+    grid_ms: Arc<AtomicU64>,
+}
+
+impl State {
+    /// The sample time of a scrape now, in seconds.
+    fn sample_time(&self) -> f64 {
+        let now = now_secs();
+        match self.grid_ms.load(Ordering::Relaxed) {
+            0 => now,
+            ms => {
+                let step = ms as f64 / 1000.0;
+                (now / step).floor() * step
+            }
+        }
+    }
 }
 
 /// Seconds since the epoch.
@@ -328,7 +351,7 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics/resource" => match Fault::from_u8(state.fault.load(Ordering::Relaxed)) {
             Fault::None | Fault::Hang => {
                 state.scrapes.fetch_add(1, Ordering::Relaxed);
-                render(&state.node, state.t0, now_secs())
+                render(&state.node, state.t0, state.sample_time())
             }
             Fault::Unavailable => {
                 return reply(
@@ -343,11 +366,11 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "\u{0}\u{1}\u{7f}<html>{{{ not the text format\n\u{feff}}}}\n".repeat(50)
             }
             Fault::Zeros => {
-                let text = render(&state.node, state.t0, now_secs());
+                let text = render(&state.node, state.t0, state.sample_time());
                 zeroed(&text)
             }
             Fault::CutBody => {
-                let text = render(&state.node, state.t0, now_secs());
+                let text = render(&state.node, state.t0, state.sample_time());
                 let mut r = reply(StatusCode::OK, text[..text.len() / 2].to_owned());
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, http::HeaderValue::from(text.len()));
@@ -474,12 +497,14 @@ async fn start_inner(
     let addr = listener.local_addr()?;
     let scrapes = Arc::new(AtomicU64::new(0));
     let fault = Arc::new(AtomicU8::new(Fault::None as u8));
+    let grid_ms = Arc::new(AtomicU64::new(0));
     let state = Arc::new(State {
         node,
         t0,
         token: token.to_owned(),
         scrapes: Arc::clone(&scrapes),
         fault: Arc::clone(&fault),
+        grid_ms: Arc::clone(&grid_ms),
     });
     let task = tokio::spawn(async move {
         loop {
@@ -516,6 +541,7 @@ async fn start_inner(
         token: token.to_owned(),
         scrapes,
         fault,
+        grid_ms,
         task,
     })
 }

@@ -128,6 +128,31 @@ async fn auto_falls_back_to_cgroups_and_returns() {
         agent.log_text()
     );
 
+    // With a healthy kubelet, windows are the kubelet's own sample times
+    // apart, as with --source=kubelet: on a whole-second grid they are
+    // whole seconds, never the agent's scrape times (1.013s, 0.987s).
+    k.set_timestamp_grid_ms(1000);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let node_url = format!(
+        "{}/apis/metrics.k8s.io/v1beta1/nodes/auto-node",
+        agg.api_url()
+    );
+    let mut windows = Vec::new();
+    for _ in 0..6 {
+        for url in [&node_url, &pods_url] {
+            let (_, _, body) = https::get(url, &agg.ca, &[]).await.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            windows.push(v["window"].as_str().unwrap_or_default().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(
+        windows
+            .iter()
+            .all(|w| w.ends_with('s') && !w.contains('.') && !w.ends_with("ms")),
+        "windows: {windows:?}"
+    );
+
     let log = agent.log_text();
     assert_eq!(
         log.matches("reading cgroups until it recovers").count(),
