@@ -86,11 +86,26 @@ impl PodClaims {
             return;
         }
         let verdicts = self.verdicts(&conflicts).await;
+        // Conflicts are in the hits' order, so one cursor walks both and no
+        // key is built per hit.
+        let aligned: Vec<(&Key, Option<&Verdict>)> =
+            conflicts.iter().map(|k| (k, verdicts.get(k))).collect();
+        let mut cursor = 0;
         let mut refused = 0usize;
         let mut example = None;
         hits.retain(|h| {
-            let key = (h.namespace.clone(), h.name.clone());
-            let keep = match verdicts.get(&key) {
+            let key = (h.namespace.as_str(), h.name.as_str());
+            while aligned
+                .get(cursor)
+                .is_some_and(|(k, _)| (k.0.as_str(), k.1.as_str()) < key)
+            {
+                cursor += 1;
+            }
+            let verdict = aligned
+                .get(cursor)
+                .filter(|(k, _)| (k.0.as_str(), k.1.as_str()) == key)
+                .and_then(|(_, v)| *v);
+            let keep = match verdict {
                 Some(Verdict::On(node)) => &h.node == node,
                 Some(Verdict::Nowhere) => false,
                 None => true,

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
+#[cfg(test)]
+use metrics_proto::v1::PodUsage;
+use metrics_proto::v1::{ContainerUsage, Usage};
 
 use crate::format::{write_cpu_quantity, write_go_duration, write_memory_quantity};
 use crate::labelset::Labels;
@@ -162,6 +164,7 @@ pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage, swap: bool) -> 
 }
 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
+#[cfg(test)]
 pub fn pod_metrics(p: &PodUsage, labels: &Arc<Labels>) -> Rendered {
     let mut containers = p.containers.clone();
     containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));

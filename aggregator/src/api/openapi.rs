@@ -21,7 +21,8 @@ pub const V3_GROUP_PATH: &str = "/openapi/v3/apis/metrics.k8s.io/v1beta1";
 
 /// A built document and its ETag.
 struct Doc {
-    body: String,
+    /// Shared, so each answer is a reference count, not a copy.
+    body: bytes::Bytes,
     etag: String,
 }
 
@@ -29,7 +30,10 @@ impl Doc {
     fn new(v: &Value) -> Self {
         let body = v.to_string();
         let etag = format!("\"{:016X}\"", xxhash_rust::xxh3::xxh3_64(body.as_bytes()));
-        Doc { body, etag }
+        Doc {
+            body: body.into(),
+            etag,
+        }
     }
 
     /// 200 with the body, or 304 when the client holds this version.
@@ -363,30 +367,36 @@ fn info() -> Value {
     json!({ "title": "metrics-aggregator", "version": env!("CARGO_PKG_VERSION") })
 }
 
+/// The Swagger 2.0 document (`v3` false) or the group's OpenAPI 3.0 one;
+/// the two put definitions in different places.
+fn document(v3: bool) -> Doc {
+    let prefix = if v3 {
+        "#/components/schemas/"
+    } else {
+        "#/definitions/"
+    };
+    let r = |name: &str| json!({ "$ref": format!("{prefix}{name}") });
+    let (paths, schemas) = (paths(v3, &r), schemas(&r));
+    Doc::new(&if v3 {
+        json!({
+            "openapi": "3.0.0",
+            "info": info(),
+            "paths": paths,
+            "components": { "schemas": schemas },
+        })
+    } else {
+        json!({ "swagger": "2.0", "info": info(), "paths": paths, "definitions": schemas })
+    })
+}
+
 fn v2() -> &'static Doc {
     static DOC: OnceLock<Doc> = OnceLock::new();
-    DOC.get_or_init(|| {
-        let r = |name: &str| json!({ "$ref": format!("#/definitions/{name}") });
-        Doc::new(&json!({
-            "swagger": "2.0",
-            "info": info(),
-            "paths": paths(false, &r),
-            "definitions": schemas(&r),
-        }))
-    })
+    DOC.get_or_init(|| document(false))
 }
 
 fn v3_group() -> &'static Doc {
     static DOC: OnceLock<Doc> = OnceLock::new();
-    DOC.get_or_init(|| {
-        let r = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
-        Doc::new(&json!({
-            "openapi": "3.0.0",
-            "info": info(),
-            "paths": paths(true, &r),
-            "components": { "schemas": schemas(&r) },
-        }))
-    })
+    DOC.get_or_init(|| document(true))
 }
 
 fn v3_index() -> &'static Doc {
@@ -454,20 +464,20 @@ mod tests {
 
     #[test]
     fn documents_are_self_contained() {
-        let v2: Value = serde_json::from_str(&v2().body).unwrap();
+        let v2: Value = serde_json::from_slice(&v2().body).unwrap();
         refs_resolve(
             &v2,
             "#/definitions/",
             v2["definitions"].as_object().unwrap(),
         );
         assert_eq!(v2["paths"].as_object().unwrap().len(), 5);
-        let v3: Value = serde_json::from_str(&v3_group().body).unwrap();
+        let v3: Value = serde_json::from_slice(&v3_group().body).unwrap();
         refs_resolve(
             &v3,
             "#/components/schemas/",
             v3["components"]["schemas"].as_object().unwrap(),
         );
-        let index: Value = serde_json::from_str(&v3_index().body).unwrap();
+        let index: Value = serde_json::from_slice(&v3_index().body).unwrap();
         let url = index["paths"]["apis/metrics.k8s.io/v1beta1"]["serverRelativeURL"]
             .as_str()
             .unwrap();

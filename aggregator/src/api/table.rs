@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::api::negotiate::TableVersion;
 use crate::api::object::Object;
 use crate::api::status::ApiError;
-use crate::format::{cpu_quantity, go_duration, memory_quantity};
+use crate::format::{cpu_quantity, memory_quantity};
 use crate::query::Kind;
 
 /// What each row carries besides its cells (`?includeObject=`).
@@ -40,13 +40,6 @@ fn quantity(resource: &str, nanos: i128) -> String {
         cpu_quantity(units(nanos))
     } else {
         memory_quantity(units(nanos / 1_000_000_000))
-    }
-}
-
-fn window(o: &Object) -> String {
-    match metrics_proto::duration::parse_duration(&o.window) {
-        Ok(d) => go_duration(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
-        Err(_) => o.window.clone(),
     }
 }
 
@@ -85,7 +78,8 @@ pub fn render(
             for r in &resources {
                 cells.push(quantity(r, total.get(r.as_str()).copied().unwrap_or(0)).into());
             }
-            cells.push(window(o).into());
+            // Already a Go duration string, as metrics-server's cell is.
+            cells.push(o.window.clone().into());
             let mut row = json!({ "cells": cells });
             let object = match include {
                 IncludeObject::None => None,
