@@ -155,6 +155,27 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PEER_TIMEOUT")]
     pub peer_timeout: Duration,
 
+    /// Shortest time between a watch's two asks of the cluster (a watch sends what
+    /// changed between them).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "WATCH_POLL_INTERVAL")]
+    pub watch_poll_interval: Duration,
+
+    /// Time between BOOKMARK events of watches that allow them.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "WATCH_BOOKMARK_INTERVAL")]
+    pub watch_bookmark_interval: Duration,
+
+    /// A watch client that takes no event for this long has its connection closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "WATCH_STALL_TIMEOUT")]
+    pub watch_stall_timeout: Duration,
+
+    /// Watches open at once; more are refused with 429.
+    #[arg(long, default_value_t = 256, env = "MAX_WATCHES")]
+    pub max_watches: usize,
+
+    /// A watch without timeoutSeconds ends after between this and twice this.
+    #[arg(long, default_value = "30m", value_parser = parse_duration, env = "MIN_REQUEST_TIMEOUT")]
+    pub min_request_timeout: Duration,
+
     /// Resources served beside cpu and memory, comma-separated: `swap` (swap in use,
     /// from the kubelet's swap series or the cgroup's swap accounting). Off by
     /// default: clients expect exactly cpu and memory.

@@ -310,6 +310,17 @@ impl Aggregator {
                 compat,
                 registry: Arc::new(registry),
                 draining: self.draining.clone(),
+                watches: api::watch::Watches::new(
+                    api::watch::WatchConfig {
+                        poll: self.args.watch_poll_interval,
+                        bookmark_every: self.args.watch_bookmark_interval,
+                        stall: self.args.watch_stall_timeout,
+                        max_watches: self.args.max_watches,
+                        min_request_timeout: self.args.min_request_timeout,
+                        horizon: metrics_proto::MAX_PERIOD * self.args.node_expiry_periods,
+                    },
+                    Arc::clone(&metrics),
+                ),
             },
             auth,
             self.args.max_requests_inflight,

@@ -30,6 +30,12 @@ pub struct AggregatorMetrics {
     /// Connections, requests and streams refused or closed by a bound, by
     /// `limit`.
     pub limits: Family<ResultLabel, Counter>,
+    /// Watches open.
+    pub watches: Gauge,
+    /// Watch events sent, by `type`.
+    pub watch_events: Family<ResultLabel, Counter>,
+    /// Watches ended, by `reason`.
+    pub watches_ended: Family<ResultLabel, Counter>,
 }
 
 impl AggregatorMetrics {
@@ -76,6 +82,17 @@ impl AggregatorMetrics {
             "limits_hit",
             "Connections, requests, streams and reports refused or closed by a bound (max_connections, handshakes, max_requests_inflight, silent_stream, memory_budget), by limit",
             m.limits.clone(),
+        );
+        sub.register("watches", "Watches open", m.watches.clone());
+        sub.register(
+            "watch_events",
+            "Watch events sent, by type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR)",
+            m.watch_events.clone(),
+        );
+        sub.register(
+            "watches_ended",
+            "Watches ended, by reason (timeout, client_gone, stalled, shutdown, expired)",
+            m.watches_ended.clone(),
         );
         m
     }

@@ -2,11 +2,15 @@
 //! that opens TCP and never finishes TLS, never sends the HTTP/2 preface,
 //! or stops answering keep-alive pings ends with a read error instead of
 //! holding a socket and its buffers forever. Healthy HTTP/2 peers are read
-//! from at least at every keep-alive ping's answer.
+//! from at least at every keep-alive ping's answer. A connection that is
+//! streaming a response (a watch over HTTP/1.1, where the client has
+//! nothing more to send) is not idle while the stream lasts.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +29,25 @@ pub struct ReadIdle<T> {
     armed_at: Instant,
     /// A place under a connection cap, given back when the connection goes.
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Responses being streamed on this connection.
+    streaming: Arc<AtomicUsize>,
+}
+
+/// Marks its connection as streaming a response while it lives.
+#[derive(Debug)]
+pub struct StreamingGuard(Arc<AtomicUsize>);
+
+impl StreamingGuard {
+    pub fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for StreamingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<T> ReadIdle<T> {
@@ -36,7 +59,14 @@ impl<T> ReadIdle<T> {
             deadline: Box::pin(tokio::time::sleep_until(now + idle)),
             armed_at: now,
             _slot: None,
+            streaming: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The count of responses streaming on this connection (see
+    /// [`StreamingGuard`]).
+    pub fn streaming(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.streaming)
     }
 
     /// Holds `slot` for as long as the connection lives.
@@ -71,12 +101,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadIdle<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("nothing read for {:?}", self.idle),
-                ))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                match self.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) if self.streaming.load(Ordering::Relaxed) > 0 => {
+                        let (now, idle) = (Instant::now(), self.idle);
+                        self.armed_at = now;
+                        self.deadline.as_mut().reset(now + idle);
+                    }
+                    Poll::Ready(()) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("nothing read for {:?}", self.idle),
+                        )))
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             },
         }
     }
@@ -139,5 +178,21 @@ mod tests {
         // Then silence: the read fails once 10 s pass.
         let err = conn.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_connection_is_not_idle_until_the_stream_ends() {
+        let (mut far, near) = tokio::io::duplex(64);
+        let mut conn = ReadIdle::new(near, Duration::from_secs(10));
+        let guard = StreamingGuard::new(&conn.streaming());
+        let mut buf = [0u8; 8];
+        // 35 s of silence while a response streams: the read still waits.
+        let silent = tokio::time::timeout(Duration::from_secs(35), conn.read(&mut buf)).await;
+        assert!(silent.is_err(), "{silent:?}");
+        // The stream ends: silence now times the connection out.
+        drop(guard);
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        far.write_all(b"x").await.unwrap();
     }
 }

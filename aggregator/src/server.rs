@@ -165,6 +165,15 @@ pub fn peer_chain(tls: &Conn) -> PeerCerts {
     PeerCerts(chain.into())
 }
 
+/// What a request's handler may do to its connection (a request
+/// extension): mark it as streaming a response, or close it at once (a
+/// watch whose client stopped reading).
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub streaming: Arc<std::sync::atomic::AtomicUsize>,
+    pub close: CancellationToken,
+}
+
 /// HTTP settings of the API port.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -205,9 +214,15 @@ pub async fn serve_https(
         let watcher = graceful.watcher();
         move |tls| {
             let certs = peer_chain(&tls);
+            let handle = ConnHandle {
+                streaming: tls.get_ref().0.streaming(),
+                close: CancellationToken::new(),
+            };
+            let close = handle.close.clone();
             let service = tower::ServiceBuilder::new()
                 .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(certs.clone());
+                    req.extensions_mut().insert(handle.clone());
                     req
                 })
                 .service(app);
@@ -216,8 +231,11 @@ pub async fn serve_https(
                     TokioIo::new(tls),
                     TowerToHyperService::new(service),
                 );
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tokio::select! {
+                    r = watcher.watch(conn.into_owned()) => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    _ = close.cancelled() => tracing::debug!(%peer, "connection closed by its handler"),
                 }
             }
         }

@@ -134,3 +134,72 @@ pub async fn get_as(
 ) -> anyhow::Result<(StatusCode, String)> {
     connect(addr, ca, client).await?.get(path, headers).await
 }
+
+/// A response whose body is read as it arrives (a watch).
+pub struct Streaming {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: hyper::body::Incoming,
+}
+
+impl Streaming {
+    /// The next chunk of the body: None at its clean end, Err when the
+    /// connection broke, after `within` an Err too.
+    pub async fn chunk(&mut self, within: std::time::Duration) -> anyhow::Result<Option<Bytes>> {
+        loop {
+            let frame = tokio::time::timeout(within, self.body.frame())
+                .await
+                .map_err(|_| anyhow::anyhow!("no data within {within:?}"))?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// GETs `path` on a new HTTP/1.1 connection to `addr` trusting `ca` and
+/// returns as soon as the headers arrive; `recv_buffer` shrinks the
+/// socket's receive buffer (a client that reads slowly fills it soon).
+pub async fn stream(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<Streaming> {
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(metrics_proto::tls::load_roots(ca)?)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let tcp = socket.connect(addr).await?;
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new())?)
+        .await?;
+    let (parts, body) = resp.into_parts();
+    Ok(Streaming {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

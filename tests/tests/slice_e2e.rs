@@ -242,6 +242,14 @@ fn names(list: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// metrics-server's resource list, with `watch` among the verbs.
+fn with_watch(resource_list: &str) -> String {
+    resource_list.replace(
+        r#""verbs":["get","list"]"#,
+        r#""verbs":["get","list","watch"]"#,
+    )
+}
+
 fn status(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not a Status: {e}: {body}"))
 }
@@ -255,7 +263,9 @@ async fn whole_path_through_kubectl() {
     // Discovery: byte-compatible resource list, and the group documents.
     let resources = kubectl(&cl.agg.kubeconfig, &["get", "--raw", V1]).await;
     assert!(resources.success, "{}", resources.stderr);
-    let want = fixture("metrics-api/discovery_apis_metrics.k8s.io_v1beta1.json");
+    let want = with_watch(&fixture(
+        "metrics-api/discovery_apis_metrics.k8s.io_v1beta1.json",
+    ));
     assert_eq!(resources.stdout.trim_end(), want.trim_end());
     let apis = cl.raw("/apis").await;
     assert_eq!(apis["groups"][0]["name"], "metrics.k8s.io");
@@ -428,12 +438,24 @@ async fn whole_path_through_kubectl() {
         (code, status(&body)["reason"].clone()),
         (400, Value::from("BadRequest"))
     );
-    let (code, body) = cl.get(&format!("{V1}/nodes?watch=true")).await;
-    assert_eq!(code, 405);
-    assert_eq!(
-        status(&body)["message"],
-        "watch is not supported on resources of kind \"nodes.metrics.k8s.io\""
-    );
+    // A watch (which metrics-server refuses) starts with every node as
+    // ADDED and ends cleanly at its timeout.
+    let (code, body) = cl
+        .get(&format!("{V1}/nodes?watch=true&timeoutSeconds=2"))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let added: Vec<String> = body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|e| e["type"] == "ADDED")
+        .map(|e| {
+            e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(added, ["node-a", "node-b"], "{body}");
     let (code, _) = cl.get("/apis/other.k8s.io/v1").await;
     assert_eq!(code, 404);
     let kc = kubectl(
@@ -545,7 +567,10 @@ async fn discovery_probe_answers_before_any_report() {
     assert_eq!(code, 200);
     assert_eq!(
         body,
-        fixture("metrics-api/discovery_apis_metrics.k8s.io_v1beta1.json").trim_end()
+        with_watch(&fixture(
+            "metrics-api/discovery_apis_metrics.k8s.io_v1beta1.json"
+        ))
+        .trim_end()
     );
     // Aggregated discovery when asked for it.
     let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";

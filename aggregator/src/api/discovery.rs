@@ -9,7 +9,7 @@ use http::{header, HeaderMap, HeaderValue};
 const GROUP_VERSION: &str = r#"{"groupVersion":"metrics.k8s.io/v1beta1","version":"v1beta1"}"#;
 
 /// `GET /apis/metrics.k8s.io/v1beta1`.
-pub const RESOURCE_LIST: &str = r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"metrics.k8s.io/v1beta1","resources":[{"name":"nodes","singularName":"","namespaced":false,"kind":"NodeMetrics","verbs":["get","list"]},{"name":"pods","singularName":"","namespaced":true,"kind":"PodMetrics","verbs":["get","list"]}]}"#;
+pub const RESOURCE_LIST: &str = r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"metrics.k8s.io/v1beta1","resources":[{"name":"nodes","singularName":"","namespaced":false,"kind":"NodeMetrics","verbs":["get","list","watch"]},{"name":"pods","singularName":"","namespaced":true,"kind":"PodMetrics","verbs":["get","list","watch"]}]}"#;
 
 fn group_json() -> String {
     format!(
@@ -35,7 +35,7 @@ pub fn group_list() -> String {
 pub fn aggregated(version: &str) -> String {
     let resource = |name: &str, kind: &str, scope: &str| {
         format!(
-            r#"{{"resource":"{name}","responseKind":{{"group":"","version":"","kind":"{kind}"}},"scope":"{scope}","singularResource":"","verbs":["get","list"]}}"#
+            r#"{{"resource":"{name}","responseKind":{{"group":"","version":"","kind":"{kind}"}},"scope":"{scope}","singularResource":"","verbs":["get","list","watch"]}}"#
         )
     };
     format!(

@@ -6,16 +6,22 @@ use std::time::SystemTime;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::HeaderMap;
 
 use crate::api::negotiate::{negotiate, Format};
 use crate::api::object::Object;
 use crate::api::status::ApiError;
 use crate::api::table::IncludeObject;
-use crate::api::{protobuf, table, yaml, AppState};
+use crate::api::watch::WatchParams;
+use crate::api::{protobuf, table, watch, yaml, AppState};
 use crate::cluster::Missing;
 use crate::format::rfc3339;
 use crate::query::{Hit, Kind, Query};
+use crate::server::ConnHandle;
+
+/// The connection a request came on, when served by `serve_https`.
+type Conn = Option<Extension<ConnHandle>>;
 
 /// The query parameters the API understands.
 #[derive(Debug, Default)]
@@ -24,6 +30,7 @@ struct Params {
     fields: String,
     watch: bool,
     include_object: String,
+    watch_params: WatchParams,
 }
 
 impl Params {
@@ -38,27 +45,23 @@ impl Params {
                     p.watch = matches!(v.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True")
                 }
                 "includeObject" => p.include_object = v.into_owned(),
-                _ => {}
+                k => {
+                    p.watch_params.take(k, &v);
+                }
             }
         }
         p
     }
 
-    /// The query for `kind` and the representation of its answer; watch and
+    /// The query for `kind` and the representation of its answer;
     /// unacceptable formats are refused before anything is parsed.
     fn query(
-        self,
+        &self,
         headers: &HeaderMap,
         kind: Kind,
         namespace: Option<String>,
         name: Option<String>,
     ) -> Result<(Query, Encoding), ApiError> {
-        if self.watch {
-            return Err(ApiError::MethodNotSupported {
-                verb: "watch".into(),
-                resource: resource(kind),
-            });
-        }
         let encoding = Encoding {
             format: negotiate(headers)?,
             include: IncludeObject::parse(&self.include_object)?,
@@ -66,6 +69,26 @@ impl Params {
         };
         let q = Query::new(kind, namespace, name, &self.labels, &self.fields)?;
         Ok((q, encoding))
+    }
+}
+
+impl Params {
+    /// Answers with a watch of `q` instead of its answer.
+    fn watch(
+        &self,
+        s: &AppState,
+        q: Query,
+        encoding: Encoding,
+        conn: Conn,
+    ) -> Result<Response, ApiError> {
+        watch::serve(
+            s,
+            q,
+            encoding.format,
+            encoding.include,
+            &self.watch_params,
+            conn.map(|Extension(c)| c),
+        )
     }
 }
 
@@ -115,13 +138,6 @@ impl Encoding {
     }
 }
 
-fn resource(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Nodes => "nodes",
-        Kind::Pods => "pods",
-    }
-}
-
 fn now_rfc3339() -> String {
     rfc3339(metrics_proto::time::unix_nanos(SystemTime::now()))
 }
@@ -153,8 +169,13 @@ async fn list(
     namespace: Option<String>,
     raw: Option<&str>,
     headers: &HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
-    let (q, encoding) = Params::parse(raw).query(headers, kind, namespace, None)?;
+    let params = Params::parse(raw);
+    let (q, encoding) = params.query(headers, kind, namespace, None)?;
+    if params.watch {
+        return params.watch(s, q, encoding, conn);
+    }
     let got = s.cluster.gather(&q).await;
     let warning = match &got.missing {
         None => None,
@@ -209,9 +230,13 @@ async fn get(
     name: String,
     raw: Option<&str>,
     headers: &HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
-    let (q, encoding) =
-        Params::parse(raw).query(headers, kind, namespace.clone(), Some(name.clone()))?;
+    let params = Params::parse(raw);
+    let (q, encoding) = params.query(headers, kind, namespace.clone(), Some(name.clone()))?;
+    if params.watch {
+        return params.watch(s, q, encoding, conn);
+    }
     let got = s.cluster.gather(&q).await;
     if let (None, Some(m)) = (got.hits.first(), &got.missing) {
         // Not found, but its owners may be the replicas that did not answer.
@@ -251,8 +276,9 @@ pub async fn list_nodes(
     State(s): State<AppState>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
-    list(&s, Kind::Nodes, None, raw.as_deref(), &headers).await
+    list(&s, Kind::Nodes, None, raw.as_deref(), &headers, conn).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/nodes/{name}`.
@@ -261,9 +287,10 @@ pub async fn get_node(
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(bad_path)?;
-    get(&s, Kind::Nodes, None, name, raw.as_deref(), &headers).await
+    get(&s, Kind::Nodes, None, name, raw.as_deref(), &headers, conn).await
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/pods`.
@@ -271,8 +298,9 @@ pub async fn list_all_pods(
     State(s): State<AppState>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
-    list(&s, Kind::Pods, None, raw.as_deref(), &headers).await
+    list(&s, Kind::Pods, None, raw.as_deref(), &headers, conn).await
 }
 
 /// A path segment that does not decode (invalid percent-encoding or UTF-8)
@@ -298,6 +326,7 @@ pub async fn list_namespace_pods(
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
     let Path(ns) = path.map_err(bad_path)?;
     list(
@@ -306,6 +335,7 @@ pub async fn list_namespace_pods(
         Some(namespace(ns)?),
         raw.as_deref(),
         &headers,
+        conn,
     )
     .await
 }
@@ -316,6 +346,7 @@ pub async fn get_pod(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
+    conn: Conn,
 ) -> Result<Response, ApiError> {
     let Path((ns, name)) = path.map_err(bad_path)?;
     get(
@@ -325,6 +356,7 @@ pub async fn get_pod(
         name,
         raw.as_deref(),
         &headers,
+        conn,
     )
     .await
 }

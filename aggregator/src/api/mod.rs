@@ -11,6 +11,7 @@ pub mod protobuf;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod watch;
 pub mod yaml;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// Fired when shutdown starts: readiness fails from then on.
     pub draining: tokio_util::sync::CancellationToken,
+    /// Every open watch.
+    pub watches: Arc<watch::Watches>,
 }
 
 const V1BETA1: &str = "/apis/metrics.k8s.io/v1beta1";

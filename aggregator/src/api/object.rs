@@ -14,6 +14,13 @@ pub struct Meta {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Set in watch events only: the sample time, ns since the epoch.
+    #[serde(
+        rename = "resourceVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_version: Option<String>,
     #[serde(rename = "creationTimestamp")]
     pub creation_timestamp: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

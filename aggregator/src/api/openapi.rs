@@ -260,7 +260,12 @@ fn list_params(v3: bool) -> Vec<Value> {
             "Only objects whose fields match this selector (metadata.name, metadata.namespace).",
             "string",
         ),
-        p("watch", "Not supported: answered with 405.", "boolean"),
+        p("watch", "Stream ADDED, MODIFIED and DELETED events as new windows arrive, instead of answering once.", "boolean"),
+        p("resourceVersion", "With watch: only objects sampled after this version (a sample time in ns); an older one than the data kept gets a 410 Expired event.", "string"),
+        p("timeoutSeconds", "With watch: end the watch after this many seconds.", "integer"),
+        p("allowWatchBookmarks", "With watch: send BOOKMARK events carrying the newest version sent.", "boolean"),
+        p("sendInitialEvents", "With watch: every current object as ADDED, then a BOOKMARK marking the end of them (needs resourceVersionMatch=NotOlderThan and allowWatchBookmarks).", "boolean"),
+        p("resourceVersionMatch", "With sendInitialEvents: NotOlderThan.", "string"),
     ]
 }
 

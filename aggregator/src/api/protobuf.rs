@@ -60,10 +60,14 @@ pub struct ObjectMeta {
     pub name: Option<String>,
     #[prost(string, optional, tag = "3")]
     pub namespace: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    pub resource_version: Option<String>,
     #[prost(message, optional, tag = "8")]
     pub creation_timestamp: Option<Time>,
     #[prost(btree_map = "string, string", tag = "11")]
     pub labels: BTreeMap<String, String>,
+    #[prost(btree_map = "string, string", tag = "12")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -145,9 +149,11 @@ fn meta(o: &Object) -> ObjectMeta {
     ObjectMeta {
         name: Some(o.metadata.name.clone()),
         namespace: o.metadata.namespace.clone(),
+        resource_version: o.metadata.resource_version.clone(),
         creation_timestamp: metrics_proto::time::parse_rfc3339(&o.metadata.creation_timestamp)
             .map(time),
         labels: o.metadata.labels.clone(),
+        annotations: BTreeMap::new(),
     }
 }
 
@@ -185,9 +191,15 @@ fn pod(o: &Object) -> PodMetrics {
 }
 
 fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    envelope_as(GROUP_VERSION, kind, raw)
+}
+
+const GROUP_VERSION: &str = "metrics.k8s.io/v1beta1";
+
+fn envelope_as(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
     let unknown = Unknown {
         type_meta: Some(TypeMeta {
-            api_version: Some("metrics.k8s.io/v1beta1".to_owned()),
+            api_version: Some(api_version.to_owned()),
             kind: Some(kind.to_owned()),
         }),
         raw: Some(raw),
@@ -231,4 +243,94 @@ pub fn object(kind: Kind, o: &Object) -> Vec<u8> {
         Kind::Nodes => envelope("NodeMetrics", node(o).encode_to_vec()),
         Kind::Pods => envelope("PodMetrics", pod(o).encode_to_vec()),
     }
+}
+
+/// meta/v1 WatchEvent: the event type and the object, itself a whole
+/// enveloped protobuf body.
+#[derive(Clone, PartialEq, Message)]
+pub struct WatchEvent {
+    #[prost(string, optional, tag = "1")]
+    pub r#type: Option<String>,
+    #[prost(message, optional, tag = "2")]
+    pub object: Option<RawExtension>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RawExtension {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    pub raw: Option<Vec<u8>>,
+}
+
+/// meta/v1 Status, for ERROR events.
+#[derive(Clone, PartialEq, Message)]
+pub struct Status {
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<ListMeta>,
+    #[prost(string, optional, tag = "2")]
+    pub status: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    pub message: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    pub reason: Option<String>,
+    #[prost(int32, optional, tag = "6")]
+    pub code: Option<i32>,
+}
+
+/// One frame of a protobuf watch (`;stream=watch`): a 4-byte big-endian
+/// length, then the WatchEvent in its envelope, whose object is `object`
+/// (an enveloped body from [`object`], [`bookmark`] or [`status`]).
+pub fn watch_frame(event_type: &str, object: Vec<u8>) -> Vec<u8> {
+    let event = WatchEvent {
+        r#type: Some(event_type.to_owned()),
+        object: Some(RawExtension { raw: Some(object) }),
+    };
+    let body = envelope("WatchEvent", event.encode_to_vec());
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A BOOKMARK event's object: only `metadata.resourceVersion` (and
+/// `annotations`) set.
+pub fn bookmark(
+    kind: Kind,
+    resource_version: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let metadata = Some(ObjectMeta {
+        resource_version: Some(resource_version.to_owned()),
+        annotations: annotations.clone(),
+        ..ObjectMeta::default()
+    });
+    match kind {
+        Kind::Nodes => envelope(
+            "NodeMetrics",
+            NodeMetrics {
+                metadata,
+                ..NodeMetrics::default()
+            }
+            .encode_to_vec(),
+        ),
+        Kind::Pods => envelope(
+            "PodMetrics",
+            PodMetrics {
+                metadata,
+                ..PodMetrics::default()
+            }
+            .encode_to_vec(),
+        ),
+    }
+}
+
+/// A Status (apiVersion v1) for an ERROR event.
+pub fn status(code: u16, reason: &str, message: &str) -> Vec<u8> {
+    let s = Status {
+        metadata: Some(ListMeta::default()),
+        status: Some("Failure".to_owned()),
+        message: Some(message.to_owned()),
+        reason: Some(reason.to_owned()),
+        code: Some(i32::from(code)),
+    };
+    envelope_as("v1", "Status", s.encode_to_vec())
 }

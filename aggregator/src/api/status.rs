@@ -30,7 +30,7 @@ pub enum ApiError {
     /// Malformed query (selectors).
     #[error("{0}")]
     BadRequest(String),
-    /// Verb not supported on the resource (watch, writes).
+    /// Verb not supported on the resource (writes).
     #[error("{verb} is not supported on resources of kind \"{resource}.metrics.k8s.io\"")]
     MethodNotSupported {
         verb: String,
@@ -61,6 +61,9 @@ pub enum ApiError {
     /// More requests in flight than `--max-requests-inflight`.
     #[error("Too many requests, please try again later.")]
     TooManyRequests,
+    /// A watch from a resourceVersion older than the data kept.
+    #[error("too old resource version: {0}")]
+    Expired(String),
     /// No representation the `Accept` header allows.
     #[error("only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf")]
     NotAcceptable,
@@ -171,10 +174,12 @@ impl ApiError {
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Expired(_) => StatusCode::GONE,
         }
     }
 
-    fn reason(&self) -> &'static str {
+    /// The Status `reason`.
+    pub fn reason(&self) -> &'static str {
         match self {
             ApiError::NotFound { .. } | ApiError::CoreNotFound { .. } | ApiError::NoRoute => {
                 "NotFound"
@@ -189,6 +194,7 @@ impl ApiError {
             ApiError::UriTooLong(_) => "RequestURITooLong",
             ApiError::HeadersTooLarge(_) => "RequestHeaderFieldsTooLarge",
             ApiError::NotAcceptable => "NotAcceptable",
+            ApiError::Expired(_) => "Expired",
         }
     }
 
@@ -230,7 +236,8 @@ impl ApiError {
             | ApiError::Unavailable(_)
             | ApiError::UriTooLong(_)
             | ApiError::HeadersTooLarge(_)
-            | ApiError::NotAcceptable => None,
+            | ApiError::NotAcceptable
+            | ApiError::Expired(_) => None,
             ApiError::Forbidden { attrs, .. } => Some(match attrs.as_ref() {
                 Attributes::Resource {
                     group,
@@ -361,16 +368,16 @@ mod tests {
     }
 
     #[test]
-    fn watch_is_method_not_allowed() {
+    fn writes_are_method_not_allowed() {
         let e = ApiError::MethodNotSupported {
-            verb: "watch".into(),
+            verb: "create".into(),
             resource: "nodes",
         };
         let body: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
         assert_eq!(body["code"], 405);
         assert_eq!(
             body["message"],
-            "watch is not supported on resources of kind \"nodes.metrics.k8s.io\""
+            "create is not supported on resources of kind \"nodes.metrics.k8s.io\""
         );
         assert_eq!(body["reason"], "MethodNotAllowed");
     }
