@@ -29,6 +29,7 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
         phase_limit: Duration::from_secs(60),
         extra: vec![],
         dir: dir.path().to_owned(),
+        representations: 2,
     };
     let s = load::run(&cfg).await.unwrap();
     println!("{}", serde_json::to_string_pretty(&s).unwrap());
@@ -56,4 +57,14 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
     assert_eq!(owned, 100);
     assert!(s.replica_cost.iter().all(|r| r.rss_kib > 0));
     assert!(s.reports_accepted > 0 && s.ingest_lag_ms.count > 0);
+    // Every representation answered the whole list, in its own type.
+    assert_eq!(s.representations.len(), 3, "{:?}", s.representations);
+    for (name, r) in &s.representations {
+        assert_eq!((r.failed, r.latency_ms.count), (0, 2), "{name}");
+        assert!(
+            r.bytes > 500 * 100,
+            "{name}: {} bytes for 500 pods",
+            r.bytes
+        );
+    }
 }

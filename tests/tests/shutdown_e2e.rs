@@ -1,7 +1,8 @@
 //! SIGTERM with `--shutdown-delay-duration`: readiness fails at once while
 //! the API keeps answering for the delay; then agents' streams end with
 //! UNAVAILABLE (so they reconnect elsewhere, told why) and the process
-//! exits.
+//! exits. Open watches end cleanly at SIGTERM, so their clients watch
+//! again through a replica that stays.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -65,6 +66,22 @@ async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
     assert_eq!(one["kind"], "NodeMetrics", "{body}");
     assert_eq!(one["apiVersion"], "metrics.k8s.io/v1beta1", "{body}");
 
+    let mut watch = metrics_e2e::https::stream(
+        agg.api,
+        &agg.ca,
+        "/apis/metrics.k8s.io/v1beta1/nodes?watch=true",
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(watch.status, 200);
+    let added = watch.chunk(Duration::from_secs(30)).await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&added).contains("\"ADDED\""),
+        "{added:?}"
+    );
+
     let pid = agg.proc.child.id().unwrap();
     let sent = Instant::now();
     let status = std::process::Command::new("kill")
@@ -86,6 +103,14 @@ async fn sigterm_fails_readiness_serves_through_the_delay_then_moves_agents() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(not_ready, "readiness did not fail after SIGTERM");
+    // The watch ended cleanly, within the delay.
+    let end = loop {
+        match watch.chunk(Duration::from_secs(4)).await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Ok(None)), "{end:?}");
     let (code, _) = get_as(agg.api, &agg.ca, None, "/livez", &[]).await.unwrap();
     assert_eq!(code, 200);
     let (code, body) = get_as(

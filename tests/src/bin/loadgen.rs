@@ -49,6 +49,11 @@ struct Args {
     /// Longest a query phase may run, seconds.
     #[arg(long, default_value_t = 120)]
     phase_limit: u64,
+    /// All-pods lists asked in each representation (JSON, protobuf, Table) after
+    /// the query phases, for their cost; 0: none.
+    #[arg(long, default_value_t = 0)]
+    representations: usize,
+
     /// Extra flag for every replica (repeatable), e.g. --extra=--peer-timeout=2s.
     #[arg(long)]
     extra: Vec<String>,
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         phase_limit: Duration::from_secs(args.phase_limit),
         extra: args.extra.clone(),
         dir: dir.path().to_owned(),
+        representations: args.representations,
     };
     let summary = load::run(&cfg).await.context("load run")?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

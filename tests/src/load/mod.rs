@@ -42,6 +42,9 @@ pub struct Config {
     pub extra: Vec<String>,
     /// Where replicas keep their files.
     pub dir: PathBuf,
+    /// All-pods lists asked in each representation (JSON, protobuf,
+    /// Table) after the query phases; 0: none.
+    pub representations: usize,
 }
 
 /// Percentiles of a sample, ms.
@@ -121,9 +124,71 @@ pub struct Summary {
     /// clients → query kind → result.
     pub queries: BTreeMap<usize, BTreeMap<QueryKind, QueryResult>>,
     pub metric_age_ms: Percentiles,
+    /// Cost of an all-pods list by representation.
+    pub representations: BTreeMap<&'static str, RepresentationCost>,
     /// Every replica answered every node and pod at the end, and no query
     /// answer was incomplete.
     pub complete: bool,
+}
+
+/// What one all-pods list costs in one representation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepresentationCost {
+    pub latency_ms: Percentiles,
+    /// CPU of every replica per answer, ms.
+    pub cpu_ms_per_answer: f64,
+    pub bytes: usize,
+    /// Answers that were not 200 in the asked content type.
+    pub failed: usize,
+}
+
+/// The representations measured, by their `Accept` headers.
+pub const REPRESENTATIONS: [(&str, &str); 3] = [
+    ("json", "application/json"),
+    ("protobuf", "application/vnd.kubernetes.protobuf"),
+    ("table", "application/json;as=Table;v=v1;g=meta.k8s.io"),
+];
+
+/// Asks every pod `count` times in each representation from replica 0.
+async fn representations(
+    api: &Api,
+    aggs: &[AggregatorProc],
+    count: usize,
+) -> anyhow::Result<BTreeMap<&'static str, RepresentationCost>> {
+    let mut out = BTreeMap::new();
+    for (name, accept) in REPRESENTATIONS {
+        let cpu = |aggs: &[AggregatorProc]| -> anyhow::Result<f64> {
+            aggs.iter().map(|a| procstat::cpu_seconds(pid(a)?)).sum()
+        };
+        let cpu0 = cpu(aggs)?;
+        let mut latencies = Vec::new();
+        let (mut bytes, mut failed) = (0, 0);
+        for _ in 0..count {
+            let (status, headers, body, latency) = api.get_as(0, "pods", accept).await?;
+            let ct = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if status != http::StatusCode::OK
+                || !ct.starts_with(accept.split(';').next().unwrap_or(""))
+            {
+                failed += 1;
+            }
+            bytes = body.len();
+            latencies.push(ms(latency));
+        }
+        let cpu_ms = (cpu(aggs)? - cpu0) * 1e3 / count.max(1) as f64;
+        out.insert(
+            name,
+            RepresentationCost {
+                latency_ms: Percentiles::of(latencies),
+                cpu_ms_per_answer: cpu_ms,
+                bytes,
+                failed,
+            },
+        );
+    }
+    Ok(out)
 }
 
 impl Serialize for QueryKind {
@@ -273,6 +338,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
         }
         results.insert(clients, by_kind);
     }
+    let representations = if cfg.representations > 0 {
+        representations(&api, &aggs, cfg.representations).await?
+    } else {
+        BTreeMap::new()
+    };
     let complete = !any_incomplete && all_complete(&api, &shape, cfg.replicas, true).await;
     for (r, a) in replica_cost.iter_mut().zip(&aggs) {
         r.rss_kib_after_queries = procstat::rss_kib(pid(a)?)?;
@@ -304,6 +374,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
         ingest_lag_ms,
         queries: results,
         metric_age_ms: Percentiles::of(ages),
+        representations,
         complete,
     })
 }

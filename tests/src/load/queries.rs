@@ -67,6 +67,16 @@ impl Api {
         replica: usize,
         path: &str,
     ) -> anyhow::Result<(StatusCode, HeaderMap, Bytes, Duration)> {
+        self.get_as(replica, path, "application/json").await
+    }
+
+    /// [`get`](Self::get) with an `Accept` header.
+    pub async fn get_as(
+        &self,
+        replica: usize,
+        path: &str,
+        accept: &str,
+    ) -> anyhow::Result<(StatusCode, HeaderMap, Bytes, Duration)> {
         let url = format!(
             "{}/apis/metrics.k8s.io/v1beta1/{path}",
             self.bases[replica % self.bases.len()]
@@ -74,7 +84,11 @@ impl Api {
         let started = Instant::now();
         let resp = self
             .client
-            .request(http::Request::get(url).body(Empty::new())?)
+            .request(
+                http::Request::get(url)
+                    .header(http::header::ACCEPT, accept)
+                    .body(Empty::new())?,
+            )
             .await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
