@@ -454,6 +454,68 @@ fn check_table(what: &str, include: &str, table: &Value, want: &[Value]) {
     }
 }
 
+/// kubectl's rows against the JSON objects `want`, in order: name (and
+/// namespace), CPU and memory summed over containers, window, and with
+/// `labels` the LABELS cell as kubectl formats it.
+fn check_printed(out: &str, want: &[Value], namespaced: bool, labels: bool) {
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), want.len(), "{out}");
+    for (row, j) in rows.iter().zip(want) {
+        let row = if namespaced {
+            assert_eq!(Some(row[0]), j["metadata"]["namespace"].as_str(), "{out}");
+            &row[1..]
+        } else {
+            &row[..]
+        };
+        assert_eq!(Some(row[0]), j["metadata"]["name"].as_str(), "{out}");
+        let usages: Vec<&Value> = match j.get("usage") {
+            Some(u) => vec![u],
+            None => j["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| &c["usage"])
+                .collect(),
+        };
+        let cpu: f64 = usages
+            .iter()
+            .map(|u| quantity::parse(u["cpu"].as_str().unwrap()).unwrap())
+            .sum();
+        let memory: u64 = usages
+            .iter()
+            .map(|u| quantity::bytes(u["memory"].as_str().unwrap()).unwrap())
+            .sum();
+        assert!(
+            (quantity::parse(row[1]).unwrap() - cpu).abs() < 1e-9,
+            "{row:?} vs {cpu}"
+        );
+        assert_eq!(quantity::bytes(row[2]), Some(memory), "{row:?}");
+        assert_eq!(Some(row[3]), j["window"].as_str(), "{row:?}");
+        if labels {
+            // kubectl sorts the `k=v` strings, not the keys.
+            let mut want: Vec<String> = j["metadata"]["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            want.sort();
+            let want = if want.is_empty() {
+                "<none>".to_owned()
+            } else {
+                want.join(",")
+            };
+            assert_eq!(row[4], want, "{row:?}");
+        }
+    }
+}
+
 /// What the real kubectl prints for `args`, whose header must be `header`.
 async fn printed(kubeconfig: &Path, args: &[&str], header: &[&str]) -> String {
     let out = kubectl(kubeconfig, args).await;
@@ -494,6 +556,39 @@ async fn kubectl_get_prints_metrics_servers_columns_and_406_for_the_rest() {
         .find(|l| l.split_whitespace().nth(1) == Some(pod.as_str()))
         .unwrap_or_else(|| panic!("{pod} not listed:\n{out}"));
     assert!(line.starts_with(&ns), "{line}");
+
+    // -o wide (no extra columns: metrics-server has none of lower
+    // priority) and --show-labels (labels from each row's metadata), with
+    // every printed value checked against the JSON answer of the moment.
+    for (args, path, namespaced) in [
+        (&["get", "nodemetrics", "-o", "wide"][..], "nodes", false),
+        (&["get", "nodemetrics", "--show-labels"][..], "nodes", false),
+        (&["get", "podmetrics", "-A", "-o", "wide"][..], "pods", true),
+        (&["get", "podmetrics", "-A", "--show-labels"][..], "pods", true),
+    ] {
+        let labels = args.contains(&"--show-labels");
+        let mut header = if namespaced {
+            vec!["NAMESPACE", "NAME", "CPU", "MEMORY", "WINDOW"]
+        } else {
+            vec!["NAME", "CPU", "MEMORY", "WINDOW"]
+        };
+        if labels {
+            header.push("LABELS");
+        }
+        let mut checked = false;
+        for _ in 0..20 {
+            let before = c.json(path).await;
+            let out = printed(kubeconfig, args, &header).await;
+            let after = c.json(path).await;
+            if without_created(&before) != without_created(&after) {
+                continue;
+            }
+            check_printed(&out, &items(&after), namespaced, labels);
+            checked = true;
+            break;
+        }
+        assert!(checked, "{args:?}: the data never held still");
+    }
 
     // Nothing the server writes: 406 with a Status, before any work.
     for accept in [
