@@ -235,6 +235,7 @@ mod tests {
             node: node.into(),
             timestamp_ns: ts,
             rendered: Rendered::from_parts("{", "}"),
+            pb: None,
         }
     }
 

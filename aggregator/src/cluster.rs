@@ -529,7 +529,7 @@ fn send_chunks(hits: &[Hit], mut send: impl FnMut(QueryResponse) -> bool) {
     let mut chunk = Vec::new();
     let mut bytes = 0;
     for h in hits {
-        bytes += h.rendered.len();
+        bytes += h.rendered.len() + h.pb.as_ref().map_or(0, Vec::len);
         chunk.push(h.to_wire());
         if bytes >= CHUNK_BYTES {
             bytes = 0;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod query;
 pub mod read_idle;
 pub mod render;
+pub mod render_pb;
 pub mod report;
 pub mod server;
 pub mod shard;

@@ -29,6 +29,8 @@ pub struct Query {
     pub fields: FieldSelector,
     raw_labels: String,
     raw_fields: String,
+    /// Objects wanted in protobuf form ([`Hit::pb`]) instead of JSON.
+    pub protobuf: bool,
 }
 
 /// One object found.
@@ -41,7 +43,11 @@ pub struct Hit {
     pub node: String,
     /// Sample time, ns since the epoch.
     pub timestamp_ns: i64,
+    /// The JSON object (empty when `pb` is set).
     pub rendered: Rendered,
+    /// With [`Query::protobuf`]: the object as protobuf, without its
+    /// creationTimestamp (`render_pb.rs`).
+    pub pb: Option<Vec<u8>>,
 }
 
 impl Query {
@@ -62,7 +68,14 @@ impl Query {
             fields: FieldSelector::parse(field_selector)?,
             raw_labels: label_selector.to_owned(),
             raw_fields: field_selector.to_owned(),
+            protobuf: false,
         })
+    }
+
+    /// The same query, its objects wanted in protobuf form when `pb`.
+    pub fn with_protobuf(mut self, pb: bool) -> Self {
+        self.protobuf = pb;
+        self
     }
 
     /// Whether the index bounds this query's work (a namespace or one
@@ -83,6 +96,7 @@ impl Query {
             name: self.name.clone().unwrap_or_default(),
             label_selector: self.raw_labels.clone(),
             field_selector: self.raw_fields.clone(),
+            protobuf: self.protobuf,
         }
     }
 
@@ -101,6 +115,7 @@ impl Query {
             &r.label_selector,
             &r.field_selector,
         )
+        .map(|q| q.with_protobuf(r.protobuf))
     }
 
     /// Answers from this replica's store.
@@ -148,12 +163,18 @@ impl Query {
                             && self.labels.matches_with(|k| e.labels.get(k))
                     })
                     .filter_map(|e| {
+                        let (rendered, pb) = if self.protobuf {
+                            (Rendered::empty(), Some(e.render_pb()?))
+                        } else {
+                            (e.render()?, None)
+                        };
                         Some(Hit {
                             namespace: String::new(),
                             name: e.name.clone(),
                             node: String::new(),
                             timestamp_ns: e.timestamp_ns,
-                            rendered: e.render()?,
+                            rendered,
+                            pb,
                         })
                     })
                     .collect()
@@ -170,12 +191,20 @@ impl Query {
                     && self.fields.matches(&p.namespace, &p.name)
                     && self.labels.matches_with(|k| p.labels.get(k))
             })
-            .map(|(h, p)| Hit {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                node: h.node().to_owned(),
-                timestamp_ns: p.timestamp_ns,
-                rendered: h.render(),
+            .map(|(h, p)| {
+                let (rendered, pb) = if self.protobuf {
+                    (Rendered::empty(), Some(h.render_pb()))
+                } else {
+                    (h.render(), None)
+                };
+                Hit {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    node: h.node().to_owned(),
+                    timestamp_ns: p.timestamp_ns,
+                    rendered,
+                    pb,
+                }
             })
             .collect(),
         }
@@ -191,6 +220,7 @@ impl Hit {
             head: self.rendered.head().to_owned(),
             tail: self.rendered.full_tail(),
             node: self.node.clone(),
+            protobuf: self.pb.clone().unwrap_or_default(),
         }
     }
 
@@ -201,6 +231,7 @@ impl Hit {
             node: o.node.clone(),
             timestamp_ns: o.timestamp_unix_nanos,
             rendered: Rendered::from_parts(&o.head, &o.tail),
+            pb: (!o.protobuf.is_empty()).then(|| o.protobuf.clone()),
         }
     }
 }
@@ -242,6 +273,7 @@ mod tests {
             node: String::new(),
             timestamp_ns: ts,
             rendered: Rendered::from_parts(&format!("{ns}/{name}@{ts}"), ""),
+            pb: None,
         }
     }
 
@@ -304,9 +336,17 @@ mod tests {
             node: "node-a".into(),
             timestamp_ns: p.timestamp_unix_nanos,
             rendered: crate::render::pod_metrics(&p, &labels),
+            pb: None,
         };
         let remote = Hit::from_wire(&local.to_wire());
         assert_eq!(remote.node, "node-a");
+        assert_eq!(remote.pb, None, "no protobuf form unless asked");
+        // A protobuf form crosses unchanged too.
+        let pb = Hit {
+            pb: Some(vec![0x0a, 0x01, 0x00, 0xff]),
+            ..local.clone()
+        };
+        assert_eq!(Hit::from_wire(&pb.to_wire()).pb, pb.pb);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         local.rendered.write_to(&mut a, "2023-11-14T22:13:20Z");
         remote.rendered.write_to(&mut b, "2023-11-14T22:13:20Z");

@@ -36,6 +36,11 @@ impl Rendered {
         }
     }
 
+    /// No object (a hit carried in protobuf form).
+    pub fn empty() -> Self {
+        Self::from_parts("", "")
+    }
+
     pub fn head(&self) -> &str {
         &self.text[..self.split]
     }

@@ -84,6 +84,20 @@ impl PodEntry {
             swap,
         )
     }
+
+    /// The PodMetrics object in protobuf form, without its
+    /// creationTimestamp (`render_pb.rs`).
+    pub fn render_pb(&self, swap: bool) -> Vec<u8> {
+        crate::render_pb::pod_metrics(
+            &self.namespace,
+            &self.name,
+            &self.labels,
+            self.timestamp_ns,
+            self.window_ns,
+            &self.containers,
+            swap,
+        )
+    }
 }
 
 /// The latest report of one node, ready to serve.
@@ -115,6 +129,18 @@ impl NodeEntry {
     pub fn render(&self) -> Option<Rendered> {
         let u = self.node.as_ref()?;
         Some(render::node_metrics(&self.name, &self.labels, u, self.swap))
+    }
+
+    /// The NodeMetrics object in protobuf form, without its
+    /// creationTimestamp; None without node usage.
+    pub fn render_pb(&self) -> Option<Vec<u8>> {
+        let u = self.node.as_ref()?;
+        Some(crate::render_pb::node_metrics(
+            &self.name,
+            &self.labels,
+            u,
+            self.swap,
+        ))
     }
 
     fn measure(&self) -> usize {

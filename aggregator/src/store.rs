@@ -99,6 +99,11 @@ impl PodHit {
     pub fn render(&self) -> crate::render::Rendered {
         self.pod().render(self.entry.swap)
     }
+
+    /// The pod's object in protobuf form, without its creationTimestamp.
+    pub fn render_pb(&self) -> Vec<u8> {
+        self.pod().render_pb(self.entry.swap)
+    }
 }
 
 impl Store {

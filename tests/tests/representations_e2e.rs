@@ -564,7 +564,11 @@ async fn kubectl_get_prints_metrics_servers_columns_and_406_for_the_rest() {
         (&["get", "nodemetrics", "-o", "wide"][..], "nodes", false),
         (&["get", "nodemetrics", "--show-labels"][..], "nodes", false),
         (&["get", "podmetrics", "-A", "-o", "wide"][..], "pods", true),
-        (&["get", "podmetrics", "-A", "--show-labels"][..], "pods", true),
+        (
+            &["get", "podmetrics", "-A", "--show-labels"][..],
+            "pods",
+            true,
+        ),
     ] {
         let labels = args.contains(&"--show-labels");
         let mut header = if namespaced {

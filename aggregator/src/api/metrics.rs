@@ -18,6 +18,7 @@ use crate::api::{protobuf, table, watch, yaml, AppState};
 use crate::cluster::Missing;
 use crate::format::rfc3339;
 use crate::query::{Hit, Kind, Query};
+use crate::render_pb;
 use crate::server::ConnHandle;
 
 /// The connection a request came on, when served by `serve_https`.
@@ -67,7 +68,9 @@ impl Params {
             include: IncludeObject::parse(&self.include_object)?,
             kind,
         };
-        let q = Query::new(kind, namespace, name, &self.labels, &self.fields)?;
+        // Watch events are written from JSON objects.
+        let pb = encoding.format == Format::Protobuf && !self.watch;
+        let q = Query::new(kind, namespace, name, &self.labels, &self.fields)?.with_protobuf(pb);
         Ok((q, encoding))
     }
 }
@@ -104,30 +107,26 @@ impl Encoding {
         hits.iter().map(|h| Object::from_hit(h, created)).collect()
     }
 
-    /// `json` (the JSON answer for `hits`) in the negotiated format.
+    /// The answer for `hits` in the negotiated format; `json` writes the
+    /// JSON answer, which every format but protobuf starts from.
     fn respond(
         &self,
-        json: Vec<u8>,
+        json: impl FnOnce() -> Vec<u8>,
         hits: &[Hit],
-        created: &str,
+        created_ns: i64,
         single: bool,
     ) -> Result<Response, ApiError> {
+        let created = rfc3339(created_ns);
         let body = match self.format {
-            Format::Json => json,
+            Format::Json => json(),
             Format::Yaml => {
-                let v: serde_json::Value = serde_json::from_slice(&json)
+                let v: serde_json::Value = serde_json::from_slice(&json())
                     .map_err(|e| ApiError::Internal(format!("answer does not decode: {e}")))?;
                 yaml::to_yaml(&v).into_bytes()
             }
-            Format::Protobuf => {
-                let objects = Self::objects(hits, created)?;
-                match (single, objects.first()) {
-                    (true, Some(o)) => protobuf::object(self.kind, o),
-                    _ => protobuf::list(self.kind, &objects),
-                }
-            }
+            Format::Protobuf => self.protobuf(hits, created_ns, single)?,
             Format::Table(v) => {
-                table::render(v, self.kind, &Self::objects(hits, created)?, self.include)
+                table::render(v, self.kind, &Self::objects(hits, &created)?, self.include)
             }
         };
         Ok((
@@ -136,10 +135,42 @@ impl Encoding {
         )
             .into_response())
     }
+
+    /// Protobuf straight from each hit's protobuf form; a hit in JSON form
+    /// (from a replica that answers only JSON) is converted.
+    fn protobuf(&self, hits: &[Hit], created_ns: i64, single: bool) -> Result<Vec<u8>, ApiError> {
+        let created = render_pb::created(created_ns);
+        let converted: Vec<Vec<u8>> = hits
+            .iter()
+            .filter(|h| h.pb.is_none())
+            .map(|h| {
+                Ok(protobuf::item(
+                    self.kind,
+                    &Object::from_hit(h, &rfc3339(created_ns))?,
+                ))
+            })
+            .collect::<Result<_, ApiError>>()?;
+        let mut converted = converted.iter();
+        let items: Vec<&[u8]> = hits
+            .iter()
+            .filter_map(|h| match &h.pb {
+                Some(pb) => Some(pb.as_slice()),
+                None => converted.next().map(Vec::as_slice),
+            })
+            .collect();
+        let (object, list) = match self.kind {
+            Kind::Nodes => ("NodeMetrics", "NodeMetricsList"),
+            Kind::Pods => ("PodMetrics", "PodMetricsList"),
+        };
+        Ok(match (single, items.first()) {
+            (true, Some(item)) => render_pb::object(object, item, &created),
+            _ => render_pb::list(list, &items, &created),
+        })
+    }
 }
 
-fn now_rfc3339() -> String {
-    rfc3339(metrics_proto::time::unix_nanos(SystemTime::now()))
+fn now_ns() -> i64 {
+    metrics_proto::time::unix_nanos(SystemTime::now())
 }
 
 fn list_body(kind: &str, hits: &[Hit], created: &str) -> Vec<u8> {
@@ -196,9 +227,9 @@ async fn list(
         Kind::Pods => "PodMetricsList",
     };
     freshness(s, &got.hits);
-    let created = now_rfc3339();
-    let body = list_body(list_kind, &got.hits, &created);
-    let mut resp = encoding.respond(body, &got.hits, &created, false)?;
+    let created_ns = now_ns();
+    let json = || list_body(list_kind, &got.hits, &rfc3339(created_ns));
+    let mut resp = encoding.respond(json, &got.hits, created_ns, false)?;
     if let Some(w) = warning {
         resp.headers_mut().insert(http::header::WARNING, w);
     }
@@ -249,14 +280,18 @@ async fn get(
     freshness(s, &got.hits);
     match got.hits.first() {
         Some(h) => {
-            let mut out = Vec::with_capacity(h.rendered.len() + 96);
             let object = match kind {
                 Kind::Nodes => "NodeMetrics",
                 Kind::Pods => "PodMetrics",
             };
-            let created = now_rfc3339();
-            h.rendered.write_object(&mut out, object, &created);
-            encoding.respond(out, std::slice::from_ref(h), &created, true)
+            let created_ns = now_ns();
+            let json = || {
+                let mut out = Vec::with_capacity(h.rendered.len() + 96);
+                h.rendered
+                    .write_object(&mut out, object, &rfc3339(created_ns));
+                out
+            };
+            encoding.respond(json, std::slice::from_ref(h), created_ns, true)
         }
         None => Err(ApiError::NotFound {
             resource: match kind {

@@ -212,7 +212,9 @@ fn envelope_as(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// A NodeMetricsList or PodMetricsList.
+/// A NodeMetricsList or PodMetricsList built from decoded objects: the
+/// reference `render_pb.rs` is checked against.
+#[cfg(test)]
 pub fn list(kind: Kind, objects: &[Object]) -> Vec<u8> {
     let metadata = Some(ListMeta {
         resource_version: Some(String::new()),
@@ -234,6 +236,14 @@ pub fn list(kind: Kind, objects: &[Object]) -> Vec<u8> {
             }
             .encode_to_vec(),
         ),
+    }
+}
+
+/// One NodeMetrics or PodMetrics message, without the envelope.
+pub fn item(kind: Kind, o: &Object) -> Vec<u8> {
+    match kind {
+        Kind::Nodes => node(o).encode_to_vec(),
+        Kind::Pods => pod(o).encode_to_vec(),
     }
 }
 
