@@ -5,6 +5,8 @@
 pub mod args;
 pub mod batch;
 pub mod collect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod meta;
 pub mod metrics;
 pub mod pods;

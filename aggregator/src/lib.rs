@@ -8,6 +8,8 @@ pub mod claims;
 pub mod cluster;
 pub mod files;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod ingest;
 pub mod labelset;
