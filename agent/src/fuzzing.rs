@@ -19,7 +19,11 @@ pub fn kubelet_text(data: &[u8]) {
     let lines = text.lines().count();
     assert!(batch.containers() <= lines, "more points than lines");
     assert!(stats.problems.len() <= decode::MAX_PROBLEMS);
-    for point in batch.node.iter().chain(batch.pods.values().flat_map(|c| c.values())) {
+    for point in batch
+        .node
+        .iter()
+        .chain(batch.pods.values().flat_map(|c| c.values()))
+    {
         assert!(point.cpu_ns > 0 && point.memory_bytes > 0, "{point:?}");
     }
     for (pod, containers) in &batch.pods {

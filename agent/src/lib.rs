@@ -260,6 +260,7 @@ impl Agent {
             maps: maps_tx,
             last_ack_ms: Arc::default(),
             token_file: self.token_file.clone(),
+            answer_deadline: transport::answer_deadline(self.router.period),
         };
         tasks.spawn(self.router.run(ctx, maps_rx, cancel.clone()));
         let publish = move |r| {

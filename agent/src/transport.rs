@@ -32,6 +32,16 @@ pub struct SenderCtx {
     pub last_ack_ms: Arc<AtomicI64>,
     /// Bearer token sent when a stream opens.
     pub token_file: Option<Arc<metrics_proto::token::TokenFile>>,
+    /// A stream whose aggregator says nothing this long after a report
+    /// was sent is given up ([`answer_deadline`]).
+    pub answer_deadline: Duration,
+}
+
+/// How long a report may go unanswered before its stream is given up as
+/// stalled: three periods, at least 5 s. The HTTP/2 keep-alive (a ping
+/// every 30 s, 10 s to answer) bounds it at 40 s whatever the period.
+pub fn answer_deadline(period: Duration) -> Duration {
+    (period * 3).max(Duration::from_secs(5))
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -53,6 +63,10 @@ pub enum TransportError {
     /// The token file could not be read or is not a valid header value.
     #[error(transparent)]
     Token(#[from] metrics_proto::token::TokenError),
+    /// Nothing came back from the aggregator for a report in time: the
+    /// stream (or the path to it) is stalled.
+    #[error("stream to {url} stalled: no answer within {waited:?} of a report")]
+    Stalled { url: String, waited: Duration },
     /// The stream failed or the aggregator refused it.
     #[error("stream to {url}: {source}")]
     Stream {
@@ -130,8 +144,11 @@ async fn stream_once(
     // What the aggregator last said it left out of accepted reports;
     // logged when it changes, not every period.
     let mut last_note = String::new();
+    // Since when a sent report has had no answer (any message counts).
+    let mut unanswered: Option<tokio::time::Instant> = None;
     if let Some(r) = reports.borrow_and_update().clone() {
         out.send(&r);
+        unanswered = Some(tokio::time::Instant::now());
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &ctx.token_file {
@@ -146,20 +163,37 @@ async fn stream_once(
         .into_inner();
     tracing::info!(aggregator = target.url(), "stream open");
     let mut end = StreamEnd { acked: false };
+    let deadline = ctx.answer_deadline;
     loop {
+        let stall = async {
+            match unanswered {
+                Some(since) => tokio::time::sleep_until(since + deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return Ok(end),
+            _ = stall => {
+                return Err(TransportError::Stalled {
+                    url: target.url().to_owned(),
+                    waited: deadline,
+                });
+            }
             changed = reports.changed() => {
                 if changed.is_err() {
                     return Ok(end);
                 }
                 if let Some(r) = reports.borrow_and_update().clone() {
                     out.send(&r);
+                    unanswered.get_or_insert_with(tokio::time::Instant::now);
                 }
             }
-            msg = inbound.message() => match msg.map_err(stream_err)? {
-                None => return Ok(end),
-                Some(m) => match m.kind {
+            msg = inbound.message() => {
+                let Some(m) = msg.map_err(stream_err)? else {
+                    return Ok(end);
+                };
+                unanswered = None;
+                match m.kind {
                     Some(Kind::ShardMap(map)) => {
                         let _ = ctx.maps.try_send(map);
                     }
@@ -191,8 +225,8 @@ async fn stream_once(
                         }
                     }
                     None => {}
-                },
-            },
+                }
+            }
         }
     }
 }

@@ -68,7 +68,8 @@ pub fn report(data: &[u8]) {
     }
     for pod in &entry.pods {
         let mut json = Vec::new();
-        pod.render(entry.swap).write_object(&mut json, "PodMetrics", created);
+        pod.render(entry.swap)
+            .write_object(&mut json, "PodMetrics", created);
         let v: serde_json::Value = serde_json::from_slice(&json)
             .unwrap_or_else(|e| panic!("pod JSON: {e}: {}", String::from_utf8_lossy(&json)));
         assert_eq!(v["metadata"]["name"], pod.name.as_str());

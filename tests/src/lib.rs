@@ -11,6 +11,7 @@ pub mod load;
 pub mod pki;
 pub mod procs;
 pub mod procstat;
+pub mod proxy;
 pub mod quantity;
 pub mod replicas;
 pub mod reports;

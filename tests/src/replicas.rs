@@ -11,6 +11,9 @@ pub struct ReplicaSet {
     pub dir: PathBuf,
     pub ids: Vec<String>,
     pub grpc_ports: Vec<u16>,
+    /// The gRPC port each replica is listed under in `--peers` (its own,
+    /// unless a test puts a proxy in front of it).
+    pub grpc_advertised: Vec<u16>,
     pub api_ports: Vec<u16>,
     /// (certificate, key) shared by every replica; the certificate is also
     /// the CA agents and clients trust.
@@ -24,10 +27,12 @@ pub struct ReplicaSet {
 impl ReplicaSet {
     /// `n` replicas `agg-0..` with replication `r`, under `dir`.
     pub fn new(dir: &std::path::Path, n: usize, r: usize, extra: &[&str]) -> Self {
+        let grpc_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         Self {
             dir: dir.to_owned(),
             ids: (0..n).map(|i| format!("agg-{i}")).collect(),
-            grpc_ports: (0..n).map(|_| free_port()).collect(),
+            grpc_advertised: grpc_ports.clone(),
+            grpc_ports,
             api_ports: (0..n).map(|_| free_port()).collect(),
             cert: shared_cert(dir),
             replication: r,
@@ -35,9 +40,9 @@ impl ReplicaSet {
         }
     }
 
-    /// gRPC URL of replica `i`.
+    /// gRPC URL replica `i` is listed under.
     pub fn grpc_url(&self, i: usize) -> String {
-        format!("https://127.0.0.1:{}", self.grpc_ports[i])
+        format!("https://127.0.0.1:{}", self.grpc_advertised[i])
     }
 
     /// The `--peers` flag listing every replica.

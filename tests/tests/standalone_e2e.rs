@@ -203,12 +203,17 @@ async fn standalone_on_a_node_shows_its_pods() {
         .split_whitespace()
         .collect();
     assert_eq!(row[2], "11Mi", "{row:?}");
-    let out = kubectl(&kubeconfig, &["top", "pod", "-l", "k8s-app=none", "-A"]).await;
-    assert!(
-        !out.stderr.contains("could not find the requested resource"),
-        "{}",
-        out.stderr
-    );
+    // Across namespaces too.
+    let out = kubectl(&kubeconfig, &["top", "pod", "-A"]).await;
+    assert!(out.success, "{}", out.stderr);
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("kube-system "))
+        .unwrap_or_else(|| panic!("no row for kube-system:\n{}", out.stdout))
+        .split_whitespace()
+        .collect();
+    assert_eq!((row[1], row[3]), ("coredns", "11Mi"), "{row:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,9 +226,29 @@ async fn standalone_reads_the_cgroup_tree_without_a_kubelet() {
         Runtime::Docker,
     );
     tree.set_node(10_000_000_000, 3 << 30);
+    // The host's /proc, with 3 GiB of its 4 GiB swap free.
+    let proc_root = dir.path().join("proc");
+    std::fs::create_dir_all(&proc_root).unwrap();
+    for f in ["stat", "cpuinfo"] {
+        std::fs::copy(Path::new("/proc").join(f), proc_root.join(f)).unwrap();
+    }
+    let meminfo: String = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .map(|l| match l.split(':').next() {
+            Some("SwapTotal") => "SwapTotal:       4194304 kB\n".to_owned(),
+            Some("SwapFree") => "SwapFree:        3145728 kB\n".to_owned(),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(proc_root.join("meminfo"), meminfo).unwrap();
     let (_child, kubeconfig) = start_standalone(
         dir.path(),
-        &[format!("--cgroup-root={}", tree.root.display())],
+        &[
+            format!("--cgroup-root={}", tree.root.display()),
+            format!("--proc-root={}", proc_root.display()),
+            "--extra-resources=swap".to_owned(),
+        ],
     )
     .await;
     // The counter does not move, so usage appears once two samples exist.
@@ -238,4 +263,8 @@ async fn standalone_reads_the_cgroup_tree_without_a_kubelet() {
         "the tree's root working set, not /proc's"
     );
     assert_eq!(node["usage"]["cpu"], "0");
+    assert_eq!(
+        node["usage"]["swap"], "1Gi",
+        "the node's swap in use is the host's SwapTotal - SwapFree"
+    );
 }

@@ -2,7 +2,9 @@
 //! CPU is the time all CPUs spent not idle (user, nice, system, irq,
 //! softirq, steal; guest time is inside user), and the working set is
 //! anonymous memory plus file pages minus inactive file pages, which is
-//! `AnonPages + Active(file)` in `/proc/meminfo`.
+//! `AnonPages + Active(file)` in `/proc/meminfo`. Swap in use is
+//! `SwapTotal - SwapFree`, what the kubelet reports for the node (the root
+//! cgroup has no swap file of its own on cgroup v2).
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -45,14 +47,14 @@ impl HostSource {
     pub fn sample(&self) -> Result<Batch, HostError> {
         let now = SystemTime::now();
         let cpu_ns = self.cpu_ns()?;
-        let memory_bytes = self.working_set()?;
+        let (memory_bytes, swap_bytes) = self.memory()?;
         Ok(Batch {
             node: Some(Point {
                 timestamp_ns: unix_nanos(now),
                 start_ns: 0,
                 cpu_ns,
                 memory_bytes,
-                swap_bytes: 0,
+                swap_bytes,
             }),
             ..Batch::default()
         })
@@ -77,9 +79,11 @@ impl HostSource {
         Ok(ticks.saturating_mul(1_000_000_000 / tps))
     }
 
-    fn working_set(&self) -> Result<u64, HostError> {
+    /// Working set and swap in use, bytes.
+    fn memory(&self) -> Result<(u64, u64), HostError> {
         let path = self.file("meminfo");
         let info = procfs::Meminfo::from_file(&path).map_err(|source| proc_err(&path, source))?;
+        let swap = info.swap_total.saturating_sub(info.swap_free);
         let anon = info.anon_pages.ok_or_else(|| HostError::Missing {
             path: path.clone(),
             field: "AnonPages",
@@ -88,7 +92,12 @@ impl HostSource {
             path,
             field: "Active(file)",
         })?;
-        Ok(anon + active_file)
+        Ok((anon + active_file, swap))
+    }
+
+    /// Swap in use on the node, bytes.
+    pub fn swap_in_use(&self) -> Result<u64, HostError> {
+        self.memory().map(|(_, swap)| swap)
     }
 }
 

@@ -128,6 +128,9 @@ impl CgroupSource {
                 timestamp_ns: unix_nanos(now),
                 cpu_ns: u.cpu_ns,
                 memory_bytes: u.working_set,
+                // The node's swap is the host's (the v2 root cgroup has
+                // no swap file); without /proc, none is known.
+                swap_bytes: self.host.swap_in_use().unwrap_or(0),
                 ..Point::default()
             }),
             Err(cgroup) => match self.host.sample() {

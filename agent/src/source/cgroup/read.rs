@@ -37,12 +37,15 @@ fn read(path: PathBuf) -> Result<(PathBuf, String), ReadError> {
     }
 }
 
-/// Value of `key` in a flat-keyed file (`key value` per line).
+/// Value of `key` in a flat-keyed file (`key value` per line): the first
+/// line with that key decides; a malformed value there is no value, never
+/// a later line's.
 pub fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
+    let (_, v) = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)?;
+    v.trim().parse().ok()
 }
 
 fn key(path: &Path, text: &str, key: &'static str) -> Result<u64, ReadError> {
@@ -247,6 +250,9 @@ mod tests {
         assert_eq!(keyed(text, "usage_usec"), Some(100));
         assert_eq!(keyed(text, "usage"), None);
         assert_eq!(keyed("inactive_file x\n", "inactive_file"), None);
+        // Found by fuzzing: a malformed first line is not skipped for a
+        // later one with the same key.
+        assert_eq!(keyed("usage_usec 1 15\nusage_usec 1\n", "usage_usec"), None);
     }
 
     /// A kept-open cgroup reads what the files say now, as the one-shot
