@@ -63,7 +63,8 @@ pub fn report(data: &[u8]) {
             .unwrap_or_else(|e| panic!("node JSON: {e}: {}", String::from_utf8_lossy(&json)));
         assert_eq!(v["metadata"]["name"], entry.name.as_str());
         let pb = entry.render_pb().unwrap_or_default();
-        let node = protobuf::NodeMetrics::decode(pb.as_slice()).expect("node protobuf");
+        let node = protobuf::NodeMetrics::decode(pb.as_slice())
+            .unwrap_or_else(|e| panic!("node protobuf: {e}"));
         assert_eq!(node.metadata.and_then(|m| m.name), Some(entry.name.clone()));
     }
     for pod in &entry.pods {
@@ -75,7 +76,7 @@ pub fn report(data: &[u8]) {
         assert_eq!(v["metadata"]["name"], pod.name.as_str());
         assert_eq!(v["metadata"]["namespace"], pod.namespace.as_str());
         let decoded = protobuf::PodMetrics::decode(pod.render_pb(entry.swap).as_slice())
-            .expect("pod protobuf");
+            .unwrap_or_else(|e| panic!("pod protobuf: {e}"));
         assert_eq!(decoded.containers.len(), pod.containers.len());
     }
 }
