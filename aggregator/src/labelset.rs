@@ -27,6 +27,8 @@ pub struct Labels {
     ends: Box<[u32]>,
     /// `,"labels":{...}` in key order, or empty without labels.
     json: Box<str>,
+    /// The labels as protobuf map entries, made on first use.
+    pb: std::sync::OnceLock<Box<[u8]>>,
 }
 
 static EMPTY: LazyLock<Arc<Labels>> = LazyLock::new(|| Arc::new(Labels::default()));
@@ -68,6 +70,7 @@ impl Labels {
             text: text.into(),
             ends: ends.into(),
             json: json.into(),
+            pb: std::sync::OnceLock::new(),
         })
     }
 
@@ -113,6 +116,13 @@ impl Labels {
     /// Every label in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         (0..self.len()).map(|i| self.pair(i))
+    }
+
+    /// The labels as ObjectMeta's protobuf map entries (field 11), made
+    /// once per label set, on first use.
+    pub fn protobuf(&self) -> &[u8] {
+        self.pb
+            .get_or_init(|| crate::render_pb::label_entries(self).into())
     }
 
     /// The `,"labels":{...}` member of a metadata object, or "".

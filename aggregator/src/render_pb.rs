@@ -51,18 +51,27 @@ fn time(out: &mut Vec<u8>, tag: u32, unix_nanos: i64) {
 }
 
 fn metadata(out: &mut Vec<u8>, namespace: Option<&str>, name: &str, labels: &Labels) {
-    nested(out, 1, |m| {
-        bytes_field(m, 1, name.as_bytes());
-        if let Some(ns) = namespace {
-            bytes_field(m, 3, ns.as_bytes());
-        }
-        for (k, v) in labels.iter() {
-            nested(m, 11, |e| {
-                bytes_field(e, 1, k.as_bytes());
-                bytes_field(e, 2, v.as_bytes());
-            });
-        }
-    });
+    let entries = labels.protobuf();
+    let len = field_len(name.len()) + namespace.map_or(0, |ns| field_len(ns.len())) + entries.len();
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    bytes_field(out, 1, name.as_bytes());
+    if let Some(ns) = namespace {
+        bytes_field(out, 3, ns.as_bytes());
+    }
+    out.extend_from_slice(entries);
+}
+
+/// `labels` as ObjectMeta's map entries (field 11), in key order.
+pub fn label_entries(labels: &Labels) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in labels.iter() {
+        nested(&mut out, 11, |e| {
+            bytes_field(e, 1, k.as_bytes());
+            bytes_field(e, 2, v.as_bytes());
+        });
+    }
+    out
 }
 
 fn times(out: &mut Vec<u8>, timestamp_ns: i64, window_ns: i64) {
