@@ -11,6 +11,7 @@ use std::time::Instant;
 use divan::Bencher;
 use metrics_aggregator::ingest::{IngestService, StreamState};
 use metrics_aggregator::metrics::AggregatorMetrics;
+use metrics_aggregator::query::{Kind, Query};
 use metrics_aggregator::report::to_entry;
 use metrics_aggregator::store::Store;
 use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
@@ -137,6 +138,33 @@ fn namespace_query_1000_nodes(bencher: Bencher) {
         store.insert(to_entry(&report(n, 30), None, now, 1_000).unwrap());
     }
     bencher.bench(|| store.pods(Some(divan::black_box("team-7")), now).len());
+}
+
+/// A cluster-wide list with the largest selector allowed (128 terms) over
+/// 1,000 nodes × 30 pods ingested as agents send them (label sets shared
+/// between the pods that carry the same labels).
+#[divan::bench]
+fn selector_128_terms_all_pods_1000_nodes(bencher: Bencher) {
+    let store = Arc::new(Store::new());
+    let svc = IngestService::new(
+        Arc::clone(&store),
+        Arc::new(AggregatorMetrics::default()),
+        3,
+        Default::default(),
+    );
+    for n in 0..1_000 {
+        let mut r = report(n, 30);
+        r.labels_version = metrics_proto::labels::version(&r);
+        assert!(svc.handle(&r, &mut StreamState::default()).accepted);
+    }
+    let values: Vec<String> = std::iter::once("app-0".to_owned())
+        .chain((1..127).map(|i| format!("absent-{i}")))
+        .collect();
+    let selector = format!("app in ({})", values.join(","));
+    let q = Query::new(Kind::Pods, None, None, &selector, "").unwrap();
+    let now = Instant::now();
+    assert_eq!(q.local(&store, now).len(), 3_000);
+    bencher.bench(|| q.local(divan::black_box(&store), now).len());
 }
 
 /// Now, ns since the epoch: sample times must be near the aggregator's clock.

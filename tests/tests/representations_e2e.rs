@@ -374,6 +374,29 @@ async fn every_representation_of_every_endpoint() {
     );
 }
 
+/// CPU (cores) and memory (bytes) of a JSON object: the node's, or the
+/// sum over the pod's containers (metrics-server's Table rule).
+fn totals(j: &Value) -> (f64, u64) {
+    let usages: Vec<&Value> = match j.get("usage") {
+        Some(u) => vec![u],
+        None => j["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["usage"])
+            .collect(),
+    };
+    let cpu = usages
+        .iter()
+        .map(|u| quantity::parse(u["cpu"].as_str().unwrap()).unwrap())
+        .sum();
+    let memory = usages
+        .iter()
+        .map(|u| quantity::bytes(u["memory"].as_str().unwrap()).unwrap())
+        .sum();
+    (cpu, memory)
+}
+
 /// metrics-server's Table: Name, cpu, memory (a pod's summed over its
 /// containers), Window; each row's object as `include` asks.
 fn check_table(what: &str, include: &str, table: &Value, want: &[Value]) {
@@ -400,23 +423,7 @@ fn check_table(what: &str, include: &str, table: &Value, want: &[Value]) {
     for (row, j) in rows.iter().zip(want) {
         let cells = row["cells"].as_array().unwrap();
         assert_eq!(cells[0], j["metadata"]["name"], "{what}");
-        let usages: Vec<&Value> = match j.get("usage") {
-            Some(u) => vec![u],
-            None => j["containers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| &c["usage"])
-                .collect(),
-        };
-        let cpu: f64 = usages
-            .iter()
-            .map(|u| quantity::parse(u["cpu"].as_str().unwrap()).unwrap())
-            .sum();
-        let memory: u64 = usages
-            .iter()
-            .map(|u| quantity::bytes(u["memory"].as_str().unwrap()).unwrap())
-            .sum();
+        let (cpu, memory) = totals(j);
         let cell_cpu = quantity::parse(cells[1].as_str().unwrap()).unwrap();
         assert!(
             (cell_cpu - cpu).abs() < 1e-9,
@@ -472,23 +479,7 @@ fn check_printed(out: &str, want: &[Value], namespaced: bool, labels: bool) {
             &row[..]
         };
         assert_eq!(Some(row[0]), j["metadata"]["name"].as_str(), "{out}");
-        let usages: Vec<&Value> = match j.get("usage") {
-            Some(u) => vec![u],
-            None => j["containers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| &c["usage"])
-                .collect(),
-        };
-        let cpu: f64 = usages
-            .iter()
-            .map(|u| quantity::parse(u["cpu"].as_str().unwrap()).unwrap())
-            .sum();
-        let memory: u64 = usages
-            .iter()
-            .map(|u| quantity::bytes(u["memory"].as_str().unwrap()).unwrap())
-            .sum();
+        let (cpu, memory) = totals(j);
         assert!(
             (quantity::parse(row[1]).unwrap() - cpu).abs() < 1e-9,
             "{row:?} vs {cpu}"
