@@ -140,11 +140,12 @@ fn namespace_query_1000_nodes(bencher: Bencher) {
     bencher.bench(|| store.pods(Some(divan::black_box("team-7")), now).len());
 }
 
-/// A cluster-wide list with the largest selector allowed (128 terms) over
-/// 1,000 nodes × 30 pods ingested as agents send them (label sets shared
-/// between the pods that carry the same labels).
-#[divan::bench]
-fn selector_128_terms_all_pods_1000_nodes(bencher: Bencher) {
+/// A cluster-wide list with the largest selectors allowed (128 terms: one
+/// `in` with 127 values, or 128 keys that must be absent) over 1,000
+/// nodes × 30 pods ingested as agents send them (label sets shared between
+/// the pods that carry the same labels).
+#[divan::bench(args = ["in", "absent_keys"])]
+fn selector_128_terms_all_pods_1000_nodes(bencher: Bencher, shape: &str) {
     let store = Arc::new(Store::new());
     let svc = IngestService::new(
         Arc::clone(&store),
@@ -160,10 +161,19 @@ fn selector_128_terms_all_pods_1000_nodes(bencher: Bencher) {
     let values: Vec<String> = std::iter::once("app-0".to_owned())
         .chain((1..127).map(|i| format!("absent-{i}")))
         .collect();
-    let selector = format!("app in ({})", values.join(","));
+    let (selector, matches) = match shape {
+        "in" => (format!("app in ({})", values.join(",")), 3_000),
+        _ => (
+            (0..128)
+                .map(|i| format!("!example.com/key-{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            30_000,
+        ),
+    };
     let q = Query::new(Kind::Pods, None, None, &selector, "").unwrap();
     let now = Instant::now();
-    assert_eq!(q.local(&store, now).len(), 3_000);
+    assert_eq!(q.local(&store, now).len(), matches);
     bencher.bench(|| q.local(divan::black_box(&store), now).len());
 }
 

@@ -179,34 +179,47 @@ impl Query {
                     })
                     .collect()
             }
-            Kind::Pods => match (&self.namespace, &self.name) {
-                (Some(ns), Some(name)) => store.pod(ns, name, now),
-                (ns, _) => store.pods(ns.as_deref(), now),
-            }
-            .iter()
-            .take_while(|_| go_on())
-            .map(|h| (h, h.pod()))
-            .filter(|(_, p)| {
-                name_ok(&p.name)
-                    && self.fields.matches(&p.namespace, &p.name)
-                    && self.labels.matches_with(|k| p.labels.get(k))
-            })
-            .map(|(h, p)| {
-                let (rendered, pb) = if self.protobuf {
-                    (Rendered::empty(), Some(h.render_pb()))
-                } else {
-                    (h.render(), None)
+            Kind::Pods => {
+                // Pods with the same labels share one label set: the
+                // selector is evaluated once per set, not per pod.
+                let mut verdicts: std::collections::HashMap<usize, bool> = Default::default();
+                let mut labels_ok = |l: &std::sync::Arc<crate::labelset::Labels>| {
+                    if self.labels.is_empty() {
+                        return true;
+                    }
+                    *verdicts
+                        .entry(std::sync::Arc::as_ptr(l) as usize)
+                        .or_insert_with(|| self.labels.matches_with(|k| l.get(k)))
                 };
-                Hit {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    node: h.node().to_owned(),
-                    timestamp_ns: p.timestamp_ns,
-                    rendered,
-                    pb,
+                match (&self.namespace, &self.name) {
+                    (Some(ns), Some(name)) => store.pod(ns, name, now),
+                    (ns, _) => store.pods(ns.as_deref(), now),
                 }
-            })
-            .collect(),
+                .iter()
+                .take_while(|_| go_on())
+                .map(|h| (h, h.pod()))
+                .filter(|(_, p)| {
+                    name_ok(&p.name)
+                        && self.fields.matches(&p.namespace, &p.name)
+                        && labels_ok(&p.labels)
+                })
+                .map(|(h, p)| {
+                    let (rendered, pb) = if self.protobuf {
+                        (Rendered::empty(), Some(h.render_pb()))
+                    } else {
+                        (h.render(), None)
+                    };
+                    Hit {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        node: h.node().to_owned(),
+                        timestamp_ns: p.timestamp_ns,
+                        rendered,
+                        pb,
+                    }
+                })
+                .collect()
+            }
         }
     }
 }
@@ -430,5 +443,69 @@ mod scan_tests {
         assert!(none.is_none());
         assert_eq!(asked.get(), 1);
         assert_eq!(q.local(&store, now).len(), 12_000);
+    }
+
+    /// Pods sharing label sets (as ingest interns them): each pod is
+    /// selected by its own labels, whatever the pods before it had.
+    #[test]
+    fn selectors_over_shared_label_sets_select_each_pod_by_its_labels() {
+        let store = std::sync::Arc::new(Store::new());
+        let svc = crate::ingest::IngestService::new(
+            std::sync::Arc::clone(&store),
+            std::sync::Arc::new(crate::metrics::AggregatorMetrics::default()),
+            3,
+            Default::default(),
+        );
+        let now_ns = metrics_proto::time::unix_nanos(std::time::SystemTime::now());
+        for n in 0..4 {
+            let mut report = NodeReport {
+                protocol_version: metrics_proto::PROTOCOL_VERSION,
+                node_name: format!("node-{n}"),
+                sequence: 1,
+                period_ms: 15_000,
+                pods: (0..30)
+                    .map(|i| PodUsage {
+                        namespace: "ns".into(),
+                        name: format!("p-{n}-{i}"),
+                        labels: [("app".to_owned(), format!("a{}", i % 3))]
+                            .into_iter()
+                            .collect(),
+                        timestamp_unix_nanos: now_ns,
+                        window_nanos: 1,
+                        containers: vec![ContainerUsage {
+                            name: "c".into(),
+                            cpu_nanocores: 1,
+                            memory_working_set_bytes: 1,
+                            swap_bytes: 0,
+                        }],
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            report.labels_version = metrics_proto::labels::version(&report);
+            assert!(svc.handle(&report, &mut Default::default()).accepted);
+        }
+        let now = Instant::now();
+        for (sel, want) in [
+            ("app=a1", 40),
+            ("app!=a1", 80),
+            ("app in (a0,a2)", 80),
+            ("", 120),
+        ] {
+            let hits = Query::new(Kind::Pods, None, None, sel, "")
+                .unwrap()
+                .local(&store, now);
+            assert_eq!(hits.len(), want, "{sel}");
+            let wanted = sel.split('=').nth(1);
+            for h in &hits {
+                let i: usize = h.name.rsplit('-').next().unwrap().parse().unwrap();
+                let app = format!("a{}", i % 3);
+                match sel {
+                    "app=a1" => assert_eq!(Some(app.as_str()), wanted, "{}", h.name),
+                    "app!=a1" | "app in (a0,a2)" => assert_ne!(app, "a1", "{}", h.name),
+                    _ => {}
+                }
+            }
+        }
     }
 }
