@@ -1,0 +1,113 @@
+//! Liveness does not depend on one peer: a replica frozen with SIGSTOP
+//! (its sockets open, nothing answered: the slowest peer there is) leaves
+//! the other replicas live, ready and answering within the peer deadline,
+//! with every node (R=2: each node has another owner); once it thaws it
+//! answers for the whole cluster again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use metrics_e2e::https;
+use metrics_e2e::load::fleet::Fleet;
+use metrics_e2e::load::workload::Shape;
+use metrics_e2e::procs::AggregatorProc;
+use metrics_e2e::replicas::ReplicaSet;
+use metrics_e2e::wait::until;
+
+const NODES: usize = 30;
+/// What one answer may take: the 500 ms peer deadline, with headroom for
+/// a loaded machine.
+const ANSWER_BOUND: Duration = Duration::from_secs(10);
+
+async fn get(agg: &AggregatorProc, path: &str) -> (u16, serde_json::Value) {
+    let url = format!("{}{path}", agg.api_url());
+    let (code, _, body) = tokio::time::timeout(ANSWER_BOUND, https::get(&url, &agg.ca, &[]))
+        .await
+        .unwrap_or_else(|_| panic!("{path} took more than {ANSWER_BOUND:?}"))
+        .unwrap();
+    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    (code.as_u16(), v)
+}
+
+fn items(v: &serde_json::Value) -> usize {
+    v["items"].as_array().map_or(0, Vec::len)
+}
+
+fn signal(agg: &AggregatorProc, sig: &str) {
+    let pid = agg.proc.child.id().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_stops_no_other_from_answering() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let set = ReplicaSet::new(dir.path(), 3, 2, &["--peer-timeout=500ms"]);
+    let aggs = set.start_all().await.unwrap();
+    let shape = Shape {
+        nodes: NODES,
+        pods_per_node: 2,
+        containers_per_pod: 1,
+        namespaces: 3,
+    };
+    let tls = metrics_proto::tls::client_config(
+        metrics_proto::tls::Verify::CaFile(Path::new(&set.cert.0)),
+        &[b"h2"],
+    )
+    .unwrap();
+    let bootstrap = (0..3).map(|i| set.grpc_url(i)).collect();
+    let _fleet = Fleet::start(shape, Duration::from_secs(1), bootstrap, tls);
+    let v1 = "/apis/metrics.k8s.io/v1beta1";
+    until(
+        "every node on every replica",
+        Duration::from_secs(60),
+        async || {
+            let mut all = true;
+            for agg in &aggs {
+                let (code, v) = get(agg, &format!("{v1}/nodes")).await;
+                all &= code == 200 && items(&v) == NODES;
+            }
+            all
+        },
+    )
+    .await;
+
+    signal(&aggs[2], "-STOP");
+    let frozen = Instant::now();
+    let mut rounds = 0;
+    // Several periods and expiries of the frozen replica's streams.
+    while frozen.elapsed() < Duration::from_secs(8) {
+        for agg in &aggs[..2] {
+            for probe in ["/livez", "/readyz"] {
+                assert_eq!(get(agg, probe).await.0, 200, "{probe}");
+            }
+            let (code, v) = get(agg, &format!("{v1}/nodes")).await;
+            assert_eq!((code, items(&v)), (200, NODES), "{v}");
+            let (code, v) = get(agg, &format!("{v1}/pods")).await;
+            assert_eq!((code, items(&v)), (200, NODES * 2), "{v}");
+            let (ns, pod) = shape.pod_key(0);
+            let (code, v) = get(agg, &format!("{v1}/namespaces/{ns}/pods/{pod}")).await;
+            assert_eq!(code, 200, "{v}");
+        }
+        rounds += 1;
+    }
+    assert!(rounds >= 2, "{rounds} rounds");
+
+    signal(&aggs[2], "-CONT");
+    until(
+        "the thawed replica answers for every node",
+        Duration::from_secs(60),
+        async || {
+            let (code, v) = get(&aggs[2], &format!("{v1}/nodes")).await;
+            code == 200 && items(&v) == NODES
+        },
+    )
+    .await;
+}
