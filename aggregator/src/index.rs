@@ -1,12 +1,16 @@
 //! Cluster-wide lookups over this replica's nodes: which nodes hold pods of
-//! a namespace, and which hold a given pod. A namespaced list (the HPA's
-//! query) visits only the nodes running that namespace, and a pod GET only
-//! the node running the pod, never every node.
+//! a namespace, which hold a given pod, and which hold pods carrying a
+//! given label pair. A namespaced list (the HPA's query) visits only the
+//! nodes running that namespace, a pod GET only the node running the pod,
+//! and a list with a `key=value` or `key in (...)` selector only the nodes
+//! with pods carrying one of those pairs, never every node.
 //!
 //! The index is updated from the difference between a node's previous and
 //! new entry; both keep their pods sorted by (namespace, name), so the
 //! difference is one merge walk, and a report whose pods did not change
-//! (the usual case) writes nothing.
+//! (the usual case) writes nothing. Label pairs are looked at only when
+//! the node's label sets changed (pods share interned sets, so comparing
+//! their addresses is enough).
 
 use std::cell::OnceCell;
 use std::cmp::Ordering;
@@ -25,6 +29,38 @@ pub struct PodIndex {
     /// Keyed by a 64-bit hash of (namespace, name); a collision only adds a
     /// node to look at, since every hit is checked in the node's entry.
     pods: DashMap<u64, Vec<Arc<str>>>,
+    /// Keyed by a 64-bit hash of (label key, value); a collision only adds
+    /// nodes to look at, as for pods.
+    labels: DashMap<u64, HashSet<Arc<str>>>,
+}
+
+fn pair_key(key: &str, value: &str) -> u64 {
+    pod_key(key, value)
+}
+
+/// Addresses of the distinct label sets of `pods`, sorted.
+fn label_sets(pods: &[PodEntry]) -> Vec<usize> {
+    let mut sets: Vec<usize> = pods
+        .iter()
+        .map(|p| Arc::as_ptr(&p.labels) as usize)
+        .collect();
+    sets.sort_unstable();
+    sets.dedup();
+    sets
+}
+
+/// Hashes of the distinct label pairs of `pods`, sorted.
+fn label_pairs(pods: &[PodEntry]) -> Vec<u64> {
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut pairs = Vec::new();
+    for p in pods {
+        if seen.insert(Arc::as_ptr(&p.labels) as usize) {
+            pairs.extend(p.labels.iter().map(|(k, v)| pair_key(k, v)));
+        }
+    }
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
 }
 
 fn pod_key(namespace: &str, name: &str) -> u64 {
@@ -125,6 +161,32 @@ impl PodIndex {
                 }
             },
         );
+        // Old and new entries are both alive here, so a label set of one
+        // cannot share an address with a different set of the other.
+        if label_sets(old) != label_sets(new) {
+            diff(
+                label_pairs(old),
+                label_pairs(new),
+                |k| {
+                    if let Some(mut nodes) = self.labels.get_mut(&k) {
+                        nodes.remove(node);
+                    }
+                    self.labels.remove_if(&k, |_, nodes| nodes.is_empty());
+                },
+                |k| {
+                    self.labels.entry(k).or_default().insert(name());
+                },
+            );
+        }
+    }
+
+    /// Nodes holding pods labelled `key=value` (and, on a hash collision,
+    /// a few more).
+    pub fn nodes_with_label(&self, key: &str, value: &str) -> Vec<Arc<str>> {
+        self.labels
+            .get(&pair_key(key, value))
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn remove_namespace(&self, ns: &str, node: &str) {

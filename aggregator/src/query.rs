@@ -193,7 +193,7 @@ impl Query {
                 };
                 match (&self.namespace, &self.name) {
                     (Some(ns), Some(name)) => store.pod(ns, name, now),
-                    (ns, _) => store.pods(ns.as_deref(), now),
+                    (ns, _) => store.pods_for_selector(ns.as_deref(), &self.labels, now),
                 }
                 .iter()
                 .take_while(|_| go_on())

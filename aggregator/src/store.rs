@@ -12,6 +12,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::selector::LabelSelector;
 use crate::index::PodIndex;
 use crate::report::{NodeEntry, PodEntry};
 
@@ -104,6 +105,25 @@ impl PodHit {
     pub fn render_pb(&self) -> Vec<u8> {
         self.pod().render_pb(self.entry.swap)
     }
+}
+
+/// Appends the pods of a live `entry`, of `namespace` only when given.
+fn add_pods(out: &mut Vec<PodHit>, entry: &Arc<NodeEntry>, namespace: Option<&str>, now: Instant) {
+    if entry.expires <= now {
+        return;
+    }
+    let range = match namespace {
+        None => 0..entry.pods.len(),
+        Some(ns) => {
+            let start = entry.pods.partition_point(|p| p.namespace.as_str() < ns);
+            let end = entry.pods.partition_point(|p| p.namespace.as_str() <= ns);
+            start..end
+        }
+    };
+    out.extend(range.map(|index| PodHit {
+        entry: Arc::clone(entry),
+        index,
+    }));
 }
 
 impl Store {
@@ -215,31 +235,57 @@ impl Store {
     /// A namespace visits only the nodes the index lists for it.
     pub fn pods(&self, namespace: Option<&str>, now: Instant) -> Vec<PodHit> {
         let mut out = Vec::new();
-        let mut add = |entry: &Arc<NodeEntry>| {
-            if entry.expires <= now {
-                return;
-            }
-            let range = match namespace {
-                None => 0..entry.pods.len(),
-                Some(ns) => {
-                    let start = entry.pods.partition_point(|p| p.namespace.as_str() < ns);
-                    let end = entry.pods.partition_point(|p| p.namespace.as_str() <= ns);
-                    start..end
-                }
-            };
-            out.extend(range.map(|index| PodHit {
-                entry: Arc::clone(entry),
-                index,
-            }));
-        };
         match namespace {
-            None => self.nodes.iter().for_each(|e| add(e.value())),
+            None => self
+                .nodes
+                .iter()
+                .for_each(|e| add_pods(&mut out, e.value(), None, now)),
             Some(ns) => {
                 for node in self.index.nodes_with_namespace(ns) {
                     if let Some(e) = self.nodes.get(&*node) {
-                        add(e.value());
+                        add_pods(&mut out, e.value(), namespace, now);
                     }
                 }
+            }
+        }
+        out
+    }
+
+    /// [`pods`](Self::pods) that may match `selector`: when it requires
+    /// one of some label pairs (`key=value`, `key in (...)`), only the
+    /// nodes the index lists for those pairs are visited (or the
+    /// namespace's, when fewer). Every pod that matches is returned; the
+    /// caller still applies the selector to each.
+    pub fn pods_for_selector(
+        &self,
+        namespace: Option<&str>,
+        selector: &LabelSelector,
+        now: Instant,
+    ) -> Vec<PodHit> {
+        let narrowest = selector
+            .required_pairs()
+            .map(|(key, values)| {
+                let mut nodes: Vec<Arc<str>> = values
+                    .iter()
+                    .flat_map(|v| self.index.nodes_with_label(key, v))
+                    .collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                nodes
+            })
+            .min_by_key(Vec::len);
+        let Some(nodes) = narrowest else {
+            return self.pods(namespace, now);
+        };
+        if let Some(ns) = namespace {
+            if self.index.nodes_with_namespace(ns).len() <= nodes.len() {
+                return self.pods(namespace, now);
+            }
+        }
+        let mut out = Vec::new();
+        for node in nodes {
+            if let Some(e) = self.nodes.get(&*node) {
+                add_pods(&mut out, e.value(), namespace, now);
             }
         }
         out
@@ -522,6 +568,82 @@ mod tests {
         assert_eq!(store.sweep(later), 1);
         assert_eq!(store.index_sizes(), (1, 1));
         assert_eq!(names(&store.pod("a", "x", later)), ["a/x@3"]);
+    }
+
+    fn labelled_report(node: &str, pods: &[(usize, usize, Option<usize>)], ts: i64) -> NodeReport {
+        let mut r = report(node, &[]);
+        r.pods = pods
+            .iter()
+            .map(|(ns, p, app)| PodUsage {
+                namespace: format!("ns{ns}"),
+                name: format!("p{p}"),
+                labels: app
+                    .map(|a| [("app".to_owned(), format!("a{a}"))].into_iter().collect())
+                    .unwrap_or_default(),
+                timestamp_unix_nanos: ts,
+                window_nanos: 1,
+                containers: vec![ContainerUsage {
+                    name: "c".into(),
+                    ..Default::default()
+                }],
+            })
+            .collect();
+        r.pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        r.pods
+            .dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        r
+    }
+
+    proptest::proptest! {
+        /// After any sequence of reports (labels changing, pods coming and
+        /// going, nodes expiring), the pods a selector's label lookup
+        /// yields that match it equal those of a scan of every node.
+        #[test]
+        fn label_lookups_equal_a_full_scan(
+            reports in proptest::collection::vec(
+                (0..4usize, proptest::collection::vec((0..2usize, 0..4usize, proptest::option::of(0..3usize)), 0..6)),
+                1..30,
+            )
+        ) {
+            let store = Store::new();
+            let t0 = Instant::now();
+            for (i, (node, pods)) in reports.iter().enumerate() {
+                let r = labelled_report(&format!("n{node}"), pods, i as i64 + 1);
+                store.insert(to_entry(&r, None, t0, 3).unwrap());
+            }
+            // One node expires and is swept: its pairs leave the index.
+            let first = store.nodes.iter().next().map(|e| e.key().clone());
+            if let Some(first) = first {
+                let mut gone = to_entry(&report(&first, &[]), None, t0, 3).unwrap();
+                gone.expires = t0;
+                store.insert(gone);
+                store.sweep(t0 + Duration::from_millis(1));
+            }
+            let now = t0;
+            for sel in ["app=a0", "app in (a1,a2)", "app=a9", "app", "app!=a0", ""] {
+                let selector = LabelSelector::parse(sel).unwrap();
+                let matching = |hits: Vec<PodHit>| -> Vec<String> {
+                    let kept: Vec<PodHit> = hits
+                        .into_iter()
+                        .filter(|h| selector.matches_with(|k| h.pod().labels.get(k)))
+                        .collect();
+                    names(&kept)
+                };
+                for ns in [None, Some("ns0"), Some("ns1")] {
+                    let all: Vec<PodHit> = store
+                        .pods(None, now)
+                        .into_iter()
+                        .filter(|h| ns.is_none_or(|n| h.pod().namespace == n))
+                        .collect();
+                    proptest::prop_assert_eq!(
+                        matching(store.pods_for_selector(ns, &selector, now)),
+                        matching(all),
+                        "{} in {:?}", sel, ns
+                    );
+                }
+            }
+        }
     }
 
     proptest::proptest! {

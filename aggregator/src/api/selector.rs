@@ -299,6 +299,16 @@ impl LabelSelector {
         self.reqs.is_empty()
     }
 
+    /// The `key in (values)` requirements (`key=value` included): only an
+    /// object carrying one of those pairs can match, so an index of label
+    /// pairs can start from any of them.
+    pub fn required_pairs(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.reqs.iter().filter_map(|r| match &r.op {
+            Op::In(values) => Some((r.key.as_str(), values.as_slice())),
+            _ => None,
+        })
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.matches_with(|k| labels.get(k).map(String::as_str))
