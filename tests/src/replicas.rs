@@ -71,6 +71,23 @@ impl ReplicaSet {
         start_aggregator(&dir, &args).await
     }
 
+    /// Simulated agents for `shape` reporting every `period`, bootstrapped
+    /// from every replica and trusting the shared certificate.
+    pub fn fleet(
+        &self,
+        shape: crate::load::workload::Shape,
+        period: std::time::Duration,
+    ) -> anyhow::Result<crate::load::fleet::Fleet> {
+        let tls = metrics_proto::tls::client_config(
+            metrics_proto::tls::Verify::CaFile(std::path::Path::new(&self.cert.0)),
+            &[b"h2"],
+        )?;
+        let bootstrap = (0..self.ids.len()).map(|i| self.grpc_url(i)).collect();
+        Ok(crate::load::fleet::Fleet::start(
+            shape, period, bootstrap, tls,
+        ))
+    }
+
     /// Starts every replica.
     pub async fn start_all(&self) -> anyhow::Result<Vec<AggregatorProc>> {
         let mut out = Vec::with_capacity(self.ids.len());

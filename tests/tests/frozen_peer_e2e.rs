@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use metrics_e2e::https;
-use metrics_e2e::load::fleet::Fleet;
 use metrics_e2e::load::workload::Shape;
 use metrics_e2e::procs::AggregatorProc;
 use metrics_e2e::replicas::ReplicaSet;
@@ -57,13 +55,7 @@ async fn a_frozen_replica_stops_no_other_from_answering() {
         containers_per_pod: 1,
         namespaces: 3,
     };
-    let tls = metrics_proto::tls::client_config(
-        metrics_proto::tls::Verify::CaFile(Path::new(&set.cert.0)),
-        &[b"h2"],
-    )
-    .unwrap();
-    let bootstrap = (0..3).map(|i| set.grpc_url(i)).collect();
-    let _fleet = Fleet::start(shape, Duration::from_secs(1), bootstrap, tls);
+    let _fleet = set.fleet(shape, Duration::from_secs(1)).unwrap();
     let v1 = "/apis/metrics.k8s.io/v1beta1";
     until(
         "every node on every replica",

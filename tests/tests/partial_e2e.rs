@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use metrics_e2e::https;
-use metrics_e2e::load::fleet::Fleet;
 use metrics_e2e::load::workload::Shape;
 use metrics_e2e::procs::AggregatorProc;
 use metrics_e2e::replicas::ReplicaSet;
@@ -50,13 +48,7 @@ async fn lists_missing_a_replica_say_so() {
         containers_per_pod: 1,
         namespaces: 3,
     };
-    let tls = metrics_proto::tls::client_config(
-        metrics_proto::tls::Verify::CaFile(Path::new(&set.cert.0)),
-        &[b"h2"],
-    )
-    .unwrap();
-    let bootstrap = (0..3).map(|i| set.grpc_url(i)).collect();
-    let fleet = Fleet::start(shape, Duration::from_secs(1), bootstrap, tls);
+    let fleet = set.fleet(shape, Duration::from_secs(1)).unwrap();
     until(
         "every node on replica 0",
         Duration::from_secs(60),

@@ -50,11 +50,7 @@ impl Cluster {
             containers_per_pod: 2,
             namespaces: 2,
         };
-        let tls =
-            metrics_proto::tls::client_config(metrics_proto::tls::Verify::CaFile(&ca), &[b"h2"])
-                .unwrap();
-        let bootstrap = (0..3).map(|i| set.grpc_url(i)).collect();
-        let fleet = Fleet::start(shape, Duration::from_secs(3), bootstrap, tls);
+        let fleet = set.fleet(shape, Duration::from_secs(3)).unwrap();
         let c = Cluster {
             _dir: dir,
             _fleet: fleet,
