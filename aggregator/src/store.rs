@@ -234,21 +234,16 @@ impl Store {
     /// `query::merge` keeps the freshest copy while it orders the answer.
     /// A namespace visits only the nodes the index lists for it.
     pub fn pods(&self, namespace: Option<&str>, now: Instant) -> Vec<PodHit> {
-        let mut out = Vec::new();
         match namespace {
-            None => self
-                .nodes
-                .iter()
-                .for_each(|e| add_pods(&mut out, e.value(), None, now)),
-            Some(ns) => {
-                for node in self.index.nodes_with_namespace(ns) {
-                    if let Some(e) = self.nodes.get(&*node) {
-                        add_pods(&mut out, e.value(), namespace, now);
-                    }
-                }
+            None => {
+                let mut out = Vec::new();
+                self.nodes
+                    .iter()
+                    .for_each(|e| add_pods(&mut out, e.value(), None, now));
+                out
             }
+            Some(ns) => self.pods_on(&self.index.nodes_with_namespace(ns), namespace, now),
         }
-        out
     }
 
     /// [`pods`](Self::pods) that may match `selector`: when it requires
@@ -274,17 +269,21 @@ impl Store {
                 nodes
             })
             .min_by_key(Vec::len);
-        let Some(nodes) = narrowest else {
-            return self.pods(namespace, now);
+        let namespace_nodes = namespace.map(|ns| self.index.nodes_with_namespace(ns));
+        let nodes = match (narrowest, namespace_nodes) {
+            (Some(by_label), Some(by_ns)) if by_ns.len() <= by_label.len() => by_ns,
+            (Some(by_label), _) => by_label,
+            (None, Some(by_ns)) => by_ns,
+            (None, None) => return self.pods(None, now),
         };
-        if let Some(ns) = namespace {
-            if self.index.nodes_with_namespace(ns).len() <= nodes.len() {
-                return self.pods(namespace, now);
-            }
-        }
+        self.pods_on(&nodes, namespace, now)
+    }
+
+    /// Live pods on `nodes`, of `namespace` only when given.
+    fn pods_on(&self, nodes: &[Arc<str>], namespace: Option<&str>, now: Instant) -> Vec<PodHit> {
         let mut out = Vec::new();
         for node in nodes {
-            if let Some(e) = self.nodes.get(&*node) {
+            if let Some(e) = self.nodes.get(&**node) {
                 add_pods(&mut out, e.value(), namespace, now);
             }
         }

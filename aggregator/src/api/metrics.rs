@@ -140,23 +140,22 @@ impl Encoding {
     /// (from a replica that answers only JSON) is converted.
     fn protobuf(&self, hits: &[Hit], created_ns: i64, single: bool) -> Result<Vec<u8>, ApiError> {
         let created = render_pb::created(created_ns);
-        let converted: Vec<Vec<u8>> = hits
+        let created_text = rfc3339(created_ns);
+        // Hits a peer sent as JSON, converted; None where a hit has its own.
+        let converted: Vec<Option<Vec<u8>>> = hits
             .iter()
-            .filter(|h| h.pb.is_none())
-            .map(|h| {
-                Ok(protobuf::item(
+            .map(|h| match h.pb {
+                Some(_) => Ok(None),
+                None => Ok(Some(protobuf::item(
                     self.kind,
-                    &Object::from_hit(h, &rfc3339(created_ns))?,
-                ))
+                    &Object::from_hit(h, &created_text)?,
+                ))),
             })
             .collect::<Result<_, ApiError>>()?;
-        let mut converted = converted.iter();
         let items: Vec<&[u8]> = hits
             .iter()
-            .filter_map(|h| match &h.pb {
-                Some(pb) => Some(pb.as_slice()),
-                None => converted.next().map(Vec::as_slice),
-            })
+            .zip(&converted)
+            .map(|(h, c)| h.pb.as_deref().or(c.as_deref()).unwrap_or_default())
             .collect();
         let (object, list) = match self.kind {
             Kind::Nodes => ("NodeMetrics", "NodeMetricsList"),
