@@ -5,6 +5,7 @@
 pub mod args;
 pub mod batch;
 pub mod collect;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod meta;

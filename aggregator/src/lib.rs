@@ -8,6 +8,7 @@ pub mod claims;
 pub mod cluster;
 pub mod files;
 pub mod format;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;
