@@ -70,6 +70,17 @@ pub async fn connect(
     ca: &Path,
     client: Option<&crate::pki::Pair>,
 ) -> anyhow::Result<Conn> {
+    connect_with(addr, ca, client, None).await
+}
+
+/// [`connect`], with the socket's receive buffer shrunk to `recv_buffer`
+/// when given (a client that reads slowly then fills it soon).
+pub async fn connect_with(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    client: Option<&crate::pki::Pair>,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<Conn> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in metrics_proto::tls::load_certs(ca)? {
         roots.add(cert)?;
@@ -83,7 +94,15 @@ pub async fn connect(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let tcp = socket.connect(addr).await?;
     let name = rustls::pki_types::ServerName::from(addr.ip());
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
         .connect(name, tcp)
@@ -112,15 +131,24 @@ impl Conn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<(StatusCode, String)> {
+        let resp = self.send(path, headers).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// GETs `path` with `headers`, answering once the headers arrive.
+    pub async fn send(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         self.sender.ready().await?;
         let mut req = Request::get(path).header("host", &self.host);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.sender.send_request(req.body(Empty::new())?).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok(self.sender.send_request(req.body(Empty::new())?).await?)
     }
 }
 
@@ -173,28 +201,9 @@ pub async fn stream(
     headers: &[(&str, &str)],
     recv_buffer: Option<u32>,
 ) -> anyhow::Result<Streaming> {
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(metrics_proto::tls::load_roots(ca)?)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size)?;
-    }
-    let tcp = socket.connect(addr).await?;
-    let name = rustls::pki_types::ServerName::from(addr.ip());
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = Request::get(path).header("host", addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
+    let resp = connect_with(addr, ca, None, recv_buffer)
+        .await?
+        .send(path, headers)
         .await?;
     let (parts, body) = resp.into_parts();
     Ok(Streaming {
