@@ -108,9 +108,11 @@ async fn reconnects_after_sigkill_are_spread_and_data_returns_within_two_resolut
     agg.proc.child.kill().await.unwrap();
     let killed_ms = unix_ms();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    agg = set.start(0).await.unwrap();
+    // Times count from launching the replica again: it may take reports
+    // before it says it is up.
     let restarted = Instant::now();
     let restarted_ms = unix_ms();
+    agg = set.start(0).await.unwrap();
 
     let back = eventually(PERIOD * 2, async || {
         served_nodes(&agg.api_url(), &ca).await == NODES
@@ -122,6 +124,14 @@ async fn reconnects_after_sigkill_are_spread_and_data_returns_within_two_resolut
         "{} of {NODES} nodes served {full_after:?} after the restart",
         served_nodes(&agg.api_url(), &ca).await
     );
+    // A node can be served a moment before its agent reads the ack.
+    let acked = eventually(Duration::from_secs(10), async || {
+        last_acks
+            .iter()
+            .all(|a| a.load(Ordering::Relaxed) >= restarted_ms)
+    })
+    .await;
+    assert!(acked, "not every agent saw an ack after the restart");
     // When each node's first report after the restart was accepted.
     let mut reconnect_ms: Vec<i64> = last_acks
         .iter()
