@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use metrics_aggregator::ingest::IngestService;
 use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::store::Store;
-use metrics_aggregator::{server, tls};
+use metrics_aggregator::{grpc_port, server, tls};
 use metrics_e2e::load::workload::{bare, fill, Shape};
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
@@ -78,13 +78,19 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
             max_handshakes: 16,
             read_idle: std::time::Duration::from_secs(90),
         };
-        let incoming = server::tls_incoming(
+        // The agent's socket takes the replica's own path: classified on
+        // accept, handed over, handshaken (here on the same runtime).
+        let (handoffs, handed) = mpsc::channel(16);
+        let read_idle = limits.read_idle;
+        let _peers = grpc_port::accept(
             listener,
-            config,
+            Arc::clone(&config),
             limits,
             Arc::new(AggregatorMetrics::default()),
             cancel.clone(),
+            handoffs,
         );
+        let incoming = grpc_port::adopt(handed, config, read_idle, cancel.clone());
         let svc = IngestService::new(
             Arc::new(Store::new()),
             Arc::new(AggregatorMetrics::default()),

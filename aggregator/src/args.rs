@@ -104,6 +104,18 @@ pub struct Args {
     #[arg(long, default_value = "90s", value_parser = parse_duration, env = "IDLE_CONNECTION_TIMEOUT")]
     pub idle_connection_timeout: Duration,
 
+    /// Once the ingest thread has handled every report it has, it waits this long
+    /// before reading its sockets again, so reports arriving meanwhile share one
+    /// wake-up instead of each paying its own. Adds up to this much to a report's
+    /// way into the store; API answers and peers' queries do not wait for it. 0: off;
+    /// at most 1s.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration, env = "INGEST_BATCH_DELAY")]
+    pub ingest_batch_delay: Duration,
+
+    /// Threads serving agents' report streams.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), env = "INGEST_THREADS")]
+    pub ingest_threads: u16,
+
     /// Estimated bytes of node and pod data held at most; a report that does not fit is
     /// refused (the node keeps its last data until it expires), and one node may hold a
     /// 32nd of it (0: 60% of the container's memory limit, else 4 GiB).
@@ -315,6 +327,10 @@ fn parse_peer(s: &str) -> Result<PeerArg, String> {
     }
 }
 
+/// Longest --ingest-batch-delay: a report's delay into the store stays well
+/// inside the second that metric age may exceed the resolution by.
+const MAX_BATCH_DELAY: Duration = Duration::from_secs(1);
+
 /// A flag combination that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
@@ -324,6 +340,8 @@ pub enum ArgsError {
     AnonymousNotLoopback(IpAddr),
     #[error("--metric-resolution must be at least 1s, got {0:?}")]
     Resolution(Duration),
+    #[error("--ingest-batch-delay must be at most 1s, got {0:?}")]
+    BatchDelay(Duration),
     #[error("--node-expiry-periods must be at least 2")]
     Expiry,
     #[error("--shard-id {0:?} is not among --peers")]
@@ -366,6 +384,9 @@ impl Args {
             self.tls_min_version.as_deref(),
             &self.tls_cipher_suites,
         )?;
+        if self.ingest_batch_delay > MAX_BATCH_DELAY {
+            return Err(ArgsError::BatchDelay(self.ingest_batch_delay));
+        }
         if self.node_expiry_periods < 2 {
             return Err(ArgsError::Expiry);
         }

@@ -11,6 +11,7 @@ pub mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc_port;
 pub mod index;
 pub mod ingest;
 pub mod labelset;
@@ -249,7 +250,7 @@ impl Aggregator {
                 ))
             }
         };
-        let tls = metrics_proto::tls::client_config(verify, &[b"h2"])?;
+        let tls = metrics_proto::tls::client_config(verify, &[b"h2", metrics_proto::PEER_ALPN])?;
         Ok(cluster::Cluster::new(
             shard.clone(),
             Some(tls),
@@ -415,15 +416,40 @@ impl Aggregator {
         if let Some(d) = &self.delegated {
             peer = peer.with_auth(Arc::clone(&d.peers));
         }
-        tasks.spawn(serve_grpc(
+        // Agents' sockets cross to the ingest lane; peers' stay here.
+        let (handoffs, handed) = tokio::sync::mpsc::channel(256);
+        let grpc_limits = limits(true);
+        let read_idle = grpc_limits.read_idle;
+        let peers_incoming = grpc_port::accept(
             self.grpc,
-            grpc_tls,
-            limits(true),
+            Arc::clone(&grpc_tls),
+            grpc_limits,
             metrics,
-            ingest,
-            peer,
+            cancel.clone(),
+            handoffs,
+        );
+        tasks.spawn(grpc_port::serve(
+            peers_incoming,
+            ingest.clone(),
+            peer.clone(),
             cancel.clone(),
         ));
+        let lane = grpc_port::IngestLane {
+            threads: self.args.ingest_threads,
+            batch_delay: self.args.ingest_batch_delay,
+        };
+        let lane_cancel = cancel.clone();
+        let failed = cancel.clone();
+        tasks.spawn(async move {
+            let served = grpc_port::run_ingest_lane(lane, move || async move {
+                let incoming = grpc_port::adopt(handed, grpc_tls, read_idle, lane_cancel.clone());
+                grpc_port::serve(incoming, ingest, peer, lane_cancel).await;
+            });
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "the ingest lane's runtime could not start");
+                failed.cancel();
+            }
+        });
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
@@ -466,29 +492,5 @@ fn pki_settings(args: &Args) -> tls::bootstrap::Settings {
         ca_validity: p.pki_ca_validity,
         cert_validity: p.pki_cert_validity,
         propagation: p.pki_ca_propagation,
-    }
-}
-
-async fn serve_grpc(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    limits: server::ConnLimits,
-    metrics: Arc<metrics::AggregatorMetrics>,
-    ingest: IngestService,
-    peer: cluster::PeerService,
-    cancel: CancellationToken,
-) {
-    let incoming = server::tls_incoming(listener, tls, limits, metrics, cancel.clone());
-    let result = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(8))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(ingest.into_server())
-        .add_service(peer.into_server())
-        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "gRPC server failed");
-        cancel.cancel();
     }
 }

@@ -36,6 +36,9 @@ pub struct AggregatorMetrics {
     pub watch_events: Family<ResultLabel, Counter>,
     /// Watches ended, by `reason`.
     pub watches_ended: Family<ResultLabel, Counter>,
+    /// Connections accepted on the gRPC port, by the `lane` serving them
+    /// (`ingest`, `peer`).
+    pub grpc_connections: Family<ResultLabel, Counter>,
 }
 
 impl AggregatorMetrics {
@@ -94,7 +97,17 @@ impl AggregatorMetrics {
             "Watches ended, by reason (timeout, client_gone, stalled, shutdown, expired)",
             m.watches_ended.clone(),
         );
+        sub.register(
+            "grpc_connections",
+            "Connections accepted on the gRPC port, by the lane serving them (ingest: agents' reports, batched; peer: replicas' queries, on the API's threads)",
+            m.grpc_connections.clone(),
+        );
         m
+    }
+
+    /// Counts one gRPC connection sent to `lane`.
+    pub fn grpc_connection(&self, lane: &'static str) {
+        self.grpc_connections.get_or_create(&[("lane", lane)]).inc();
     }
 
     /// Counts one refusal or closing by the bound `limit`.

@@ -69,14 +69,14 @@ pub fn default_max_connections(ingest: bool) -> usize {
 
 /// A counter and a log line at most once a minute for refused connections.
 #[derive(Debug)]
-struct Refusals {
+pub(crate) struct Refusals {
     metrics: Arc<AggregatorMetrics>,
     what: &'static str,
     log: LogThrottle,
 }
 
 impl Refusals {
-    fn new(metrics: Arc<AggregatorMetrics>, what: &'static str) -> Self {
+    pub(crate) fn new(metrics: Arc<AggregatorMetrics>, what: &'static str) -> Self {
         Self {
             metrics,
             what,
@@ -93,28 +93,32 @@ impl Refusals {
 }
 
 /// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts TCP connections until `cancel` fires, within `limits`. For
-/// each, `prepare` runs on the accept path and its result runs in a new
-/// task once the TLS handshake completes in time.
-async fn accept_tls<F, H, Fut>(
+/// A connection's places under its port's caps: open connections, and
+/// handshakes in progress until the handshake ends. Dropping frees them.
+#[derive(Debug)]
+pub struct Admitted {
+    open: tokio::sync::OwnedSemaphorePermit,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Accepts TCP connections until `cancel` fires, within `limits`, and
+/// hands each admitted one to `on_accept` (which must not block: it runs
+/// on the accept path).
+pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    limits: ConnLimits,
+    limits: &ConnLimits,
     refusals: Refusals,
     cancel: CancellationToken,
-    mut prepare: F,
+    mut on_accept: F,
 ) where
-    F: FnMut(SocketAddr) -> H,
-    H: FnOnce(Conn) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    F: FnMut(TcpStream, SocketAddr, Admitted),
 {
-    let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes));
     loop {
@@ -138,20 +142,70 @@ async fn accept_tls<F, H, Fut>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let on_conn = prepare(peer);
-        // The place under the cap goes with the socket, wherever it ends.
-        let io = ReadIdle::new(tcp, limits.read_idle).holding(open);
-        tokio::spawn(async move {
-            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await;
-            drop(handshaking);
-            match accepted {
-                Ok(Ok(s)) => on_conn(s).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+        on_accept(tcp, peer, Admitted { open, handshaking });
     }
+}
+
+/// The TLS handshake of an admitted socket, within [`HANDSHAKE_TIMEOUT`];
+/// `None` (logged at debug) when it fails or times out.
+pub(crate) async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    read_idle: Duration,
+    acceptor: &TlsAcceptor,
+) -> Option<Conn> {
+    let Admitted { open, handshaking } = admitted;
+    // The place under the cap goes with the socket, wherever it ends.
+    let io = ReadIdle::new(tcp, read_idle).holding(open);
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await;
+    drop(handshaking);
+    match accepted {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Accepts TCP connections until `cancel` fires, within `limits`. For
+/// each, `prepare` runs on the accept path and its result runs in a new
+/// task once the TLS handshake completes in time.
+async fn accept_tls<F, H, Fut>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
+    refusals: Refusals,
+    cancel: CancellationToken,
+    mut prepare: F,
+) where
+    F: FnMut(SocketAddr) -> H,
+    H: FnOnce(Conn) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let acceptor = TlsAcceptor::from(tls);
+    let read_idle = limits.read_idle;
+    accept_loop(
+        listener,
+        &limits,
+        refusals,
+        cancel,
+        |tcp, peer, admitted| {
+            let acceptor = acceptor.clone();
+            let on_conn = prepare(peer);
+            tokio::spawn(async move {
+                if let Some(s) = handshake(tcp, peer, admitted, read_idle, &acceptor).await {
+                    on_conn(s).await;
+                }
+            });
+        },
+    )
+    .await;
 }
 
 /// The client's certificate chain, leaf first (empty without one).
@@ -245,31 +299,4 @@ pub async fn serve_https(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timed out"),
     }
-}
-
-/// TLS connections for tonic's `serve_with_incoming`: handshakes done here
-/// with the reloading certificate, within `limits`.
-pub fn tls_incoming(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    limits: ConnLimits,
-    metrics: Arc<AggregatorMetrics>,
-    cancel: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let refusals = Refusals::new(metrics, "grpc");
-    tokio::spawn(accept_tls(
-        listener,
-        tls,
-        limits,
-        refusals,
-        cancel,
-        move |_peer| {
-            let tx = tx.clone();
-            move |tls| async move {
-                let _ = tx.send(Ok(tls)).await;
-            }
-        },
-    ));
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

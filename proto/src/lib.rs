@@ -24,6 +24,12 @@ pub mod v1 {
 /// an older peer would misread.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// ALPN protocol a replica's client offers, besides `h2`, when it connects
+/// to a peer's gRPC port: the peer reads it from the ClientHello and serves
+/// the connection apart from agents' report streams. The negotiated protocol
+/// stays `h2`.
+pub const PEER_ALPN: &[u8] = b"x-metrics-peer";
+
 /// Largest encoded message either side accepts (bytes). A 110-pod report is
 /// about 30 KB; this leaves room for big nodes while bounding what one
 /// hostile message can make a peer allocate.

@@ -191,6 +191,16 @@ impl AggregatorProc {
         Ok(out)
     }
 
+    /// The value of one series of its `/metrics` (name and labels exactly
+    /// as exposed), asked anonymously; `None` when absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let url = format!("{}/metrics", self.api_url());
+        let (_, _, body) = crate::https::get(&url, &self.ca, &[]).await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Names of the items of the list at `path` under
     /// `/apis/metrics.k8s.io/v1beta1/`, asked anonymously; `None` unless
     /// the answer is a 200 list.

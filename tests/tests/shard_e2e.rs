@@ -96,6 +96,17 @@ async fn replicas_answer_for_the_cluster_and_survive_a_kill() {
             "{} should hold {owned} nodes: {metrics_body}",
             replicas.ids[i]
         );
+        // Agents' streams are on the batched ingest lane; the other
+        // replicas' queries, which the full lists above needed, are not.
+        let lane = |l: &str| format!("metrics_aggregator_grpc_connections_total{{lane=\"{l}\"}}");
+        let ingest = agg.metric(&lane("ingest")).await.unwrap_or(0.0);
+        let peer = agg.metric(&lane("peer")).await.unwrap_or(0.0);
+        assert!(
+            ingest >= owned as f64,
+            "{}: {ingest} ingest-lane connections for {owned} agents",
+            replicas.ids[i]
+        );
+        assert!(peer >= 1.0, "{}: no peer-lane connection", replicas.ids[i]);
     }
 
     // SIGKILL one replica: every survivor answers every node at once, and
