@@ -51,6 +51,10 @@ enum Lane {
     Agent,
 }
 
+/// Bytes first read to find the lane: a ClientHello is usually well under
+/// this; a longer one doubles the buffer up to [`MAX_HELLO`].
+const FIRST_HELLO_READ: usize = 2048;
+
 /// Largest ClientHello read to find the lane; a longer one is dropped.
 const MAX_HELLO: usize = 32 * 1024;
 
@@ -58,7 +62,7 @@ const MAX_HELLO: usize = 32 * 1024;
 /// when the socket closes, sends what is not TLS, or a hello larger than
 /// [`MAX_HELLO`]. The caller bounds the wait.
 async fn lane(tcp: &TcpStream) -> Option<Lane> {
-    let mut buf = vec![0u8; MAX_HELLO];
+    let mut buf = vec![0u8; FIRST_HELLO_READ];
     let mut wait = Duration::from_millis(2);
     loop {
         let n = tcp.peek(&mut buf).await.ok()?;
@@ -86,6 +90,7 @@ async fn lane(tcp: &TcpStream) -> Option<Lane> {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_millis(100));
             }
+            Ok(None) if buf.len() < MAX_HELLO => buf.resize(buf.len() * 2, 0),
             Ok(None) | Err(_) => return None,
         }
     }
@@ -322,6 +327,19 @@ mod tests {
         let (b, c) = rest.split_at(rest.len() / 2);
         let parts = vec![a.to_vec(), b.to_vec(), c.to_vec()];
         assert_eq!(lane_of(parts).await, Some(Lane::Peer));
+    }
+
+    #[tokio::test]
+    async fn a_hello_longer_than_the_first_read_is_read_whole() {
+        // Many offered protocols make a hello of several KiB.
+        let long: Vec<Vec<u8>> = (0..200)
+            .map(|i| format!("proto-{i:04}").into_bytes())
+            .collect();
+        let mut alpn: Vec<&[u8]> = long.iter().map(Vec::as_slice).collect();
+        alpn.push(PEER_ALPN);
+        let hello = client_hello(&alpn);
+        assert!(hello.len() > FIRST_HELLO_READ, "{} bytes", hello.len());
+        assert_eq!(lane_of(vec![hello]).await, Some(Lane::Peer));
     }
 
     #[tokio::test]
