@@ -349,3 +349,46 @@ mod tests {
         assert_eq!(lane_of(vec![]).await, None, "closed without a byte");
     }
 }
+
+#[cfg(test)]
+mod lane_runtime_tests {
+    use super::*;
+
+    /// The lane runs on its own thread and, with a batch delay, still runs
+    /// spawned work to the end and returns.
+    async fn runs_on_its_own_thread(threads: u16) {
+        let lane = IngestLane {
+            threads,
+            batch_delay: Duration::from_millis(20),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let caller = std::thread::current().id();
+        run_ingest_lane(lane, move || async move {
+            let here = std::thread::current().id();
+            let spawned = tokio::spawn(async {
+                // Parks the runtime a few times on the way.
+                for _ in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                std::thread::current().name().map(str::to_owned)
+            });
+            let name = spawned.await.ok().flatten();
+            let _ = tx.send((here, name));
+        })
+        .await
+        .unwrap();
+        let (here, name) = rx.await.unwrap();
+        assert_ne!(here, caller);
+        assert_eq!(name.as_deref(), Some("ingest"));
+    }
+
+    #[tokio::test]
+    async fn one_thread() {
+        runs_on_its_own_thread(1).await;
+    }
+
+    #[tokio::test]
+    async fn several_threads() {
+        runs_on_its_own_thread(2).await;
+    }
+}
