@@ -20,8 +20,10 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread does all of the agent's work: nothing it does blocks for
+    // long (a sample is milliseconds), and waking a second thread each
+    // period would cost more than the work.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
