@@ -90,7 +90,13 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
             cancel.clone(),
             handoffs,
         );
-        let incoming = grpc_port::adopt(handed, config, read_idle, cancel.clone());
+        let incoming = grpc_port::adopt(
+            handed,
+            config,
+            read_idle,
+            grpc_port::Handshaking::default(),
+            cancel.clone(),
+        );
         let svc = IngestService::new(
             Arc::new(Store::new()),
             Arc::new(AggregatorMetrics::default()),

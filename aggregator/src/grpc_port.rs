@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +165,7 @@ pub fn adopt(
     mut handoffs: mpsc::Receiver<Handoff>,
     tls: Arc<rustls::ServerConfig>,
     read_idle: Duration,
+    handshaking: Handshaking,
     cancel: CancellationToken,
 ) -> Incoming {
     let (tx, rx) = mpsc::channel(64);
@@ -178,7 +180,9 @@ pub fn adopt(
                 },
             };
             let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            let counted = handshaking.start();
             tokio::spawn(async move {
+                let _counted = counted;
                 // Registers the socket with this runtime's reactor.
                 let tcp = match TcpStream::from_std(h.tcp) {
                     Ok(t) => t,
@@ -218,11 +222,40 @@ pub async fn serve(
     }
 }
 
+/// Handshakes in progress on the ingest lane. The lane does not wait
+/// between batches while there are any: a handshake takes several round
+/// trips, and when a fleet reconnects at once (a replica restarted, or
+/// died and its agents moved) each would otherwise cost a wait.
+#[derive(Debug, Clone, Default)]
+pub struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    /// Counts one handshake until the returned guard drops.
+    fn start(&self) -> HandshakeGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        HandshakeGuard(Arc::clone(&self.0))
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+struct HandshakeGuard(Arc<AtomicUsize>);
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The ingest lane's runtime settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IngestLane {
     pub threads: u16,
     pub batch_delay: Duration,
+    /// Shared with [`adopt`].
+    pub handshaking: Handshaking,
 }
 
 /// How long the runtime's blocking tasks get once `serve` has returned.
@@ -252,7 +285,12 @@ where
             if !delay.is_zero() {
                 // Runs only when the runtime has nothing left to do: a busy
                 // lane never waits.
-                builder.on_thread_park(move || std::thread::sleep(delay));
+                let handshaking = lane.handshaking.clone();
+                builder.on_thread_park(move || {
+                    if !handshaking.any() {
+                        std::thread::sleep(delay);
+                    }
+                });
             }
             let result = builder.build().map(|rt| {
                 rt.block_on(serve());
@@ -360,6 +398,7 @@ mod lane_runtime_tests {
         let lane = IngestLane {
             threads,
             batch_delay: Duration::from_millis(20),
+            handshaking: Handshaking::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let caller = std::thread::current().id();
@@ -380,6 +419,19 @@ mod lane_runtime_tests {
         let (here, name) = rx.await.unwrap();
         assert_ne!(here, caller);
         assert_eq!(name.as_deref(), Some("ingest"));
+    }
+
+    #[test]
+    fn handshakes_are_counted_until_they_end() {
+        let h = Handshaking::default();
+        assert!(!h.any());
+        let a = h.start();
+        let b = h.clone().start();
+        assert!(h.any());
+        drop(a);
+        assert!(h.any());
+        drop(b);
+        assert!(!h.any());
     }
 
     #[tokio::test]

@@ -434,15 +434,23 @@ impl Aggregator {
             peer.clone(),
             cancel.clone(),
         ));
+        let handshaking = grpc_port::Handshaking::default();
         let lane = grpc_port::IngestLane {
             threads: self.args.ingest_threads,
             batch_delay: self.args.ingest_batch_delay,
+            handshaking: handshaking.clone(),
         };
         let lane_cancel = cancel.clone();
         let failed = cancel.clone();
         tasks.spawn(async move {
             let served = grpc_port::run_ingest_lane(lane, move || async move {
-                let incoming = grpc_port::adopt(handed, grpc_tls, read_idle, lane_cancel.clone());
+                let incoming = grpc_port::adopt(
+                    handed,
+                    grpc_tls,
+                    read_idle,
+                    handshaking,
+                    lane_cancel.clone(),
+                );
                 grpc_port::serve(incoming, ingest, peer, lane_cancel).await;
             });
             if let Err(e) = served.await {
