@@ -142,14 +142,8 @@ impl Query {
             }
             !stopped.get()
         };
-        let mut hits = self.scan(store, now, &go_on);
-        if stopped.get() {
-            return None;
-        }
-        // Each replica orders its own answer, so the asker merges sorted
-        // runs instead of sorting everything it gathered.
-        hits.sort_unstable_by(order);
-        Some(hits)
+        let hits = self.scan(store, now, &go_on);
+        (!stopped.get()).then_some(hits)
     }
 
     fn scan(&self, store: &Store, now: Instant, go_on: &dyn Fn() -> bool) -> Vec<Hit> {
@@ -266,47 +260,13 @@ pub fn merge(parts: impl IntoIterator<Item = Vec<Hit>>) -> Vec<Hit> {
     all
 }
 
-/// The order of an answer: namespace, then name, then freshest first.
-fn order(a: &Hit, b: &Hit) -> std::cmp::Ordering {
-    (&a.namespace, &a.name, b.timestamp_ns).cmp(&(&b.namespace, &b.name, a.timestamp_ns))
-}
-
 /// Every copy of every object, sorted by namespace, then name, then
-/// freshest first. Parts already in that order (every replica sorts its
-/// own answer) are merged in one pass; a part that is not (from an older
-/// peer) is sorted first.
+/// freshest first.
 pub fn sorted(parts: impl IntoIterator<Item = Vec<Hit>>) -> Vec<Hit> {
-    let mut runs: Vec<std::vec::IntoIter<Hit>> = Vec::new();
-    let mut total = 0;
-    for mut part in parts {
-        if !part.is_sorted_by(|a, b| order(a, b).is_le()) {
-            part.sort_unstable_by(order);
-        }
-        total += part.len();
-        runs.push(part.into_iter());
-    }
-    let mut heads: Vec<Option<Hit>> = runs.iter_mut().map(Iterator::next).collect();
-    let mut all = Vec::with_capacity(total);
-    loop {
-        // Few runs (one per replica): a scan of their heads is cheaper
-        // than a heap.
-        let mut best: Option<usize> = None;
-        for (i, head) in heads.iter().enumerate() {
-            let Some(h) = head else { continue };
-            let better = match best.and_then(|b| heads[b].as_ref()) {
-                Some(current) => order(h, current).is_lt(),
-                None => true,
-            };
-            if better {
-                best = Some(i);
-            }
-        }
-        let Some(b) = best else { break };
-        let next = runs[b].next();
-        if let Some(h) = std::mem::replace(&mut heads[b], next) {
-            all.push(h);
-        }
-    }
+    let mut all: Vec<Hit> = parts.into_iter().flatten().collect();
+    all.sort_by(|a, b| {
+        (&a.namespace, &a.name, b.timestamp_ns).cmp(&(&b.namespace, &b.name, a.timestamp_ns))
+    });
     all
 }
 
@@ -327,38 +287,6 @@ mod tests {
             timestamp_ns: ts,
             rendered: Rendered::from_parts(&format!("{ns}/{name}@{ts}"), ""),
             pb: None,
-        }
-    }
-
-    proptest::proptest! {
-        /// Merging parts, sorted or not, orders exactly as one sort of
-        /// everything would.
-        #[test]
-        fn sorted_equals_one_sort_of_everything(
-            parts in proptest::collection::vec(
-                (
-                    proptest::collection::vec((0u8..3, 0u8..6, 0i64..4), 0..20),
-                    proptest::bool::ANY,
-                ),
-                0..5,
-            )
-        ) {
-            let make = |(ns, name, ts): &(u8, u8, i64)| hit(&format!("ns{ns}"), &format!("p{name}"), *ts);
-            let mut every: Vec<Hit> = Vec::new();
-            let mut given: Vec<Vec<Hit>> = Vec::new();
-            for (items, presort) in &parts {
-                let mut part: Vec<Hit> = items.iter().map(make).collect();
-                if *presort {
-                    part.sort_by(order);
-                }
-                every.extend(items.iter().map(make));
-                given.push(part);
-            }
-            every.sort_by(order);
-            let key = |h: &Hit| h.rendered.head().to_owned();
-            let want: Vec<String> = every.iter().map(key).collect();
-            let got: Vec<String> = sorted(given).iter().map(key).collect();
-            proptest::prop_assert_eq!(got, want);
         }
     }
 
