@@ -8,7 +8,9 @@ use metrics_aggregator::{args::Args, Aggregator};
 
 /// mimalloc rather than glibc's malloc: at 5,000 nodes on 3 replicas it
 /// cut ingest CPU by a third and gave back most of the memory that lists of
-/// every pod take, for about 15 % more memory at rest (BENCHMARKS.md).
+/// every pod take (BENCHMARKS.md). Built without transparent huge pages
+/// (`no_thp`): with them, each 2 MiB region it touched became resident
+/// whole, a quarter of the memory a node costs at rest.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
