@@ -113,50 +113,58 @@ pub fn accept(
     let refusals = Refusals::new(Arc::clone(&metrics), "grpc");
     tokio::spawn(async move {
         let read_idle = limits.read_idle;
-        accept_loop(
-            listener,
-            &limits,
-            refusals,
-            cancel,
-            |tcp, peer, admitted| {
-                let (tx, agents, acceptor) = (tx.clone(), agents.clone(), acceptor.clone());
-                let metrics = Arc::clone(&metrics);
-                tokio::spawn(async move {
-                    let found =
-                        tokio::time::timeout(crate::server::HANDSHAKE_TIMEOUT, lane(&tcp)).await;
-                    match found {
-                        Ok(Some(Lane::Peer)) => {
-                            metrics.grpc_connection("peer");
-                            if let Some(s) =
-                                handshake(tcp, peer, admitted, read_idle, &acceptor).await
-                            {
-                                let _ = tx.send(Ok(s)).await;
-                            }
-                        }
-                        Ok(Some(Lane::Agent)) => match tcp.into_std() {
-                            Ok(tcp) => {
-                                metrics.grpc_connection("ingest");
-                                let _ = agents
-                                    .send(Handoff {
-                                        tcp,
-                                        peer,
-                                        admitted,
-                                    })
-                                    .await;
-                            }
-                            Err(e) => {
-                                tracing::debug!(%peer, error = %e, "handing a socket over failed")
-                            }
-                        },
-                        Ok(None) => tracing::debug!(%peer, "no TLS ClientHello"),
-                        Err(_) => tracing::debug!(%peer, "TLS ClientHello timed out"),
-                    }
-                });
-            },
-        )
-        .await;
+        let on_accept = |tcp, peer, admitted| {
+            let route = Route {
+                peers: tx.clone(),
+                agents: agents.clone(),
+                acceptor: acceptor.clone(),
+                metrics: Arc::clone(&metrics),
+                read_idle,
+            };
+            tokio::spawn(route.send(tcp, peer, admitted));
+        };
+        accept_loop(listener, &limits, refusals, cancel, on_accept).await;
     });
     ReceiverStream::new(rx)
+}
+
+/// Where an accepted socket can go.
+struct Route {
+    peers: mpsc::Sender<Result<Conn, std::io::Error>>,
+    agents: mpsc::Sender<Handoff>,
+    acceptor: TlsAcceptor,
+    metrics: Arc<AggregatorMetrics>,
+    read_idle: Duration,
+}
+
+impl Route {
+    /// Reads the socket's ClientHello and sends it to its lane: a peer's
+    /// handshaken here, any other handed over as it is.
+    async fn send(self, tcp: TcpStream, peer: SocketAddr, admitted: Admitted) {
+        match tokio::time::timeout(crate::server::HANDSHAKE_TIMEOUT, lane(&tcp)).await {
+            Ok(Some(Lane::Peer)) => {
+                self.metrics.grpc_connection("peer");
+                let conn = handshake(tcp, peer, admitted, self.read_idle, &self.acceptor).await;
+                if let Some(s) = conn {
+                    let _ = self.peers.send(Ok(s)).await;
+                }
+            }
+            Ok(Some(Lane::Agent)) => match tcp.into_std() {
+                Ok(tcp) => {
+                    self.metrics.grpc_connection("ingest");
+                    let handoff = Handoff {
+                        tcp,
+                        peer,
+                        admitted,
+                    };
+                    let _ = self.agents.send(handoff).await;
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "handing a socket over failed"),
+            },
+            Ok(None) => tracing::debug!(%peer, "no TLS ClientHello"),
+            Err(_) => tracing::debug!(%peer, "TLS ClientHello timed out"),
+        }
+    }
 }
 
 /// On the ingest lane's runtime: handshakes the sockets handed over until
@@ -250,22 +258,21 @@ impl Drop for HandshakeGuard {
 }
 
 /// The ingest lane's runtime settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct IngestLane {
     pub threads: u16,
     pub batch_delay: Duration,
-    /// Shared with [`adopt`].
-    pub handshaking: Handshaking,
 }
 
 /// How long the runtime's blocking tasks get once `serve` has returned.
 const THREAD_SHUTDOWN: Duration = Duration::from_secs(2);
 
-/// Runs `serve` on the ingest lane's own runtime and threads; returns when
-/// it has returned, or when the runtime could not start.
+/// Runs `serve` on the ingest lane's own runtime and threads, giving it
+/// the lane's handshake count (for [`adopt`]); returns when it has
+/// returned, or when the runtime could not start.
 pub async fn run_ingest_lane<F, Fut>(lane: IngestLane, serve: F) -> std::io::Result<()>
 where
-    F: FnOnce() -> Fut + Send + 'static,
+    F: FnOnce(Handshaking) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
@@ -281,11 +288,12 @@ where
                 b
             };
             builder.enable_all();
+            let handshaking = Handshaking::default();
             let delay = lane.batch_delay;
             if !delay.is_zero() {
                 // Runs only when the runtime has nothing left to do: a busy
                 // lane never waits.
-                let handshaking = lane.handshaking.clone();
+                let handshaking = handshaking.clone();
                 builder.on_thread_park(move || {
                     if !handshaking.any() {
                         std::thread::sleep(delay);
@@ -293,7 +301,7 @@ where
                 });
             }
             let result = builder.build().map(|rt| {
-                rt.block_on(serve());
+                rt.block_on(serve(handshaking));
                 rt.shutdown_timeout(THREAD_SHUTDOWN);
             });
             let _ = done_tx.send(result);
@@ -398,11 +406,10 @@ mod lane_runtime_tests {
         let lane = IngestLane {
             threads,
             batch_delay: Duration::from_millis(20),
-            handshaking: Handshaking::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let caller = std::thread::current().id();
-        run_ingest_lane(lane, move || async move {
+        run_ingest_lane(lane, move |_| async move {
             let here = std::thread::current().id();
             let spawned = tokio::spawn(async {
                 // Parks the runtime a few times on the way.

@@ -434,16 +434,14 @@ impl Aggregator {
             peer.clone(),
             cancel.clone(),
         ));
-        let handshaking = grpc_port::Handshaking::default();
         let lane = grpc_port::IngestLane {
             threads: self.args.ingest_threads,
             batch_delay: self.args.ingest_batch_delay,
-            handshaking: handshaking.clone(),
         };
         let lane_cancel = cancel.clone();
         let failed = cancel.clone();
         tasks.spawn(async move {
-            let served = grpc_port::run_ingest_lane(lane, move || async move {
+            let served = grpc_port::run_ingest_lane(lane, move |handshaking| async move {
                 let incoming = grpc_port::adopt(
                     handed,
                     grpc_tls,
