@@ -114,11 +114,21 @@ impl RateStore {
     /// Folds a new batch in; see the module doc for the rules.
     pub fn store(&mut self, batch: &Batch) {
         self.node = batch.node.map(|p| advance(self.node.as_ref(), p));
+        // The names already stored are moved over, not copied: in steady
+        // state a period allocates nothing per container here.
+        let mut old_pods = std::mem::take(&mut self.pods);
         let mut pods = HashMap::with_capacity(batch.pods.len());
         for (pod, containers) in &batch.pods {
-            let old = self.pods.get(pod);
+            let (pod_key, mut old) = match old_pods.remove_entry(pod) {
+                Some((k, v)) => (k, Some(v)),
+                None => (pod.clone(), None),
+            };
             let mut pairs = BTreeMap::new();
             for (name, &new) in containers {
+                let (name_key, old_pair) = match old.as_mut().and_then(|c| c.remove_entry(name)) {
+                    Some((k, v)) => (k, Some(v)),
+                    None => (name.clone(), None),
+                };
                 let age = new.timestamp_ns.saturating_sub(new.start_ns);
                 let pair = if new.start_ns < new.timestamp_ns
                     && age < self.resolution_ns
@@ -133,16 +143,16 @@ impl RateStore {
                         }),
                     }
                 } else {
-                    match old.and_then(|c| c.get(name)) {
+                    match old_pair {
                         Some(pair) if new.start_ns < pair.last.timestamp_ns => {
-                            advance(Some(pair), new)
+                            advance(Some(&pair), new)
                         }
                         _ => advance(None, new),
                     }
                 };
-                pairs.insert(name.clone(), pair);
+                pairs.insert(name_key, pair);
             }
-            pods.insert(pod.clone(), pairs);
+            pods.insert(pod_key, pairs);
         }
         self.pods = pods;
     }

@@ -243,12 +243,14 @@ struct Outbox {
 impl Outbox {
     fn send(&mut self, report: &NodeReport) {
         self.sequence += 1;
-        let mut r = report.clone();
+        let unchanged =
+            report.labels_version != 0 && self.labels_sent == Some(report.labels_version);
+        let mut r = if unchanged {
+            metrics_proto::labels::omitted_copy(report)
+        } else {
+            report.clone()
+        };
         r.sequence = self.sequence;
-        let unchanged = r.labels_version != 0 && self.labels_sent == Some(r.labels_version);
-        if unchanged {
-            metrics_proto::labels::omit(&mut r);
-        }
         let version = r.labels_version;
         // A full channel means the aggregator is behind: skip this period.
         if self.tx.try_send(r).is_ok() && !unchanged {

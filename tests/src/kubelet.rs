@@ -88,7 +88,17 @@ pub struct FakeKubelet {
     scrapes: Arc<AtomicU64>,
     fault: Arc<AtomicU8>,
     grid_ms: Arc<AtomicU64>,
+    gzip: Arc<Gzip>,
     task: JoinHandle<()>,
+}
+
+/// When the fake kubelet compresses, and how often it was asked to.
+#[derive(Default)]
+struct Gzip {
+    /// Compress every answer, asked or not (as a proxy in front might).
+    always: std::sync::atomic::AtomicBool,
+    /// Requests that carried `Accept-Encoding: gzip`.
+    asked: AtomicU64,
 }
 
 /// How `/metrics/resource` misbehaves (`/pods` keeps working).
@@ -128,6 +138,17 @@ impl Fault {
 }
 
 impl FakeKubelet {
+    /// While set, every answer is gzip-compressed whether the request
+    /// asked for it or not.
+    pub fn set_gzip_always(&self, on: bool) {
+        self.gzip.always.store(on, Ordering::Relaxed);
+    }
+
+    /// Number of requests that carried `Accept-Encoding: gzip`.
+    pub fn gzip_asked(&self) -> u64 {
+        self.gzip.asked.load(Ordering::Relaxed)
+    }
+
     /// Number of authorised `/metrics/resource` requests served.
     pub fn scrapes(&self) -> u64 {
         self.scrapes.load(Ordering::Relaxed)
@@ -183,6 +204,7 @@ struct State {
     scrapes: Arc<AtomicU64>,
     fault: Arc<AtomicU8>,
     grid_ms: Arc<AtomicU64>,
+    gzip: Arc<Gzip>,
 }
 
 impl State {
@@ -347,6 +369,10 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
+    if gzip {
+        state.gzip.asked.fetch_add(1, Ordering::Relaxed);
+    }
+    let gzip = gzip || state.gzip.always.load(Ordering::Relaxed);
     let body = match req.uri().path() {
         "/metrics/resource" => match Fault::from_u8(state.fault.load(Ordering::Relaxed)) {
             Fault::None | Fault::Hang => {
@@ -498,6 +524,7 @@ async fn start_inner(
     let scrapes = Arc::new(AtomicU64::new(0));
     let fault = Arc::new(AtomicU8::new(Fault::None as u8));
     let grid_ms = Arc::new(AtomicU64::new(0));
+    let gzip = Arc::new(Gzip::default());
     let state = Arc::new(State {
         node,
         t0,
@@ -505,6 +532,7 @@ async fn start_inner(
         scrapes: Arc::clone(&scrapes),
         fault: Arc::clone(&fault),
         grid_ms: Arc::clone(&grid_ms),
+        gzip: Arc::clone(&gzip),
     });
     let task = tokio::spawn(async move {
         loop {
@@ -542,6 +570,7 @@ async fn start_inner(
         scrapes,
         fault,
         grid_ms,
+        gzip,
         task,
     })
 }

@@ -123,3 +123,53 @@ async fn each_kubelet_fault_costs_its_node_one_cycle_and_nothing_else() {
         );
     }
 }
+
+/// The agent does not ask its node's kubelet for gzip (compressing saves no
+/// network there and costs both ends CPU), and still reads an answer that
+/// comes compressed anyway, with the same values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_answer_is_read_though_never_asked_for() {
+    metrics_proto::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = kubelet::start(FakeNode::one_pod("node-z"), "kt", d)
+        .await
+        .unwrap();
+    k.set_gzip_always(true);
+    let token = d.join("kubelet-token");
+    std::fs::write(&token, "kt").unwrap();
+    let agg = start_aggregator(d, &[]).await.unwrap();
+    let args = [
+        k.agent_flags(&token),
+        agg.agent_flags(None),
+        vec!["--metrics-bind-address=127.0.0.1:0".into()],
+    ]
+    .concat();
+    let agent = start_agent(d, "node-z", &args).unwrap();
+    until("node-z served", Duration::from_secs(30), async || {
+        node_time(&agg, "node-z").await.is_some()
+    })
+    .await;
+    assert!(k.scrapes() >= 2, "served before two scrapes");
+    assert_eq!(k.gzip_asked(), 0, "the agent asked for gzip");
+    // The pod's container carries the working set the kubelet sent.
+    let url = format!(
+        "{}/apis/metrics.k8s.io/v1beta1/namespaces/ns/pods/pod-on-node-z",
+        agg.api_url()
+    );
+    let mut pod = Value::Null;
+    until("pod served", Duration::from_secs(30), async || {
+        match https::get(&url, &agg.ca, &[]).await {
+            Ok((code, _, body)) if code == 200 => {
+                pod = serde_json::from_str(&body).unwrap_or_default();
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    let memory = pod["containers"][0]["usage"]["memory"].as_str().unwrap();
+    assert_eq!(metrics_e2e::quantity::bytes(memory), Some(1 << 20), "{pod}");
+    let failed = failures(&agent).await;
+    assert_eq!(failed, 0, "{}", agent.log_text());
+}

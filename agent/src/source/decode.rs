@@ -7,7 +7,8 @@
 //! reporting zero CPU or zero memory (e.g. a finished init container) is
 //! dropped alone instead of taking its whole pod with it.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use crate::batch::{Batch, PodRef, Point};
@@ -19,7 +20,8 @@ pub const MAX_PROBLEMS: usize = 32;
 /// What decoding had to drop, for logs and counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodeStats {
-    /// Lines that are not valid exposition format.
+    /// Lines of the series read that are not valid exposition format
+    /// (lines of other series are skipped unread).
     pub malformed_lines: u64,
     /// Samples of known series with unusable values or labels.
     pub invalid_samples: u64,
@@ -125,40 +127,37 @@ fn apply(p: &mut Partial, field: Field, value: f64, timestamp_ns: i64) -> bool {
     first
 }
 
-fn container_key(s: &Sample<'_>) -> Option<(PodRef, String)> {
-    let namespace = s.label("namespace")?;
-    let pod = s.label("pod")?;
-    let container = s.label("container")?;
+/// Namespace, pod and container of a container series, borrowed from the
+/// payload unless a value carries escapes.
+type ContainerKey<'a> = (Cow<'a, str>, Cow<'a, str>, Cow<'a, str>);
+
+fn container_key<'a>(s: &Sample<'a>) -> Option<ContainerKey<'a>> {
+    let [namespace, pod, container] = s.labels(["namespace", "pod", "container"]);
+    let (namespace, pod, container) = (namespace?, pod?, container?);
     if namespace.is_empty() || pod.is_empty() || container.is_empty() {
         return None;
     }
-    Some((
-        PodRef {
-            namespace: namespace.into_owned(),
-            name: pod.into_owned(),
-        },
-        container.into_owned(),
-    ))
+    Some((namespace, pod, container))
 }
 
 /// Decodes a payload. Samples without a timestamp get `default_time` (the
-/// moment the request was sent).
+/// moment the request was sent). Only the series metrics-server reads are
+/// parsed; the other lines are skipped at their name.
 pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
     let default_ns = unix_nanos(default_time);
     let mut stats = DecodeStats::default();
     let mut node = Partial::default();
-    let mut pods: BTreeMap<PodRef, BTreeMap<String, Partial>> = BTreeMap::new();
-    for sample in prom::samples(body) {
-        let sample = match sample {
+    // Keys borrow from `body`: a container's names are copied once, into
+    // the batch, however many series name it.
+    let mut containers: HashMap<ContainerKey<'_>, Partial> = HashMap::new();
+    for sample in prom::samples_of(body, classify) {
+        let ((is_node, field), sample) = match sample {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "malformed kubelet metrics line");
                 stats.malformed_lines += 1;
                 continue;
             }
-        };
-        let Some((is_node, field)) = classify(sample.name) else {
-            continue;
         };
         if !sample.value.is_finite() || sample.value < 0.0 {
             stats.invalid_samples += 1;
@@ -175,13 +174,12 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
             }
             continue;
         }
-        let Some((pod, container)) = container_key(&sample) else {
+        let Some(key) = container_key(&sample) else {
             stats.invalid_samples += 1;
             stats.problem(&sample, "no namespace, pod or container label");
             continue;
         };
-        let partial = pods.entry(pod).or_default().entry(container).or_default();
-        if !apply(partial, field, sample.value, ts) {
+        if !apply(containers.entry(key).or_default(), field, sample.value, ts) {
             stats.duplicate(&sample);
         }
     }
@@ -193,20 +191,31 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
     if batch.node.is_none() {
         stats.incomplete_node = 1;
     }
-    for (pod, containers) in pods {
+    let mut sorted: Vec<_> = containers.into_iter().collect();
+    sorted.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    let mut sorted = sorted.into_iter().peekable();
+    while let Some(((namespace, pod, name), partial)) = sorted.next() {
         let mut complete = BTreeMap::new();
-        for (name, partial) in containers {
-            match partial.complete() {
-                Some(point) => {
-                    complete.insert(name, point);
-                }
-                None => {
-                    tracing::debug!(pod = %format_args!("{}/{}", pod.namespace, pod.name), container = %name, "dropping container with zero CPU or memory");
-                    stats.incomplete_containers += 1;
-                }
+        let mut add = |name: Cow<'_, str>, partial: Partial| match partial.complete() {
+            Some(point) => {
+                complete.insert(name.into_owned(), point);
             }
+            None => {
+                tracing::debug!(pod = %format_args!("{namespace}/{pod}"), container = %name, "dropping container with zero CPU or memory");
+                stats.incomplete_containers += 1;
+            }
+        };
+        add(name, partial);
+        while let Some(((_, _, name), partial)) =
+            sorted.next_if(|((n, p, _), _)| *n == namespace && *p == pod)
+        {
+            add(name, partial);
         }
         if !complete.is_empty() {
+            let pod = PodRef {
+                namespace: namespace.into_owned(),
+                name: pod.into_owned(),
+            };
             batch.pods.insert(pod, complete);
         }
     }

@@ -40,6 +40,25 @@ impl<'a> Sample<'a> {
             .find(|(k, _)| *k == key)
             .map(|(_, v)| unescape(v))
     }
+
+    /// Values of several labels, unescaped, in one pass over the label
+    /// text; each is its key's first occurrence, like [`Sample::label`].
+    pub fn labels<const N: usize>(&self, keys: [&str; N]) -> [Option<Cow<'a, str>>; N] {
+        let mut out = [const { None }; N];
+        let mut missing = N;
+        for (k, v) in (LabelIter { rest: self.labels }) {
+            if let Some(i) = keys.iter().position(|w| *w == k) {
+                if out[i].is_none() {
+                    out[i] = Some(unescape(v));
+                    missing -= 1;
+                    if missing == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Iterates `(key, raw_value)` over validated label text.
@@ -136,9 +155,18 @@ fn closing_brace(text: &str) -> Option<usize> {
     None
 }
 
+/// Where the metric name of `line` ends.
+fn name_end(line: &str) -> Option<usize> {
+    line.bytes().position(|b| matches!(b, b'{' | b' ' | b'\t'))
+}
+
 /// Parses one non-comment, non-blank line.
 pub fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
-    let name_end = line.find(['{', ' ', '\t']).ok_or("no value")?;
+    parse_named(line, name_end(line).ok_or("no value")?)
+}
+
+/// [`parse_line`] once the name's end is known.
+fn parse_named(line: &str, name_end: usize) -> Result<Sample<'_>, &'static str> {
     let name = &line[..name_end];
     if !is_metric_name(name) {
         return Err("invalid metric name");
@@ -176,12 +204,29 @@ pub fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
 /// Iterates the samples of a payload; malformed lines come out as errors
 /// and never stop the iteration.
 pub fn samples(text: &str) -> impl Iterator<Item = Result<Sample<'_>, LineError>> {
-    text.lines().enumerate().filter_map(|(i, line)| {
+    samples_of(text, |_| Some(())).map(|r| r.map(|(_, s)| s))
+}
+
+/// Like [`samples`], for the series whose name `wanted` maps to `Some`
+/// (which comes out with each sample); every other line is skipped at its
+/// name, before its labels and value are read (and so is not checked
+/// either).
+pub fn samples_of<'a, T>(
+    text: &'a str,
+    wanted: impl Fn(&str) -> Option<T>,
+) -> impl Iterator<Item = Result<(T, Sample<'a>), LineError>> {
+    text.lines().enumerate().filter_map(move |(i, line)| {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return None;
         }
-        Some(parse_line(line).map_err(|reason| LineError {
+        let end = name_end(line);
+        let kind = wanted(&line[..end.unwrap_or(line.len())])?;
+        let sample = match end {
+            Some(end) => parse_named(line, end),
+            None => Err("no value"),
+        };
+        Some(sample.map(|s| (kind, s)).map_err(|reason| LineError {
             line: i + 1,
             reason,
         }))
@@ -233,6 +278,28 @@ mod tests {
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should fail");
         }
+    }
+
+    #[test]
+    fn several_labels_in_one_pass_take_each_first_occurrence() {
+        let s = parse_line(r#"m{pod="p\"q",x="1",namespace="ns",pod="other"} 1"#).unwrap();
+        let [pod, ns, missing] = s.labels(["pod", "namespace", "container"]);
+        assert_eq!(pod.unwrap(), "p\"q");
+        assert_eq!(ns.unwrap(), "ns");
+        assert_eq!(missing, None);
+        assert_eq!(s.labels(["x"]), [s.label("x")]);
+    }
+
+    #[test]
+    fn unwanted_series_are_skipped_at_their_name() {
+        let text = "a 1\nb{x=broken 2\nc{y=\"z\"} 3\nc{ 4\n";
+        let got: Vec<_> = samples_of(text, |name| (name != "b").then_some(name.len())).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].as_ref().unwrap().1.name, "a");
+        assert_eq!(got[1].as_ref().unwrap().1.label("y").unwrap(), "z");
+        assert_eq!(got[2].as_ref().unwrap_err().line, 4);
+        // Unfiltered, the broken line is an error like any other.
+        assert_eq!(samples(text).filter(Result::is_err).count(), 2);
     }
 
     #[test]
