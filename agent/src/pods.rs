@@ -137,10 +137,15 @@ pub struct PodIndex {
     by_uid: HashMap<String, usize>,
     by_ref: HashMap<PodRef, usize>,
     pods: Vec<PodInfo>,
+    version: u64,
 }
+
+/// The version the next index gets (0 is the empty default's).
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl PodIndex {
     pub fn new(pods: Vec<PodInfo>) -> Self {
+        let version = NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let by_uid = pods
             .iter()
             .enumerate()
@@ -155,7 +160,19 @@ impl PodIndex {
             by_uid,
             by_ref,
             pods,
+            version,
         }
+    }
+
+    /// Differs between any two indexes built in this process: what was
+    /// derived from one index stays valid while the version is the same.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Every pod indexed.
+    pub fn pods(&self) -> &[PodInfo] {
+        &self.pods
     }
 
     pub fn by_uid(&self, uid: &str) -> Option<&PodInfo> {

@@ -201,3 +201,93 @@ fn no_hierarchy_is_an_error() {
     let err = CgroupSource::new(dir.path(), Path::new("/proc")).unwrap_err();
     assert!(err.to_string().contains("no cgroup v2 tree"), "{err}");
 }
+
+/// The pod list of [`pods`] plus `extra` pods, each with one running
+/// container `(uid, name, container id byte)` in namespace `ns-x`.
+fn index_with(t: &FakeCgroups, extra: &[(&str, &str, u8)]) -> PodIndex {
+    let mut list: serde_json::Value = serde_json::from_str(&pod_list(t)).unwrap();
+    for (uid, name, i) in extra {
+        list["items"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "metadata": {"uid": uid, "namespace": "ns-x", "name": name},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "name": "c",
+                    "containerID": t.status_id(&id(*i)),
+                    "state": {"running": {"startedAt": "2021-10-03T09:18:32Z"}},
+                }]}
+            }));
+    }
+    PodIndex::new(parse_pod_list(list.to_string().as_bytes()).unwrap())
+}
+
+fn has(batch: &metrics_agent::batch::Batch, name: &str) -> bool {
+    batch.pods.contains_key(&PodRef {
+        namespace: "ns-x".into(),
+        name: name.into(),
+    })
+}
+
+/// Samples reuse one walk of the tree while the pod index is the same, and
+/// walk it again when the index changes, when a listed cgroup fails to
+/// read, or while a running container's cgroup is missing.
+#[test]
+fn the_tree_is_walked_again_only_when_something_changed() {
+    const U5: &str = "55555555-5555-4555-8555-555555555555";
+    const U6: &str = "66666666-6666-4666-8666-666666666666";
+    let dir = tempfile::tempdir().unwrap();
+    let t = build(dir.path(), Layout::V2, Driver::Systemd, Runtime::Containerd);
+    let source = CgroupSource::new(dir.path(), Path::new("/proc")).unwrap();
+    let index = index_with(&t, &[]);
+    let (batch, stats) = source.sample(&index).unwrap();
+    assert_eq!((batch.pods.len(), stats.unmapped_cgroups), (3, 1));
+
+    // A pod no index knows appears: the same index, the same walk.
+    let p5 = t.pod_rel(Qos::Burstable, U5);
+    t.set(&t.container_rel(&p5, &id(0x55)), S, MIB);
+    let (batch, stats) = source.sample(&index).unwrap();
+    assert_eq!((batch.pods.len(), stats.unmapped_cgroups), (3, 1));
+
+    // The watch brings it: a new index, a new walk.
+    let index = index_with(&t, &[(U5, "five", 0x55)]);
+    let (batch, stats) = source.sample(&index).unwrap();
+    assert!(has(&batch, "five"));
+    assert_eq!((batch.pods.len(), stats.unmapped_cgroups), (4, 1));
+
+    // Its container restarts: the old cgroup goes, which the next read
+    // finds (the kernel fails reads of a removed cgroup's open files; here
+    // the file is emptied first); the new one is found once the index
+    // names it.
+    let old = dir.path().join(t.container_rel(&p5, &id(0x55)));
+    metrics_e2e::cgroupfs::write_in_place(&old.join("cpu.stat"), "");
+    std::fs::remove_dir_all(&old).unwrap();
+    t.set(&t.container_rel(&p5, &id(0x56)), 2 * S, MIB);
+    let (batch, stats) = source.sample(&index).unwrap();
+    assert!(!has(&batch, "five"));
+    assert_eq!(stats.invalid_samples, 1, "the cgroup that went");
+    let (batch, stats) = source.sample(&index).unwrap();
+    assert!(!has(&batch, "five"), "the index does not name it yet");
+    assert_eq!(stats.invalid_samples, 0, "walked again");
+    let index = index_with(&t, &[(U5, "five", 0x56)]);
+    let (batch, _) = source.sample(&index).unwrap();
+    assert_eq!(
+        batch.pods[&PodRef {
+            namespace: "ns-x".into(),
+            name: "five".into()
+        }]["c"]
+            .cpu_ns,
+        2 * S
+    );
+
+    // The index names a running container before its cgroup exists: every
+    // sample walks again until it is there.
+    let index = index_with(&t, &[(U5, "five", 0x56), (U6, "six", 0x66)]);
+    let (batch, _) = source.sample(&index).unwrap();
+    assert!(!has(&batch, "six"));
+    let p6 = t.pod_rel(Qos::Burstable, U6);
+    t.set(&t.container_rel(&p6, &id(0x66)), S, MIB);
+    let (batch, _) = source.sample(&index).unwrap();
+    assert!(has(&batch, "six"));
+    assert_eq!(batch.pods.len(), 5);
+}

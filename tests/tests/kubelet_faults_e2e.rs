@@ -158,15 +158,17 @@ async fn a_gzip_answer_is_read_though_never_asked_for() {
         agg.api_url()
     );
     let mut pod = Value::Null;
-    until("pod served", Duration::from_secs(30), async || {
-        match https::get(&url, &agg.ca, &[]).await {
+    until(
+        "pod served",
+        Duration::from_secs(30),
+        async || match https::get(&url, &agg.ca, &[]).await {
             Ok((code, _, body)) if code == 200 => {
                 pod = serde_json::from_str(&body).unwrap_or_default();
                 true
             }
             _ => false,
-        }
-    })
+        },
+    )
     .await;
     let memory = pod["containers"][0]["usage"]["memory"].as_str().unwrap();
     assert_eq!(metrics_e2e::quantity::bytes(memory), Some(1 << 20), "{pod}");

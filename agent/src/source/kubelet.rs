@@ -212,11 +212,10 @@ impl KubeletSource {
         // No `Accept-Encoding: gzip`: the kubelet is on this node, so
         // compressing saves no network and costs both ends CPU every
         // period. A gzip answer is still read.
-        let mut req = Request::get(uri.clone())
-            .header(
-                header::USER_AGENT,
-                concat!("metrics-agent/", env!("CARGO_PKG_VERSION")),
-            );
+        let mut req = Request::get(uri.clone()).header(
+            header::USER_AGENT,
+            concat!("metrics-agent/", env!("CARGO_PKG_VERSION")),
+        );
         if let Some(token) = self.token()? {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -7,12 +7,12 @@ pub mod detect;
 pub mod layout;
 pub mod read;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::batch::{Batch, Point};
+use crate::batch::{Batch, PodRef, Point};
 use crate::pods::PodIndex;
 use crate::source::decode::{unix_nanos, DecodeStats};
 use crate::source::host::HostSource;
@@ -47,6 +47,42 @@ struct OpenFiles {
     cgroups: HashMap<PathBuf, (read::OpenCgroup, u64)>,
     sample: u64,
     buf: Vec<u8>,
+    listing: Option<Listing>,
+}
+
+/// The longest a walk of the tree is reused while nothing says it changed.
+const RELIST_AFTER: Duration = Duration::from_secs(60);
+
+/// The container cgroups one walk of the tree found, mapped to containers
+/// through one pod index. Samples read these cgroups without walking the
+/// tree again until the index changes (a pod came or went, a container
+/// started or restarted: the watch sees each), a cgroup fails to read, a
+/// running container was not found, or [`RELIST_AFTER`] has passed.
+#[derive(Debug)]
+struct Listing {
+    /// [`PodIndex::version`] of the index it was mapped with.
+    index: u64,
+    made: Instant,
+    /// By pod: each pod's containers are adjacent.
+    containers: Vec<Listed>,
+    /// Pod cgroups no pod in the index owns.
+    unmapped: u64,
+    /// Walk again at the next sample.
+    stale: bool,
+}
+
+#[derive(Debug)]
+struct Listed {
+    rel: PathBuf,
+    pod: PodRef,
+    name: String,
+    started_ns: Option<i64>,
+}
+
+impl Listing {
+    fn fresh(&self, pods: &PodIndex) -> bool {
+        !self.stale && self.index == pods.version() && self.made.elapsed() < RELIST_AFTER
+    }
 }
 
 impl CgroupSource {
@@ -165,20 +201,19 @@ impl CgroupSource {
         out
     }
 
-    /// One sample of the node and every mapped container.
-    pub fn sample(&self, pods: &PodIndex) -> Result<(Batch, DecodeStats), CgroupError> {
-        let mut stats = DecodeStats::default();
-        let mut batch = Batch {
-            node: Some(self.node()?),
-            ..Batch::default()
+    /// Walks the tree for the container cgroups of the pods in `pods`.
+    fn list(&self, pods: &PodIndex) -> Listing {
+        let base = self.listing_root();
+        let mut listing = Listing {
+            index: pods.version(),
+            made: Instant::now(),
+            containers: Vec::new(),
+            unmapped: 0,
+            stale: false,
         };
-        let base = self.listing_root().to_owned();
-        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let open = &mut *guard;
-        open.sample += 1;
         for (rel, uid) in self.pod_dirs() {
             let Some(info) = pods.by_uid(&uid) else {
-                stats.unmapped_cgroups += 1;
+                listing.unmapped += 1;
                 continue;
             };
             for name in subdirs(&base.join(&rel)) {
@@ -189,36 +224,88 @@ impl CgroupSource {
                 let Some(c) = info.container(id) else {
                     continue;
                 };
-                let dir = rel.join(&name);
+                listing.containers.push(Listed {
+                    rel: rel.join(&name),
+                    pod: info.pod.clone(),
+                    name: c.name.clone(),
+                    started_ns: c.started_ns,
+                });
+            }
+        }
+        // A running container whose cgroup is not there yet: look again.
+        let running = pods
+            .pods()
+            .iter()
+            .flat_map(|p| &p.containers)
+            .filter(|c| c.started_ns.is_some())
+            .count();
+        let found = listing
+            .containers
+            .iter()
+            .filter(|c| c.started_ns.is_some())
+            .count();
+        listing.stale = found < running;
+        listing
+    }
+
+    /// One sample of the node and every mapped container.
+    pub fn sample(&self, pods: &PodIndex) -> Result<(Batch, DecodeStats), CgroupError> {
+        let mut stats = DecodeStats::default();
+        let mut batch = Batch {
+            node: Some(self.node()?),
+            ..Batch::default()
+        };
+        let base = self.listing_root();
+        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let open = &mut *guard;
+        open.sample += 1;
+        let mut listing = match open.listing.take() {
+            Some(l) if l.fresh(pods) => l,
+            _ => self.list(pods),
+        };
+        stats.unmapped_cgroups = listing.unmapped;
+        let mut containers = listing.containers.iter().peekable();
+        while let Some(first) = containers.next() {
+            let mut points = BTreeMap::new();
+            let pod = &first.pod;
+            let mut next = Some(first);
+            while let Some(c) = next {
                 let now = SystemTime::now();
-                let u = match self.container_usage(open, &dir) {
-                    Ok(u) => u,
+                match self.container_usage(open, &c.rel) {
+                    Ok(u) if u.cpu_ns == 0 || u.working_set == 0 => {
+                        stats.incomplete_containers += 1;
+                    }
+                    Ok(u) => {
+                        let start_ns = c
+                            .started_ns
+                            .unwrap_or_else(|| created_ns(&base.join(&c.rel)));
+                        points.insert(
+                            c.name.clone(),
+                            Point {
+                                timestamp_ns: unix_nanos(now),
+                                start_ns,
+                                cpu_ns: u.cpu_ns,
+                                memory_bytes: u.working_set,
+                                swap_bytes: u.swap,
+                            },
+                        );
+                    }
                     Err(e) => {
                         // A container that just exited; its cgroup is going away.
                         tracing::debug!(error = %e, "skipping container cgroup");
                         stats.invalid_samples += 1;
-                        continue;
+                        listing.stale = true;
                     }
-                };
-                if u.cpu_ns == 0 || u.working_set == 0 {
-                    stats.incomplete_containers += 1;
-                    continue;
                 }
-                let start_ns = c.started_ns.unwrap_or_else(|| created_ns(&base.join(&dir)));
-                batch.pods.entry(info.pod.clone()).or_default().insert(
-                    c.name.clone(),
-                    Point {
-                        timestamp_ns: unix_nanos(now),
-                        start_ns,
-                        cpu_ns: u.cpu_ns,
-                        memory_bytes: u.working_set,
-                        swap_bytes: u.swap,
-                    },
-                );
+                next = containers.next_if(|n| n.pod == *pod);
+            }
+            if !points.is_empty() {
+                batch.pods.insert(pod.clone(), points);
             }
         }
         let sample = open.sample;
         open.cgroups.retain(|_, (_, seen)| *seen == sample);
+        open.listing = Some(listing);
         Ok((batch, stats))
     }
 }
