@@ -40,12 +40,10 @@ pub struct CgroupSource {
     open: Arc<Mutex<OpenFiles>>,
 }
 
-/// Open files by container cgroup (relative path), with the sample that
-/// last saw each; cgroups not seen in a sample are closed.
+/// The last walk of the tree, whose container cgroups keep their files
+/// open between samples, and the buffer they are read through.
 #[derive(Debug, Default)]
 struct OpenFiles {
-    cgroups: HashMap<PathBuf, (read::OpenCgroup, u64)>,
-    sample: u64,
     buf: Vec<u8>,
     listing: Option<Listing>,
 }
@@ -77,6 +75,9 @@ struct Listed {
     pod: PodRef,
     name: String,
     started_ns: Option<i64>,
+    /// Opened at the first read; closed (and the walk made again) when a
+    /// read fails, and when a walk no longer finds the cgroup.
+    files: Option<read::OpenCgroup>,
 }
 
 impl Listing {
@@ -123,28 +124,20 @@ impl CgroupSource {
         }
     }
 
-    /// Usage of the container cgroup at `rel`, through its kept-open files
-    /// (opened on first sight). A cgroup whose files fail is closed; it is
-    /// opened afresh if it is still listed next time.
+    /// Usage of the listed container cgroup `c`, through its kept-open
+    /// files (opened on first sight; closed when they fail).
     fn container_usage(
         &self,
-        open: &mut OpenFiles,
-        rel: &Path,
+        c: &mut Listed,
+        buf: &mut Vec<u8>,
     ) -> Result<read::Usage, read::ReadError> {
-        let sample = open.sample;
-        let entry = match open.cgroups.get_mut(rel) {
-            Some(e) => e,
-            None => {
-                let files = self.open(rel)?;
-                open.cgroups
-                    .entry(rel.to_owned())
-                    .or_insert((files, sample))
-            }
+        let files = match &mut c.files {
+            Some(f) => f,
+            None => c.files.insert(self.open(&c.rel)?),
         };
-        entry.1 = sample;
-        let got = entry.0.read(&mut open.buf);
+        let got = files.read(buf);
         if got.is_err() {
-            open.cgroups.remove(rel);
+            c.files = None;
         }
         got
     }
@@ -201,8 +194,14 @@ impl CgroupSource {
         out
     }
 
-    /// Walks the tree for the container cgroups of the pods in `pods`.
-    fn list(&self, pods: &PodIndex) -> Listing {
+    /// Walks the tree for the container cgroups of the pods in `pods`,
+    /// keeping the files `old` had open for cgroups still there.
+    fn list(&self, pods: &PodIndex, old: Option<Listing>) -> Listing {
+        let mut open: HashMap<PathBuf, read::OpenCgroup> = old
+            .into_iter()
+            .flat_map(|l| l.containers)
+            .filter_map(|c| Some((c.rel, c.files?)))
+            .collect();
         let base = self.listing_root();
         let mut listing = Listing {
             index: pods.version(),
@@ -224,8 +223,10 @@ impl CgroupSource {
                 let Some(c) = info.container(id) else {
                     continue;
                 };
+                let rel = rel.join(&name);
                 listing.containers.push(Listed {
-                    rel: rel.join(&name),
+                    files: open.remove(&rel),
+                    rel,
                     pod: info.pod.clone(),
                     name: c.name.clone(),
                     started_ns: c.started_ns,
@@ -258,20 +259,20 @@ impl CgroupSource {
         let base = self.listing_root();
         let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let open = &mut *guard;
-        open.sample += 1;
         let mut listing = match open.listing.take() {
             Some(l) if l.fresh(pods) => l,
-            _ => self.list(pods),
+            old => self.list(pods, old),
         };
         stats.unmapped_cgroups = listing.unmapped;
-        let mut containers = listing.containers.iter().peekable();
+        let mut stale = false;
+        let mut containers = listing.containers.iter_mut().peekable();
         while let Some(first) = containers.next() {
             let mut points = BTreeMap::new();
-            let pod = &first.pod;
+            let pod = first.pod.clone();
             let mut next = Some(first);
             while let Some(c) = next {
                 let now = SystemTime::now();
-                match self.container_usage(open, &c.rel) {
+                match self.container_usage(c, &mut open.buf) {
                     Ok(u) if u.cpu_ns == 0 || u.working_set == 0 => {
                         stats.incomplete_containers += 1;
                     }
@@ -294,17 +295,16 @@ impl CgroupSource {
                         // A container that just exited; its cgroup is going away.
                         tracing::debug!(error = %e, "skipping container cgroup");
                         stats.invalid_samples += 1;
-                        listing.stale = true;
+                        stale = true;
                     }
                 }
-                next = containers.next_if(|n| n.pod == *pod);
+                next = containers.next_if(|n| n.pod == pod);
             }
             if !points.is_empty() {
-                batch.pods.insert(pod.clone(), points);
+                batch.pods.insert(pod, points);
             }
         }
-        let sample = open.sample;
-        open.cgroups.retain(|_, (_, seen)| *seen == sample);
+        listing.stale |= stale;
         open.listing = Some(listing);
         Ok((batch, stats))
     }

@@ -41,10 +41,9 @@ fn read(path: PathBuf) -> Result<(PathBuf, String), ReadError> {
 /// line with that key decides; a malformed value there is no value, never
 /// a later line's.
 pub fn keyed(text: &str, key: &str) -> Option<u64> {
-    let (_, v) = text
+    let v = text
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(k, _)| *k == key)?;
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))?;
     v.trim().parse().ok()
 }
 
@@ -143,7 +142,10 @@ fn open(path: PathBuf) -> Result<(PathBuf, File), ReadError> {
     }
 }
 
-/// Reads all of `f` from offset 0 into `buf` (kept between calls).
+/// Reads all of `f` from offset 0 into `buf` (kept between calls). A read
+/// that leaves room in the buffer has reached the end: the kernel renders
+/// a cgroup file whole and hands over as much of it as fits, so one system
+/// call per file is the norm, not two.
 fn pread<'a>((path, f): &(PathBuf, File), buf: &'a mut Vec<u8>) -> Result<&'a str, ReadError> {
     if buf.len() < 4096 {
         buf.resize(4096, 0);
@@ -158,8 +160,12 @@ fn pread<'a>((path, f): &(PathBuf, File), buf: &'a mut Vec<u8>) -> Result<&'a st
             buf.resize(buf.len() * 2, 0);
         }
         match f.read_at(&mut buf[n..], n as u64) {
-            Ok(0) => break,
-            Ok(r) => n += r,
+            Ok(r) => {
+                n += r;
+                if r == 0 || n < buf.len() {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(source) => {
                 return Err(ReadError::Io {
@@ -307,5 +313,20 @@ mod tests {
         assert_eq!(v2(d).unwrap().swap, 4096);
         std::fs::write(d.join("cpu.stat"), "user_usec 1\n").unwrap();
         assert!(open.read(&mut buf).is_err());
+    }
+
+    /// A file longer than the buffer is read to its end, the buffer grown.
+    #[test]
+    fn long_files_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("cpu.stat"), "usage_usec 7\n").unwrap();
+        std::fs::write(d.join("memory.current"), "5000\n").unwrap();
+        let stat = format!("{}inactive_file 1000\n", "pad 0\n".repeat(3000));
+        std::fs::write(d.join("memory.stat"), &stat).unwrap();
+        let mut buf = Vec::new();
+        let got = OpenCgroup::v2(d).unwrap().read(&mut buf).unwrap();
+        assert_eq!(got.working_set, 4000);
+        assert!(buf.len() > stat.len(), "grown to {}", buf.len());
     }
 }
