@@ -44,8 +44,9 @@ pub fn binary(name: &str) -> PathBuf {
             "metrics-aggregator",
             "--bins",
         ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        // target/<profile>: the same profile (`release`, `dist`, ...).
+        if let Some(profile) = dir.file_name().filter(|n| *n != "debug") {
+            cmd.arg("--profile").arg(profile);
         }
         cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         match cmd.status() {
