@@ -130,7 +130,10 @@ fn manifests_render_and_agree_with_the_binaries() {
 fn dockerfile_builds_the_images_the_manifests_name() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let file = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
-    assert!(file.contains("cargo build --profile dist --locked"), "{file}");
+    assert!(
+        file.contains("cargo build --profile dist --locked"),
+        "{file}"
+    );
     // The profile it names is the workspace's.
     let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(cargo.contains("\n[profile.dist]\n"), "{cargo}");
@@ -156,9 +159,7 @@ fn dockerfile_builds_the_images_the_manifests_name() {
         assert!(binary(name).exists(), "{name}");
     }
     assert!(file.contains("USER 65534:65534"), "{file}");
-    assert!(
-        file.contains(" -t /out target/dist/metrics-aggregator target/dist/metrics-agent")
-    );
+    assert!(file.contains(" -t /out target/dist/metrics-aggregator target/dist/metrics-agent"));
     let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
     for line in ["target/", ".git/", "**/*.key"] {
         assert!(ignore.lines().any(|l| l == line), "{line} in {ignore}");
