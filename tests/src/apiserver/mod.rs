@@ -180,8 +180,9 @@ impl FakeApiServer {
         })
     }
 
-    /// The next `n` GETs of single objects wait for one another, so `n`
-    /// clients that read then create all read before any creates.
+    /// The next `n` GETs of single objects wait for one another (a minute
+    /// at most), so `n` clients that read then create all read before any
+    /// creates.
     pub fn gather_gets(&self, n: usize) {
         if let Ok(mut b) = self.state.get_barrier.lock() {
             *b = Some(Arc::new(tokio::sync::Barrier::new(n)));

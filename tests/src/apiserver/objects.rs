@@ -15,6 +15,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{json_response, status, ApiState, FakeApiServer};
 
+/// The longest a gathered GET waits for the others (`gather_gets`).
+const GATHER_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub(super) struct Event {
     rv: u64,
@@ -389,7 +392,13 @@ pub(super) async fn read(
         });
         let barrier = s.get_barrier.lock().ok().and_then(|b| b.clone());
         if let Some(b) = barrier {
-            if b.wait().await.is_leader() {
+            // Bounded: a caller whose GET never arrives (its request failed
+            // on the way) must fail the test, not hang the ones that came.
+            let released = tokio::time::timeout(GATHER_WAIT, b.wait()).await;
+            if released
+                .as_ref()
+                .map_or(true, tokio::sync::BarrierWaitResult::is_leader)
+            {
                 if let Ok(mut slot) = s.get_barrier.lock() {
                     *slot = None;
                 }
