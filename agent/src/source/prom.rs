@@ -34,15 +34,14 @@ impl<'a> Sample<'a> {
         self.labels
     }
 
-    /// Value of label `key`, unescaped.
+    /// Value of label `key` (its first occurrence), unescaped.
     pub fn label(&self, key: &str) -> Option<Cow<'a, str>> {
-        LabelIter { rest: self.labels }
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| unescape(v))
+        let [value] = self.labels([key]);
+        value
     }
 
     /// Values of several labels, unescaped, in one pass over the label
-    /// text; each is its key's first occurrence, like [`Sample::label`].
+    /// text; each is its key's first occurrence.
     pub fn labels<const N: usize>(&self, keys: [&str; N]) -> [Option<Cow<'a, str>>; N] {
         let mut out = [const { None }; N];
         let mut missing = N;

@@ -36,14 +36,14 @@ pub enum CgroupError {
 pub struct CgroupSource {
     hierarchy: Hierarchy,
     host: HostSource,
-    /// Container cgroups' files, kept open between samples.
-    open: Arc<Mutex<OpenFiles>>,
+    /// The last walk of the tree, with its cgroups' files kept open.
+    walk: Arc<Mutex<Walk>>,
 }
 
 /// The last walk of the tree, whose container cgroups keep their files
 /// open between samples, and the buffer they are read through.
 #[derive(Debug, Default)]
-struct OpenFiles {
+struct Walk {
     buf: Vec<u8>,
     listing: Option<Listing>,
 }
@@ -95,7 +95,7 @@ impl CgroupSource {
         Ok(Self {
             hierarchy,
             host: HostSource::new(proc_root),
-            open: Arc::default(),
+            walk: Arc::default(),
         })
     }
 
@@ -257,9 +257,9 @@ impl CgroupSource {
             ..Batch::default()
         };
         let base = self.listing_root();
-        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let open = &mut *guard;
-        let mut listing = match open.listing.take() {
+        let mut guard = self.walk.lock().unwrap_or_else(|p| p.into_inner());
+        let walk = &mut *guard;
+        let mut listing = match walk.listing.take() {
             Some(l) if l.fresh(pods) => l,
             old => self.list(pods, old),
         };
@@ -272,7 +272,7 @@ impl CgroupSource {
             let mut next = Some(first);
             while let Some(c) = next {
                 let now = SystemTime::now();
-                match self.container_usage(c, &mut open.buf) {
+                match self.container_usage(c, &mut walk.buf) {
                     Ok(u) if u.cpu_ns == 0 || u.working_set == 0 => {
                         stats.incomplete_containers += 1;
                     }
@@ -305,7 +305,7 @@ impl CgroupSource {
             }
         }
         listing.stale |= stale;
-        open.listing = Some(listing);
+        walk.listing = Some(listing);
         Ok((batch, stats))
     }
 }
