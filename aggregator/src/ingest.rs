@@ -2,22 +2,19 @@
 //! checked, rendered and stored, and answered with an Ack. A stream serves
 //! one node: the first accepted report binds it.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status};
 
 use metrics_proto::v1::aggregator_message::Kind;
-use metrics_proto::v1::ingest_server::{Ingest, IngestServer};
 use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
-use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::auth::callers::{wrong_node, Caller, CallerAuth};
+use crate::ingest_wire::{frame, IngestRoute, Outgoing, ReportReader};
 use crate::labelset::{Interner, StreamLabels};
 use crate::metrics::AggregatorMetrics;
 use crate::report::{to_entry_with, Dropped, ReportError};
@@ -93,11 +90,9 @@ impl IngestService {
         self
     }
 
-    /// The tonic server wrapper with message size bounds.
-    pub fn into_server(self) -> IngestServer<Self> {
-        IngestServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The service as the gRPC server routes it (`ingest_wire.rs`).
+    pub fn into_server(self) -> IngestRoute {
+        IngestRoute(self)
     }
 
     /// Handles one report of `stream`; returns the Ack to send.
@@ -227,16 +222,19 @@ pub const MIN_SILENCE: Duration = Duration::from_secs(10);
 /// Most dropped parts remembered per stream for logging once each.
 const WARNED_MAX: usize = 1024;
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Ingest for IngestService {
-    type ReportStream = AckStream;
-
-    async fn report(
+impl IngestService {
+    /// Opens one agent stream (`request` carries its metadata, `inbound`
+    /// its reports): checks the caller, then serves the stream in its own
+    /// task. Returns what to send back, or why the stream was refused.
+    pub async fn open<B>(
         &self,
-        request: Request<Streaming<NodeReport>>,
-    ) -> Result<Response<Self::ReportStream>, Status> {
+        request: Request<()>,
+        mut inbound: ReportReader<B>,
+    ) -> Result<mpsc::Receiver<Outgoing>, Status>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let peer = request.remote_addr();
         let identity: Option<Caller> = match &self.agents {
             None => None,
@@ -249,7 +247,6 @@ impl Ingest for IngestService {
                 }
             },
         };
-        let mut inbound = request.into_inner();
         // Small: an agent that does not read its acks stops being read.
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -325,7 +322,7 @@ impl Ingest for IngestService {
                             let map = AggregatorMessage {
                                 kind: Some(Kind::ShardMap(shard.map.clone())),
                             };
-                            if tx.send(Ok(map)).await.is_err() {
+                            if tx.send(Ok(frame(&map))).await.is_err() {
                                 break;
                             }
                             map_sent = Some(shard.map.version);
@@ -338,7 +335,7 @@ impl Ingest for IngestService {
                     let msg = AggregatorMessage {
                         kind: Some(Kind::Ack(ack)),
                     };
-                    if tx.send(Ok(msg)).await.is_err() {
+                    if tx.send(Ok(frame(&msg))).await.is_err() {
                         break;
                     }
                 }
@@ -346,7 +343,7 @@ impl Ingest for IngestService {
             },
             span,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 

@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod grpc_port;
 pub mod index;
 pub mod ingest;
+pub mod ingest_wire;
 pub mod labelset;
 pub mod membership;
 pub mod metrics;

@@ -1,0 +1,398 @@
+//! The `Ingest` service's gRPC framing, read and written here rather than
+//! by tonic's generated server: that server gives every stream a decode
+//! buffer that grows to the largest report it ever received (the first
+//! one, which carries every label) and an 8 KiB encode buffer, and keeps
+//! both for the stream's whole life. With one long-lived stream per node
+//! they were a third of what a node cost a replica (BENCHMARKS.md). Here
+//! a report is decoded straight from the HTTP/2 frames it arrived in (or
+//! from one copy of exactly its length when it spans several), and each
+//! Ack is encoded into a buffer of its own size, so nothing is held
+//! between reports. The wire format is the same: the agent uses tonic's
+//! generated client.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use hyper::body::Frame;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use metrics_proto::v1::{AggregatorMessage, NodeReport};
+use metrics_proto::MAX_MESSAGE_BYTES;
+
+use crate::ingest::IngestService;
+
+/// The one method this service serves.
+const REPORT_PATH: &str = "/metrics.v1.Ingest/Report";
+
+/// Bytes before each gRPC message: a compressed flag and a 32-bit length.
+const HEADER_LEN: usize = 5;
+
+/// Reads the `NodeReport` messages of one request body. Holds only the
+/// frames of a message not yet complete.
+pub struct ReportReader<B> {
+    body: B,
+    /// Received frames not yet decoded, oldest first.
+    chunks: VecDeque<Bytes>,
+    /// Their total length.
+    buffered: usize,
+    /// Length of the message being read, once its header is complete.
+    want: Option<usize>,
+    done: bool,
+}
+
+impl<B> ReportReader<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn new(body: B) -> Self {
+        Self {
+            body,
+            chunks: VecDeque::new(),
+            buffered: 0,
+            want: None,
+            done: false,
+        }
+    }
+
+    /// The next report; `None` when the agent closed its side. A message
+    /// that is compressed, longer than [`MAX_MESSAGE_BYTES`] or not a
+    /// `NodeReport` is an error, as tonic's server would answer it.
+    pub async fn message(&mut self) -> Result<Option<NodeReport>, Status> {
+        loop {
+            if let Some(report) = self.decode_buffered()? {
+                return Ok(Some(report));
+            }
+            if self.done {
+                return if self.buffered > 0 {
+                    Err(Status::internal("Unexpected EOF decoding stream."))
+                } else {
+                    Ok(None)
+                };
+            }
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await;
+            match frame {
+                None => self.done = true,
+                Some(Ok(frame)) => {
+                    // Trailers from a client end its side; nothing else
+                    // in them is read.
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            self.buffered += data.len();
+                            self.chunks.push_back(data);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let status = Status::from_error(e.into());
+                    // An agent that went away cancels its stream.
+                    if status.code() == Code::Cancelled {
+                        self.done = true;
+                        self.chunks.clear();
+                        self.buffered = 0;
+                    } else {
+                        return Err(status);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a message if one is complete in the buffered frames.
+    fn decode_buffered(&mut self) -> Result<Option<NodeReport>, Status> {
+        let len = match self.want {
+            Some(len) => len,
+            None => {
+                if self.buffered < HEADER_LEN {
+                    return Ok(None);
+                }
+                let mut header = [0u8; HEADER_LEN];
+                self.take(&mut header);
+                if header[0] != 0 {
+                    return Err(Status::internal(
+                        "compressed message: this server accepts no grpc-encoding",
+                    ));
+                }
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                if len > MAX_MESSAGE_BYTES {
+                    return Err(Status::out_of_range(format!(
+                        "message of {len} bytes over the limit of {MAX_MESSAGE_BYTES} bytes"
+                    )));
+                }
+                self.want = Some(len);
+                len
+            }
+        };
+        if self.buffered < len {
+            return Ok(None);
+        }
+        self.want = None;
+        let message = self.split(len);
+        NodeReport::decode(message)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding the report: {e}")))
+    }
+
+    /// The next `len` buffered bytes: a slice of the first frame when it
+    /// holds them all, else one copy of exactly `len` bytes.
+    fn split(&mut self, len: usize) -> Bytes {
+        if self.chunks.front().is_some_and(|c| c.len() >= len) {
+            self.buffered -= len;
+            let Some(front) = self.chunks.front_mut() else {
+                return Bytes::new();
+            };
+            let message = front.split_to(len);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return message;
+        }
+        let mut out = BytesMut::with_capacity(len);
+        out.resize(len, 0);
+        self.take(&mut out);
+        out.freeze()
+    }
+
+    /// Fills `out` from the buffered frames (the caller checked there
+    /// are enough).
+    fn take(&mut self, out: &mut [u8]) {
+        let mut filled = 0;
+        while filled < out.len() {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let n = front.len().min(out.len() - filled);
+            front.copy_to_slice(&mut out[filled..filled + n]);
+            filled += n;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        self.buffered -= filled;
+    }
+}
+
+/// `message` as one gRPC frame, in a buffer of exactly its size.
+pub fn frame(message: &AggregatorMessage) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    // Cannot fail: the buffer has room for the encoded length.
+    let _ = message.encode(&mut buf);
+    buf.freeze()
+}
+
+/// What the stream's task sends its response: a framed message, or the
+/// status that ends the stream.
+pub type Outgoing = Result<Bytes, Status>;
+
+/// The response body: each framed message as it is sent, then the
+/// stream's status as trailers (OK when the task ended without one).
+struct AckBody {
+    rx: mpsc::Receiver<Outgoing>,
+    done: bool,
+}
+
+/// `status` as gRPC trailers.
+fn trailers(status: Status) -> HeaderMap {
+    let mut headers = status.into_http::<()>().into_parts().0.headers;
+    headers.remove(http::header::CONTENT_TYPE);
+    headers
+}
+
+impl hyper::body::Body for AckBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let frame = match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Ok(data)) => Frame::data(data),
+            Some(Err(status)) => {
+                self.done = true;
+                Frame::trailers(trailers(status))
+            }
+            None => {
+                self.done = true;
+                Frame::trailers(trailers(Status::ok("")))
+            }
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// The `Ingest` service as the gRPC server routes it.
+#[derive(Clone)]
+pub struct IngestRoute(pub IngestService);
+
+impl tonic::server::NamedService for IngestRoute {
+    const NAME: &'static str = metrics_proto::v1::ingest_server::SERVICE_NAME;
+}
+
+type RouteFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+impl tower::Service<http::Request<Body>> for IngestRoute {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> RouteFuture {
+        let service = self.0.clone();
+        Box::pin(async move {
+            if req.uri().path() != REPORT_PATH {
+                return Ok(
+                    Status::unimplemented(format!("{} is not served", req.uri().path()))
+                        .into_http(),
+                );
+            }
+            let (parts, body) = req.into_parts();
+            let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+            match service.open(request, ReportReader::new(body)).await {
+                Ok(rx) => {
+                    let mut response = http::Response::new(Body::new(AckBody { rx, done: false }));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                    Ok(response)
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    type Chunks =
+        StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+    /// A request body delivering `chunks` as its data frames.
+    fn body(chunks: Vec<Bytes>) -> Chunks {
+        StreamBody::new(futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok(Frame::data(c)))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn report(node: &str) -> NodeReport {
+        NodeReport {
+            node_name: node.into(),
+            source: "s".repeat(100),
+            ..Default::default()
+        }
+    }
+
+    fn framed(r: &NodeReport) -> Vec<u8> {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(r.encoded_len() as u32).to_be_bytes());
+        out.extend_from_slice(&r.encode_to_vec());
+        out
+    }
+
+    #[tokio::test]
+    async fn messages_are_read_across_any_split_of_their_frames() {
+        let wire: Vec<u8> = [
+            framed(&report("a")),
+            framed(&report("b")),
+            framed(&report("c")),
+        ]
+        .concat();
+        // Every split point, and every byte on its own.
+        for cut in 0..wire.len() {
+            let chunks = vec![
+                Bytes::copy_from_slice(&wire[..cut]),
+                Bytes::copy_from_slice(&wire[cut..]),
+            ];
+            let mut r = ReportReader::new(body(chunks));
+            for want in ["a", "b", "c"] {
+                assert_eq!(
+                    r.message().await.unwrap().unwrap().node_name,
+                    want,
+                    "cut at {cut}"
+                );
+            }
+            assert!(r.message().await.unwrap().is_none());
+            assert_eq!(r.buffered, 0);
+        }
+        let bytes: Vec<Bytes> = wire.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect();
+        let mut r = ReportReader::new(body(bytes));
+        for want in ["a", "b", "c"] {
+            assert_eq!(r.message().await.unwrap().unwrap().node_name, want);
+        }
+        assert!(r.message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_messages_are_refused_with_the_code_tonic_gives() {
+        let mut compressed = framed(&report("a"));
+        compressed[0] = 1;
+        let mut r = ReportReader::new(body(vec![compressed.into()]));
+        assert_eq!(r.message().await.unwrap_err().code(), Code::Internal);
+
+        // Refused from its header alone, before any of it is buffered.
+        let mut huge = vec![0u8];
+        huge.extend_from_slice(&(MAX_MESSAGE_BYTES as u32 + 1).to_be_bytes());
+        let mut r = ReportReader::new(body(vec![huge.into()]));
+        let err = r.message().await.unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange, "{err}");
+
+        let mut garbage = vec![0u8, 0, 0, 0, 3];
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let mut r = ReportReader::new(body(vec![garbage.into()]));
+        assert_eq!(r.message().await.unwrap_err().code(), Code::Internal);
+
+        let mut cut = framed(&report("a"));
+        cut.truncate(cut.len() - 1);
+        let mut r = ReportReader::new(body(vec![cut.into()]));
+        let err = r.message().await.unwrap_err();
+        assert!(err.message().contains("EOF"), "{err}");
+    }
+
+    #[test]
+    fn a_frame_is_the_message_behind_its_length() {
+        let msg = AggregatorMessage {
+            kind: Some(metrics_proto::v1::aggregator_message::Kind::Ack(
+                metrics_proto::v1::Ack {
+                    sequence: 7,
+                    accepted: true,
+                    error: "note".into(),
+                },
+            )),
+        };
+        let f = frame(&msg);
+        assert_eq!(f[0], 0);
+        assert_eq!(
+            u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize,
+            f.len() - HEADER_LEN
+        );
+        assert_eq!(AggregatorMessage::decode(&f[HEADER_LEN..]).unwrap(), msg);
+    }
+}
