@@ -3,6 +3,7 @@
 //! parser and checks what must hold for any input, panicking otherwise.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Instant;
 
 use prost::Message;
@@ -79,4 +80,62 @@ pub fn report(data: &[u8]) {
             .unwrap_or_else(|e| panic!("pod protobuf: {e}"));
         assert_eq!(decoded.containers.len(), pod.containers.len());
     }
+}
+
+/// A request body delivering the given frames, each ready at once.
+struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+impl hyper::body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Every message of `frames` read by the ingest stream's reader, up to
+/// the end or the first error (its code).
+fn read_stream(
+    frames: Vec<bytes::Bytes>,
+) -> Vec<Result<metrics_proto::v1::NodeReport, tonic::Code>> {
+    let mut reader = crate::ingest_wire::ReportReader::new(Frames(frames.into()));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut out = Vec::new();
+    loop {
+        let next = {
+            let mut message = std::pin::pin!(reader.message());
+            match message.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => panic!("waits on a body that is always ready"),
+            }
+        };
+        match next {
+            Ok(Some(r)) => out.push(Ok(r)),
+            Ok(None) => return out,
+            Err(status) => {
+                out.push(Err(status.code()));
+                return out;
+            }
+        }
+    }
+}
+
+/// The ingest stream's gRPC framing (first byte: the size the rest is cut
+/// into, as HTTP/2 frames would cut it): never panics, and reads the same
+/// messages and the same error however the stream is cut.
+pub fn ingest_frames(data: &[u8]) {
+    let Some((&size, wire)) = data.split_first() else {
+        return;
+    };
+    let whole = read_stream(vec![bytes::Bytes::copy_from_slice(wire)]);
+    let cut = read_stream(
+        wire.chunks(usize::from(size).max(1))
+            .map(bytes::Bytes::copy_from_slice)
+            .collect(),
+    );
+    assert_eq!(whole, cut, "depends on where the stream is cut");
 }

@@ -76,6 +76,14 @@ fn report_corpus() {
     replay(corpus("report"), metrics_aggregator::fuzzing::report);
 }
 
+#[test]
+fn ingest_frames_corpus() {
+    replay(
+        corpus("ingest_frames"),
+        metrics_aggregator::fuzzing::ingest_frames,
+    );
+}
+
 /// The checks catch what they claim to: a report that renders names
 /// unescaped would fail them (here, one accepted seed must render).
 #[test]
