@@ -63,7 +63,8 @@ fn label_pairs(pods: &[PodEntry]) -> Vec<u64> {
     pairs
 }
 
-fn pod_key(namespace: &str, name: &str) -> u64 {
+/// 64-bit hash of a pod's namespace and name.
+pub fn pod_key(namespace: &str, name: &str) -> u64 {
     let mut h = Xxh3::new();
     h.update(namespace.as_bytes());
     h.update(&[0]);
@@ -157,6 +158,8 @@ impl PodIndex {
             |k| {
                 let mut nodes = self.pods.entry(pod_key(k.0, k.1)).or_default();
                 if !nodes.iter().any(|n| &**n == node) {
+                    // Almost always the only one: no room for more.
+                    nodes.reserve_exact(1);
                     nodes.push(name());
                 }
             },

@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use metrics_proto::labels::UnknownLabels;
 
+use crate::index::pod_key;
 use crate::render::json_str;
 use metrics_proto::v1::NodeReport;
 
@@ -245,8 +246,9 @@ pub fn carried(report: &NodeReport, interner: Option<&Interner>) -> Result<Resol
     })
 }
 
-/// The labels last carried on one stream, keyed by namespace then pod name
-/// (so a lookup borrows the report's names).
+/// The labels last carried on one stream. Held for as long as the stream
+/// lives, so kept small: each pod by a 64-bit hash of its namespace and
+/// name, in a sorted slice, with no copy of either name.
 #[derive(Debug, Default)]
 pub struct StreamLabels {
     version: u64,
@@ -254,8 +256,11 @@ pub struct StreamLabels {
     node_error: Option<String>,
     /// Pods with labels, and pods whose labels were refused (so a report
     /// that leaves them out drops them again rather than serving them
-    /// unlabelled).
-    pods: HashMap<String, HashMap<String, PodLabels>>,
+    /// unlabelled), sorted by key; the first of a name carried twice.
+    pods: Box<[(u64, PodLabels)]>,
+    /// Pods whose key another pod of the stream also hashes to (in
+    /// practice never), by name instead.
+    collided: HashMap<(String, String), PodLabels>,
 }
 
 /// One pod's labels, or why they were refused.
@@ -278,16 +283,7 @@ impl StreamLabels {
                 self.version = report.labels_version;
                 self.node = Arc::clone(&resolved.node);
                 self.node_error = resolved.node_error.clone();
-                self.pods.clear();
-                for (p, l) in report.pods.iter().zip(&resolved.pods) {
-                    if l.as_ref().is_ok_and(|l| l.is_empty()) {
-                        continue;
-                    }
-                    self.pods
-                        .entry(p.namespace.clone())
-                        .or_default()
-                        .insert(p.name.clone(), l.clone());
-                }
+                self.remember(report, &resolved.pods);
             }
             return Ok(resolved);
         }
@@ -298,9 +294,7 @@ impl StreamLabels {
             .pods
             .iter()
             .map(|p| {
-                self.pods
-                    .get(&p.namespace)
-                    .and_then(|ns| ns.get(&p.name))
+                self.lookup(&p.namespace, &p.name)
                     .map_or_else(|| Ok(Labels::empty()), Clone::clone)
             })
             .collect();
@@ -309,6 +303,55 @@ impl StreamLabels {
             node_error: self.node_error.clone(),
             pods,
         })
+    }
+
+    /// Keeps the labels `report` carried (`labels`, one per pod). Every
+    /// pod is kept, unlabelled ones too: the labels' version covers every
+    /// pod's name, so a report that leaves its labels out names these
+    /// pods and no other, and a hash two of them share is always seen here.
+    fn remember(&mut self, report: &NodeReport, labels: &[PodLabels]) {
+        let mut pods: Vec<(u64, &str, &str, &PodLabels)> = report
+            .pods
+            .iter()
+            .zip(labels)
+            .map(|(p, l)| {
+                (
+                    pod_key(&p.namespace, &p.name),
+                    p.namespace.as_str(),
+                    p.name.as_str(),
+                    l,
+                )
+            })
+            .collect();
+        // Stable: the first of a pod carried twice stays first.
+        pods.sort_by_key(|p| p.0);
+        pods.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1 && a.2 == b.2);
+        self.collided.clear();
+        for w in pods.windows(2) {
+            if w[0].0 == w[1].0 {
+                for (_, ns, name, l) in [w[0], w[1]] {
+                    self.collided
+                        .entry((ns.to_owned(), name.to_owned()))
+                        .or_insert_with(|| l.clone());
+                }
+            }
+        }
+        self.pods = pods
+            .into_iter()
+            .map(|(k, _, _, l)| (k, l.clone()))
+            .collect();
+    }
+
+    /// The labels last carried for pod `namespace/name`.
+    fn lookup(&self, namespace: &str, name: &str) -> Option<&PodLabels> {
+        let key = pod_key(namespace, name);
+        let i = self.pods.partition_point(|(k, _)| *k < key);
+        match self.pods.get(i..i + 2) {
+            Some([(a, _), (b, _)]) if *a == key && *b == key => {
+                self.collided.get(&(namespace.to_owned(), name.to_owned()))
+            }
+            _ => self.pods.get(i).filter(|(k, _)| *k == key).map(|(_, l)| l),
+        }
     }
 }
 
@@ -383,6 +426,40 @@ mod tests {
         let again = cache.resolve(&r, &interner).unwrap();
         assert_eq!(again.pods[0], got.pods[0]);
         assert!(again.pods[2..].iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn pods_sharing_a_hash_are_told_apart_by_name() {
+        let set = |app: &str| Labels::new(&HashMap::from([("app".to_string(), app.to_string())]));
+        let (a, b) = (set("a").unwrap(), set("b").unwrap());
+        // Two pods whose keys are equal: the slice alone cannot tell them
+        // apart, so the answer comes from the names.
+        let k = pod_key("ns", "p");
+        let cache = StreamLabels {
+            pods: vec![(k, Ok(Arc::clone(&a))), (k, Ok(Arc::clone(&a)))].into(),
+            collided: HashMap::from([(("ns".to_string(), "p".to_string()), Ok(Arc::clone(&b)))]),
+            ..Default::default()
+        };
+        assert!(Arc::ptr_eq(
+            cache.lookup("ns", "p").unwrap().as_ref().unwrap(),
+            &b
+        ));
+        assert!(cache.lookup("ns", "q").is_none());
+
+        // Built from a report, every pod is found by its own name.
+        let mut cache = StreamLabels::default();
+        let r = report(0);
+        let labels: Vec<PodLabels> = r
+            .pods
+            .iter()
+            .map(|p| Labels::new(&p.labels).map_err(Arc::from))
+            .collect();
+        cache.remember(&r, &labels);
+        assert_eq!(cache.pods.len(), r.pods.len());
+        for (p, l) in r.pods.iter().zip(&labels) {
+            assert_eq!(cache.lookup(&p.namespace, &p.name), Some(l));
+        }
+        assert!(cache.collided.is_empty());
     }
 
     #[test]
