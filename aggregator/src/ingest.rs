@@ -299,7 +299,10 @@ impl IngestService {
                     };
                     if let (Some(agents), Some(id)) = (&this.agents, &identity) {
                         if checked.elapsed() >= this.recheck {
-                            if let Err(status) = agents.recheck(id).await {
+                            // Boxed: a review is rare (every `recheck`) and
+                            // its future large; inline, every stream's task
+                            // would carry its size (2.1 of 3.7 KB) for life.
+                            if let Err(status) = Box::pin(agents.recheck(id)).await {
                                 this.metrics.refused_stream(status.code());
                                 tracing::warn!(node = ?state.bound, error = %status.message(), "agent stream ended: token no longer accepted");
                                 let _ = tx.send(Err(status)).await;
