@@ -4,13 +4,12 @@
 //! one, which carries every label) and an 8 KiB encode buffer, and keeps
 //! both for the stream's whole life. With one long-lived stream per node
 //! they were a third of what a node cost a replica (BENCHMARKS.md). Here
-//! a report is decoded straight from the HTTP/2 frames it arrived in (or
-//! from one copy of exactly its length when it spans several), and each
+//! a report is decoded straight from the HTTP/2 frame it arrived in (or
+//! from one copy when it spans several), and each
 //! Ack is encoded into a buffer of its own size, so nothing is held
 //! between reports. The wire format is the same: the agent uses tonic's
 //! generated client.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,18 +34,29 @@ const REPORT_PATH: &str = "/metrics.v1.Ingest/Report";
 /// Bytes before each gRPC message: a compressed flag and a 32-bit length.
 const HEADER_LEN: usize = 5;
 
-/// Reads the `NodeReport` messages of one request body. Holds only the
-/// frames of a message not yet complete.
+/// Reads the `NodeReport` messages of one request body. Holds the rest
+/// of the last HTTP/2 frame received and, for a message spanning frames,
+/// one buffer it is copied into: never more than one message (at most
+/// [`MAX_MESSAGE_BYTES`], checked from its header) and one frame, however
+/// finely the sender cuts its frames.
 pub struct ReportReader<B> {
     body: B,
-    /// Received frames not yet decoded, oldest first.
-    chunks: VecDeque<Bytes>,
-    /// Their total length.
-    buffered: usize,
+    /// What is left of the last frame received.
+    pending: Bytes,
+    /// A header cut across frames: its bytes so far.
+    header: [u8; HEADER_LEN],
+    header_len: usize,
     /// Length of the message being read, once its header is complete.
     want: Option<usize>,
+    /// The message being read, when it spans frames.
+    partial: BytesMut,
     done: bool,
 }
+
+/// First room made for a message spanning frames; it grows from there
+/// with what arrives, so a header announcing a large message that never
+/// comes costs no more than what did.
+const FIRST_RESERVE: usize = 64 * 1024;
 
 impl<B> ReportReader<B>
 where
@@ -56,9 +66,11 @@ where
     pub fn new(body: B) -> Self {
         Self {
             body,
-            chunks: VecDeque::new(),
-            buffered: 0,
+            pending: Bytes::new(),
+            header: [0; HEADER_LEN],
+            header_len: 0,
             want: None,
+            partial: BytesMut::new(),
             done: false,
         }
     }
@@ -68,11 +80,11 @@ where
     /// `NodeReport` is an error, as tonic's server would answer it.
     pub async fn message(&mut self) -> Result<Option<NodeReport>, Status> {
         loop {
-            if let Some(report) = self.decode_buffered()? {
+            if let Some(report) = self.decode_pending()? {
                 return Ok(Some(report));
             }
             if self.done {
-                return if self.buffered > 0 {
+                return if self.header_len > 0 || self.want.is_some() {
                     Err(Status::internal("Unexpected EOF decoding stream."))
                 } else {
                     Ok(None)
@@ -85,10 +97,7 @@ where
                     // Trailers from a client end its side; nothing else
                     // in them is read.
                     if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            self.buffered += data.len();
-                            self.chunks.push_back(data);
-                        }
+                        self.pending = data;
                     }
                 }
                 Some(Err(e)) => {
@@ -96,8 +105,9 @@ where
                     // An agent that went away cancels its stream.
                     if status.code() == Code::Cancelled {
                         self.done = true;
-                        self.chunks.clear();
-                        self.buffered = 0;
+                        self.header_len = 0;
+                        self.want = None;
+                        self.partial = BytesMut::new();
                     } else {
                         return Err(status);
                     }
@@ -106,22 +116,33 @@ where
         }
     }
 
-    /// Decodes a message if one is complete in the buffered frames.
-    fn decode_buffered(&mut self) -> Result<Option<NodeReport>, Status> {
+    /// Bytes held for messages not yet complete (for tests).
+    pub fn held(&self) -> usize {
+        self.pending.len() + self.partial.capacity() + self.header_len
+    }
+
+    /// Takes what it can from the last frame; decodes a message once one
+    /// is complete. Consumes the whole frame unless a message is returned.
+    fn decode_pending(&mut self) -> Result<Option<NodeReport>, Status> {
         let len = match self.want {
             Some(len) => len,
             None => {
-                if self.buffered < HEADER_LEN {
+                let n = (HEADER_LEN - self.header_len).min(self.pending.len());
+                self.header[self.header_len..self.header_len + n]
+                    .copy_from_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                self.header_len += n;
+                if self.header_len < HEADER_LEN {
                     return Ok(None);
                 }
-                let mut header = [0u8; HEADER_LEN];
-                self.take(&mut header);
-                if header[0] != 0 {
+                self.header_len = 0;
+                let h = self.header;
+                if h[0] != 0 {
                     return Err(Status::internal(
                         "compressed message: this server accepts no grpc-encoding",
                     ));
                 }
-                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
                 if len > MAX_MESSAGE_BYTES {
                     return Err(Status::out_of_range(format!(
                         "message of {len} bytes over the limit of {MAX_MESSAGE_BYTES} bytes"
@@ -131,52 +152,29 @@ where
                 len
             }
         };
-        if self.buffered < len {
-            return Ok(None);
-        }
+        let message = if self.partial.is_empty() && self.pending.len() >= len {
+            // The usual case: the whole message in this frame.
+            self.pending.split_to(len)
+        } else {
+            if self.pending.is_empty() {
+                return Ok(None);
+            }
+            if self.partial.is_empty() {
+                self.partial.reserve(len.min(FIRST_RESERVE));
+            }
+            let n = (len - self.partial.len()).min(self.pending.len());
+            self.partial.extend_from_slice(&self.pending[..n]);
+            self.pending.advance(n);
+            if self.partial.len() < len {
+                return Ok(None);
+            }
+            // Leaves nothing allocated behind.
+            std::mem::take(&mut self.partial).freeze()
+        };
         self.want = None;
-        let message = self.split(len);
         NodeReport::decode(message)
             .map(Some)
             .map_err(|e| Status::internal(format!("decoding the report: {e}")))
-    }
-
-    /// The next `len` buffered bytes: a slice of the first frame when it
-    /// holds them all, else one copy of exactly `len` bytes.
-    fn split(&mut self, len: usize) -> Bytes {
-        if self.chunks.front().is_some_and(|c| c.len() >= len) {
-            self.buffered -= len;
-            let Some(front) = self.chunks.front_mut() else {
-                return Bytes::new();
-            };
-            let message = front.split_to(len);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
-            return message;
-        }
-        let mut out = BytesMut::with_capacity(len);
-        out.resize(len, 0);
-        self.take(&mut out);
-        out.freeze()
-    }
-
-    /// Fills `out` from the buffered frames (the caller checked there
-    /// are enough).
-    fn take(&mut self, out: &mut [u8]) {
-        let mut filled = 0;
-        while filled < out.len() {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            let n = front.len().min(out.len() - filled);
-            front.copy_to_slice(&mut out[filled..filled + n]);
-            filled += n;
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
-        }
-        self.buffered -= filled;
     }
 }
 
@@ -340,7 +338,7 @@ mod tests {
                 );
             }
             assert!(r.message().await.unwrap().is_none());
-            assert_eq!(r.buffered, 0);
+            assert_eq!(r.held(), 0);
         }
         let bytes: Vec<Bytes> = wire.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect();
         let mut r = ReportReader::new(body(bytes));
@@ -348,6 +346,32 @@ mod tests {
             assert_eq!(r.message().await.unwrap().unwrap().node_name, want);
         }
         assert!(r.message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_message_in_tiny_frames_holds_no_more_than_its_length() {
+        let mut big = report("a");
+        big.source = "s".repeat(200_000);
+        let wire = framed(&big);
+        // Every byte its own frame, and the last one never sent.
+        let frames: Vec<Bytes> = wire[..wire.len() - 1]
+            .iter()
+            .map(|b| Bytes::copy_from_slice(&[*b]))
+            .collect();
+        let mut r = ReportReader::new(body(frames));
+        assert!(r.message().await.is_err());
+        let len = wire.len() - HEADER_LEN;
+        assert!(
+            r.held() <= 2 * len,
+            "{} bytes held for a {len}-byte message",
+            r.held()
+        );
+
+        let mut r = ReportReader::new(body(
+            wire.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect(),
+        ));
+        assert_eq!(r.message().await.unwrap().unwrap(), big);
+        assert_eq!(r.held(), 0);
     }
 
     #[tokio::test]
