@@ -10,6 +10,7 @@ use prost::Message;
 
 use crate::api::protobuf;
 use crate::api::selector::{FieldSelector, LabelSelector};
+use crate::ingest_wire;
 use crate::report;
 
 /// Label and field selectors: parsing never panics, stays within its
@@ -82,27 +83,12 @@ pub fn report(data: &[u8]) {
     }
 }
 
-/// A request body delivering the given frames, each ready at once.
-struct Frames(std::collections::VecDeque<bytes::Bytes>);
-
-impl hyper::body::Body for Frames {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
 /// Every message of `frames` read by the ingest stream's reader, up to
 /// the end or the first error (its code).
 fn read_stream(
     frames: Vec<bytes::Bytes>,
 ) -> Vec<Result<metrics_proto::v1::NodeReport, tonic::Code>> {
-    let mut reader = crate::ingest_wire::ReportReader::new(Frames(frames.into()));
+    let mut reader = ingest_wire::ReportReader::new(ingest_wire::ReadyFrames(frames.into()));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut out = Vec::new();
     loop {

@@ -282,22 +282,31 @@ impl tower::Service<http::Request<Body>> for IngestRoute {
     }
 }
 
+/// A request body whose data frames are all ready at once (for tests and
+/// the fuzz target).
+#[cfg(any(test, feature = "fuzzing"))]
+pub struct ReadyFrames(pub std::collections::VecDeque<Bytes>);
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl hyper::body::Body for ReadyFrames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::StreamBody;
-
-    type Chunks =
-        StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
     /// A request body delivering `chunks` as its data frames.
-    fn body(chunks: Vec<Bytes>) -> Chunks {
-        StreamBody::new(futures::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok(Frame::data(c)))
-                .collect::<Vec<_>>(),
-        ))
+    fn body(chunks: Vec<Bytes>) -> ReadyFrames {
+        ReadyFrames(chunks.into())
     }
 
     fn report(node: &str) -> NodeReport {

@@ -254,9 +254,10 @@ pub struct StreamLabels {
     version: u64,
     node: Arc<Labels>,
     node_error: Option<String>,
-    /// Pods with labels, and pods whose labels were refused (so a report
-    /// that leaves them out drops them again rather than serving them
-    /// unlabelled), sorted by key; the first of a name carried twice.
+    /// Every pod the labelled report named, by key ([`pod_key`]), sorted:
+    /// its labels (empty when it had none), or why they were refused (so a
+    /// report that leaves them out drops it again rather than serving it
+    /// unlabelled); the first of a pod named twice.
     pods: Box<[(u64, PodLabels)]>,
     /// Pods whose key another pod of the stream also hashes to (in
     /// practice never), by name instead.
