@@ -30,6 +30,7 @@ use metrics_proto::MAX_MESSAGE_BYTES;
 use crate::auth::callers::CallerAuth;
 use crate::query::{dedup, sorted, Hit, Kind, Query};
 use crate::shard::{Shard, SharedShard};
+use crate::split::{self, Plan};
 use crate::store::Store;
 
 /// Peer query outcomes, by `peer` and `result`.
@@ -58,6 +59,8 @@ pub struct Cluster {
     partial_logged: Mutex<Option<Instant>>,
     /// Checks pods claimed by two nodes; none: the freshest copy wins.
     claims: Option<Arc<crate::claims::PodClaims>>,
+    /// Objects received from peers.
+    peer_objects: Counter,
 }
 
 /// Partial answers are logged at most this often.
@@ -86,6 +89,7 @@ impl Cluster {
             partial: Family::default(),
             partial_logged: Mutex::new(None),
             claims: None,
+            peer_objects: Counter::default(),
         }
     }
 
@@ -130,6 +134,11 @@ impl Cluster {
             "partial_answers",
             "Answers some nodes' owners could not contribute to, by result (warned: served with a Warning header; refused: 503)",
             c.partial.clone(),
+        );
+        sub.register(
+            "peer_objects",
+            "Objects received from peer replicas (a list across the cluster takes each node's objects from one replica)",
+            c.peer_objects.clone(),
         );
         sub.register(
             "shard_members",
@@ -231,6 +240,7 @@ impl Cluster {
     /// owners; everything else asks every member. The answer says which
     /// peers did not answer and what share of nodes that may have cost.
     pub async fn gather(&self, q: &Query) -> Gathered {
+        let now = Instant::now();
         let mut targets: Vec<(String, String)> = Vec::new();
         let shard = self.observe();
         if let Some(shard) = &shard {
@@ -246,25 +256,30 @@ impl Cluster {
                 .cloned()
                 .collect();
         }
-        let mut calls = JoinSet::new();
         let authorization = if targets.is_empty() {
             None
         } else {
             self.authorization().await
         };
+        // A list across the cluster is split (`split.rs`): this replica
+        // answers the nodes it holds, each peer only its share of the rest.
+        let split = match &shard {
+            Some(shard) if !q.is_indexed() && !targets.is_empty() => {
+                let held: Vec<u64> = q
+                    .live_entries(&self.store, now)
+                    .iter()
+                    .map(|e| split::node_hash(&e.name))
+                    .collect();
+                Some(split::first_round(shard, held))
+            }
+            _ => None,
+        };
+        let mut calls = JoinSet::new();
         let mut failed: Vec<String> = Vec::new();
-        for (id, url) in targets {
-            let Some(client) = self.client(&url) else {
-                failed.push(id);
-                continue;
-            };
-            let (req, deadline) = (q.to_request(), self.deadline);
-            let authorization = authorization.clone();
-            calls.spawn(async move {
-                let started = tokio::time::Instant::now();
-                let r = ask(client, req, authorization, deadline).await;
-                (id, r, started.elapsed())
-            });
+        for (id, url) in &targets {
+            let mut req = q.to_request();
+            req.split = split.clone();
+            self.spawn_ask(&mut calls, id, url, req, authorization.clone(), &mut failed);
         }
         let mut parts = Vec::new();
         // Set when this future is dropped (the HTTP caller went away), so
@@ -272,45 +287,38 @@ impl Cluster {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _abandoned = Abandoned(Arc::clone(&flag));
         let local = if q.is_indexed() {
-            parts.push(q.local(&self.store, Instant::now()));
+            parts.push(q.local(&self.store, now));
             None
         } else {
             let (local_q, store) = (q.clone(), Arc::clone(&self.store));
             let gone = Arc::clone(&flag);
             Some(tokio::task::spawn_blocking(move || {
                 local_q
-                    .local_until(&store, Instant::now(), &|| {
+                    .local_until(&store, now, &|| {
                         gone.load(std::sync::atomic::Ordering::Relaxed)
                     })
                     .unwrap_or_default()
             }))
         };
-        while let Some(joined) = calls.join_next().await {
-            let Ok((id, result, took)) = joined else {
-                continue;
-            };
-            self.latency
-                .get_or_create(&[("peer", id.clone())])
-                .observe(took.as_secs_f64());
-            let outcome = match result {
-                Ok(hits) => {
-                    parts.push(hits);
-                    "ok"
-                }
-                Err(PeerError::Status(status)) => {
-                    tracing::warn!(peer = %id, error = %status, "peer query failed");
-                    failed.push(id.clone());
-                    "error"
-                }
-                Err(PeerError::Timeout) => {
-                    tracing::warn!(peer = %id, deadline = ?self.deadline, "peer query timed out");
-                    failed.push(id.clone());
-                    "timeout"
-                }
-            };
-            self.queries
-                .get_or_create(&[("peer", id), ("result", outcome.to_owned())])
-                .inc();
+        let lists = self.collect(&mut calls, &mut parts, &mut failed).await;
+        if let (Some(shard), Some(first)) = (&shard, &split) {
+            let again = split::second_round(&first.held, &lists);
+            for (id, only) in again {
+                let Some((_, url)) = targets.iter().find(|(t, _)| *t == id) else {
+                    continue;
+                };
+                let mut req = q.to_request();
+                req.split = Some(split::only(shard, only));
+                self.spawn_ask(
+                    &mut calls,
+                    &id,
+                    url,
+                    req,
+                    authorization.clone(),
+                    &mut failed,
+                );
+            }
+            self.collect(&mut calls, &mut parts, &mut failed).await;
         }
         if let Some(local) = local {
             match local.await {
@@ -341,6 +349,75 @@ impl Cluster {
         }
         dedup(&mut hits);
         Gathered { hits, missing }
+    }
+}
+
+impl Cluster {
+    /// Starts asking peer `id` at `url`; a peer that cannot be dialled is
+    /// counted as failed at once.
+    fn spawn_ask(
+        &self,
+        calls: &mut JoinSet<(String, Result<Answer, PeerError>, Duration)>,
+        id: &str,
+        url: &str,
+        req: QueryRequest,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        failed: &mut Vec<String>,
+    ) {
+        let Some(client) = self.client(url) else {
+            failed.push(id.to_owned());
+            return;
+        };
+        let (id, deadline) = (id.to_owned(), self.deadline);
+        calls.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let r = ask(client, req, authorization, deadline).await;
+            (id, r, started.elapsed())
+        });
+    }
+
+    /// Waits for every call in `calls`: objects go to `parts`, peers that
+    /// failed to `failed`; returns each answering peer's split lists as
+    /// (peer, covered, deferred).
+    async fn collect(
+        &self,
+        calls: &mut JoinSet<(String, Result<Answer, PeerError>, Duration)>,
+        parts: &mut Vec<Vec<Hit>>,
+        failed: &mut Vec<String>,
+    ) -> Vec<(String, Vec<u64>, Vec<u64>)> {
+        let mut lists = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            let Ok((id, result, took)) = joined else {
+                continue;
+            };
+            self.latency
+                .get_or_create(&[("peer", id.clone())])
+                .observe(took.as_secs_f64());
+            let outcome = match result {
+                Ok(answer) => {
+                    self.peer_objects.inc_by(answer.hits.len() as u64);
+                    parts.push(answer.hits);
+                    lists.push((id.clone(), answer.covered, answer.deferred));
+                    "ok"
+                }
+                Err(PeerError::Status(status)) => {
+                    tracing::warn!(peer = %id, error = %status, "peer query failed");
+                    failed.push(id.clone());
+                    "error"
+                }
+                Err(PeerError::Timeout) => {
+                    tracing::warn!(peer = %id, deadline = ?self.deadline, "peer query timed out");
+                    failed.push(id.clone());
+                    "timeout"
+                }
+            };
+            self.queries
+                .get_or_create(&[("peer", id), ("result", outcome.to_owned())])
+                .inc();
+        }
+        // The same order whatever order the answers came in.
+        lists.sort_by(|a, b| a.0.cmp(&b.0));
+        lists
     }
 }
 
@@ -396,6 +473,15 @@ pub fn missing_share(shard: &Shard, q: &Query, failed: &[String]) -> Option<f64>
     (share > 0.0).then_some(share)
 }
 
+/// One peer's answer: its objects and, for a split list, the nodes it
+/// covered and the nodes it left to another owner.
+#[derive(Default)]
+struct Answer {
+    hits: Vec<Hit>,
+    covered: Vec<u64>,
+    deferred: Vec<u64>,
+}
+
 /// Why a peer's answer is missing.
 enum PeerError {
     Status(Status),
@@ -412,7 +498,7 @@ async fn ask(
     req: QueryRequest,
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     deadline: Duration,
-) -> Result<Vec<Hit>, PeerError> {
+) -> Result<Answer, PeerError> {
     let whole = deadline * ANSWER_DEADLINES;
     let mut req = Request::new(req);
     if let Some(v) = authorization {
@@ -425,13 +511,17 @@ async fn ask(
             .map_err(|_| PeerError::Timeout)?
             .map_err(PeerError::Status)?
             .into_inner();
-        let mut hits = Vec::new();
+        let mut answer = Answer::default();
         loop {
             match tokio::time::timeout(deadline, stream.message()).await {
                 Err(_) => return Err(PeerError::Timeout),
                 Ok(Err(status)) => return Err(PeerError::Status(status)),
-                Ok(Ok(None)) => return Ok(hits),
-                Ok(Ok(Some(chunk))) => hits.extend(chunk.objects.iter().map(Hit::from_wire)),
+                Ok(Ok(None)) => return Ok(answer),
+                Ok(Ok(Some(chunk))) => {
+                    answer.hits.extend(chunk.objects.iter().map(Hit::from_wire));
+                    answer.covered.extend(chunk.covered);
+                    answer.deferred.extend(chunk.deferred);
+                }
             }
         }
     };
@@ -445,6 +535,8 @@ async fn ask(
 pub struct PeerService {
     store: Arc<Store>,
     callers: Option<Arc<CallerAuth>>,
+    /// This replica's view, for the askers' splits (none: not sharded).
+    shard: Option<SharedShard>,
 }
 
 impl PeerService {
@@ -452,7 +544,14 @@ impl PeerService {
         Self {
             store,
             callers: None,
+            shard: None,
         }
+    }
+
+    /// Answers split lists under the view in `shard`.
+    pub fn with_shard(mut self, shard: Option<SharedShard>) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Answers only callers whose token `callers` accepts.
@@ -488,27 +587,40 @@ impl Peer for PeerService {
                 return Err(status);
             }
         }
-        let q =
+        let mut q =
             Query::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.0))?;
         if q.is_indexed() {
             let mut chunks = Vec::new();
-            send_chunks(&q.local(&self.store, Instant::now()), |c| {
+            send_chunks(&q.local(&self.store, Instant::now()), None, |c| {
                 chunks.push(Ok(c));
                 true
             });
             return Ok(Response::new(Box::pin(tokio_stream::iter(chunks))));
         }
+        let split = request.into_inner().split;
+        let shard = self.shard.as_ref().map(SharedShard::get);
         let store = Arc::clone(&self.store);
         // Two chunks in flight at most: a slow asker slows the answer, and
         // one that goes away ends it.
         let (tx, rx) = mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
+            let now = Instant::now();
+            let lists = split.map(|split| {
+                let entries = q.live_entries(&store, now);
+                let plan = Plan::new(
+                    &split,
+                    shard.as_deref(),
+                    entries.iter().map(|e| e.name.as_str()),
+                );
+                q.only_nodes = Some(Arc::new(plan.send));
+                (plan.covered, plan.deferred)
+            });
             // Stops matching, not only sending, once the asker is gone.
             let asker = tx.clone();
-            let Some(hits) = q.local_until(&store, Instant::now(), &|| asker.is_closed()) else {
+            let Some(hits) = q.local_until(&store, now, &|| asker.is_closed()) else {
                 return;
             };
-            send_chunks(&hits, |c| tx.blocking_send(Ok(c)).is_ok());
+            send_chunks(&hits, lists, |c| tx.blocking_send(Ok(c)).is_ok());
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -524,24 +636,33 @@ impl Drop for Abandoned {
 }
 
 /// Cuts `hits` into chunks of about [`CHUNK_BYTES`] and hands each to
-/// `send` until it returns false; an empty answer is one empty chunk.
-fn send_chunks(hits: &[Hit], mut send: impl FnMut(QueryResponse) -> bool) {
+/// `send` until it returns false; an empty answer is one empty chunk. The
+/// first chunk carries a split's `(covered, deferred)` lists.
+fn send_chunks(
+    hits: &[Hit],
+    lists: Option<(Vec<u64>, Vec<u64>)>,
+    mut send: impl FnMut(QueryResponse) -> bool,
+) {
+    let (mut covered, mut deferred) = lists.unwrap_or_default();
     let mut chunk = Vec::new();
     let mut bytes = 0;
+    let mut response = |objects| QueryResponse {
+        objects,
+        covered: std::mem::take(&mut covered),
+        deferred: std::mem::take(&mut deferred),
+    };
     for h in hits {
         bytes += h.rendered.len() + h.pb.as_ref().map_or(0, Vec::len);
         chunk.push(h.to_wire());
         if bytes >= CHUNK_BYTES {
             bytes = 0;
-            if !send(QueryResponse {
-                objects: std::mem::take(&mut chunk),
-            }) {
+            if !send(response(std::mem::take(&mut chunk))) {
                 return;
             }
         }
     }
     if !chunk.is_empty() || hits.is_empty() {
-        send(QueryResponse { objects: chunk });
+        send(response(chunk));
     }
 }
 

@@ -25,6 +25,7 @@ pub mod render_pb;
 pub mod report;
 pub mod server;
 pub mod shard;
+pub mod split;
 pub mod standalone;
 pub mod store;
 pub mod tls;
@@ -413,7 +414,8 @@ impl Aggregator {
             app,
             cancel.clone(),
         ));
-        let mut peer = cluster::PeerService::new(Arc::clone(&self.store));
+        let mut peer =
+            cluster::PeerService::new(Arc::clone(&self.store)).with_shard(self.shard.clone());
         if let Some(d) = &self.delegated {
             peer = peer.with_auth(Arc::clone(&d.peers));
         }

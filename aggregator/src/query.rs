@@ -31,6 +31,9 @@ pub struct Query {
     raw_fields: String,
     /// Objects wanted in protobuf form ([`Hit::pb`]) instead of JSON.
     pub protobuf: bool,
+    /// Only objects of these nodes (a peer's part of a split list,
+    /// `split.rs`); none: every node.
+    pub only_nodes: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 /// One object found.
@@ -69,6 +72,7 @@ impl Query {
             raw_labels: label_selector.to_owned(),
             raw_fields: field_selector.to_owned(),
             protobuf: false,
+            only_nodes: None,
         })
     }
 
@@ -97,6 +101,20 @@ impl Query {
             label_selector: self.raw_labels.clone(),
             field_selector: self.raw_fields.clone(),
             protobuf: self.protobuf,
+            split: None,
+        }
+    }
+
+    /// The objects of `kind` this replica holds live: entries with node
+    /// usage for nodes, every entry for pods.
+    pub fn live_entries(
+        &self,
+        store: &Store,
+        now: Instant,
+    ) -> Vec<std::sync::Arc<crate::report::NodeEntry>> {
+        match self.kind {
+            Kind::Nodes => store.nodes(now),
+            Kind::Pods => store.entries(now),
         }
     }
 
@@ -148,6 +166,7 @@ impl Query {
 
     fn scan(&self, store: &Store, now: Instant, go_on: &dyn Fn() -> bool) -> Vec<Hit> {
         let name_ok = |n: &str| self.name.as_deref().is_none_or(|want| want == n);
+        let node_ok = |n: &str| self.only_nodes.as_ref().is_none_or(|only| only.contains(n));
         match self.kind {
             Kind::Nodes => {
                 let entries = match &self.name {
@@ -159,6 +178,7 @@ impl Query {
                     .take_while(|_| go_on())
                     .filter(|e| {
                         name_ok(&e.name)
+                            && node_ok(&e.name)
                             && self.fields.matches("", &e.name)
                             && self.labels.matches_with(|k| e.labels.get(k))
                     })
@@ -198,8 +218,9 @@ impl Query {
                 .iter()
                 .take_while(|_| go_on())
                 .map(|h| (h, h.pod()))
-                .filter(|(_, p)| {
+                .filter(|(h, p)| {
                     name_ok(&p.name)
+                        && node_ok(h.node())
                         && self.fields.matches(&p.namespace, &p.name)
                         && labels_ok(&p.labels)
                 })

@@ -229,6 +229,15 @@ impl Store {
             .collect()
     }
 
+    /// Every live entry, with node usage or not, in no particular order.
+    pub fn entries(&self, now: Instant) -> Vec<Arc<NodeEntry>> {
+        self.nodes
+            .iter()
+            .filter(|e| e.expires > now)
+            .map(|e| Arc::clone(e.value()))
+            .collect()
+    }
+
     /// Live pods, optionally of one namespace, in no particular order; a
     /// pod reported by two nodes (it moved) appears twice, and
     /// `query::merge` keeps the freshest copy while it orders the answer.
