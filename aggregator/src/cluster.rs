@@ -518,7 +518,9 @@ async fn ask(
                 Ok(Err(status)) => return Err(PeerError::Status(status)),
                 Ok(Ok(None)) => return Ok(answer),
                 Ok(Ok(Some(chunk))) => {
-                    answer.hits.extend(chunk.objects.iter().map(Hit::from_wire));
+                    answer
+                        .hits
+                        .extend(chunk.objects.into_iter().map(Hit::from_wire));
                     answer.covered.extend(chunk.covered);
                     answer.deferred.extend(chunk.deferred);
                 }
@@ -591,7 +593,7 @@ impl Peer for PeerService {
             Query::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.0))?;
         if q.is_indexed() {
             let mut chunks = Vec::new();
-            send_chunks(&q.local(&self.store, Instant::now()), None, |c| {
+            send_chunks(q.local(&self.store, Instant::now()), None, |c| {
                 chunks.push(Ok(c));
                 true
             });
@@ -620,7 +622,7 @@ impl Peer for PeerService {
             let Some(hits) = q.local_until(&store, now, &|| asker.is_closed()) else {
                 return;
             };
-            send_chunks(&hits, lists, |c| tx.blocking_send(Ok(c)).is_ok());
+            send_chunks(hits, lists, |c| tx.blocking_send(Ok(c)).is_ok());
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -639,7 +641,7 @@ impl Drop for Abandoned {
 /// `send` until it returns false; an empty answer is one empty chunk. The
 /// first chunk carries a split's `(covered, deferred)` lists.
 fn send_chunks(
-    hits: &[Hit],
+    hits: Vec<Hit>,
     lists: Option<(Vec<u64>, Vec<u64>)>,
     mut send: impl FnMut(QueryResponse) -> bool,
 ) {
@@ -651,9 +653,10 @@ fn send_chunks(
         covered: std::mem::take(&mut covered),
         deferred: std::mem::take(&mut deferred),
     };
+    let empty = hits.is_empty();
     for h in hits {
         bytes += h.rendered.len() + h.pb.as_ref().map_or(0, Vec::len);
-        chunk.push(h.to_wire());
+        chunk.push(h.into_wire());
         if bytes >= CHUNK_BYTES {
             bytes = 0;
             if !send(response(std::mem::take(&mut chunk))) {
@@ -661,7 +664,7 @@ fn send_chunks(
             }
         }
     }
-    if !chunk.is_empty() || hits.is_empty() {
+    if !chunk.is_empty() || empty {
         send(response(chunk));
     }
 }

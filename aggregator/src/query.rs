@@ -246,26 +246,28 @@ impl Query {
 }
 
 impl Hit {
-    pub fn to_wire(&self) -> RenderedObject {
+    /// The object for a peer's answer; its strings move into it.
+    pub fn into_wire(self) -> RenderedObject {
         RenderedObject {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            timestamp_unix_nanos: self.timestamp_ns,
             head: self.rendered.head().to_owned(),
             tail: self.rendered.full_tail(),
-            node: self.node.clone(),
-            protobuf: self.pb.clone().unwrap_or_default(),
+            namespace: self.namespace,
+            name: self.name,
+            timestamp_unix_nanos: self.timestamp_ns,
+            node: self.node,
+            protobuf: self.pb.unwrap_or_default(),
         }
     }
 
-    pub fn from_wire(o: &RenderedObject) -> Self {
+    /// An object from a peer's answer; its strings move into the hit.
+    pub fn from_wire(o: RenderedObject) -> Self {
         Self {
-            namespace: o.namespace.clone(),
-            name: o.name.clone(),
-            node: o.node.clone(),
-            timestamp_ns: o.timestamp_unix_nanos,
             rendered: Rendered::from_parts(&o.head, &o.tail),
-            pb: (!o.protobuf.is_empty()).then(|| o.protobuf.clone()),
+            namespace: o.namespace,
+            name: o.name,
+            node: o.node,
+            timestamp_ns: o.timestamp_unix_nanos,
+            pb: (!o.protobuf.is_empty()).then_some(o.protobuf),
         }
     }
 }
@@ -285,7 +287,7 @@ pub fn merge(parts: impl IntoIterator<Item = Vec<Hit>>) -> Vec<Hit> {
 /// freshest first.
 pub fn sorted(parts: impl IntoIterator<Item = Vec<Hit>>) -> Vec<Hit> {
     let mut all: Vec<Hit> = parts.into_iter().flatten().collect();
-    all.sort_by(|a, b| {
+    all.sort_unstable_by(|a, b| {
         (&a.namespace, &a.name, b.timestamp_ns).cmp(&(&b.namespace, &b.name, a.timestamp_ns))
     });
     all
@@ -372,7 +374,7 @@ mod tests {
             rendered: crate::render::pod_metrics(&p, &labels),
             pb: None,
         };
-        let remote = Hit::from_wire(&local.to_wire());
+        let remote = Hit::from_wire(local.clone().into_wire());
         assert_eq!(remote.node, "node-a");
         assert_eq!(remote.pb, None, "no protobuf form unless asked");
         // A protobuf form crosses unchanged too.
@@ -380,7 +382,7 @@ mod tests {
             pb: Some(vec![0x0a, 0x01, 0x00, 0xff]),
             ..local.clone()
         };
-        assert_eq!(Hit::from_wire(&pb.to_wire()).pb, pb.pb);
+        assert_eq!(Hit::from_wire(pb.clone().into_wire()).pb, pb.pb);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         local.rendered.write_to(&mut a, "2023-11-14T22:13:20Z");
         remote.rendered.write_to(&mut b, "2023-11-14T22:13:20Z");

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use http::HeaderMap;
 
+use crate::api::list_body::ListBody;
 use crate::api::negotiate::{negotiate, Format};
 use crate::api::object::Object;
 use crate::api::status::ApiError;
@@ -172,27 +173,6 @@ fn now_ns() -> i64 {
     metrics_proto::time::unix_nanos(SystemTime::now())
 }
 
-fn list_body(kind: &str, hits: &[Hit], created: &str) -> Vec<u8> {
-    let size: usize = hits
-        .iter()
-        .map(|h| h.rendered.len() + created.len() + 1)
-        .sum();
-    let mut out = Vec::with_capacity(size + 96);
-    out.extend_from_slice(b"{\"kind\":\"");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(
-        b"\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",\"metadata\":{},\"items\":[",
-    );
-    for (i, h) in hits.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        h.rendered.write_to(&mut out, created);
-    }
-    out.extend_from_slice(b"]}");
-    out
-}
-
 async fn list(
     s: &AppState,
     kind: Kind,
@@ -227,8 +207,18 @@ async fn list(
     };
     freshness(s, &got.hits);
     let created_ns = now_ns();
-    let json = || list_body(list_kind, &got.hits, &rfc3339(created_ns));
-    let mut resp = encoding.respond(json, &got.hits, created_ns, false)?;
+    let mut resp = if encoding.format == Format::Json {
+        // Written while it is sent: never the whole answer in memory.
+        let body = ListBody::new(list_kind, got.hits, rfc3339(created_ns));
+        (
+            [(http::header::CONTENT_TYPE, Format::Json.content_type())],
+            axum::body::Body::new(body),
+        )
+            .into_response()
+    } else {
+        let json = || ListBody::new(list_kind, &got.hits[..], rfc3339(created_ns)).collect();
+        encoding.respond(json, &got.hits, created_ns, false)?
+    };
     if let Some(w) = warning {
         resp.headers_mut().insert(http::header::WARNING, w);
     }

@@ -3,6 +3,7 @@
 pub mod core;
 pub mod discovery;
 pub mod inflight;
+pub mod list_body;
 pub mod metrics;
 pub mod negotiate;
 pub mod object;
