@@ -13,6 +13,7 @@ pub mod procs;
 pub mod procstat;
 pub mod proxy;
 pub mod quantity;
+pub mod realcgroups;
 pub mod replicas;
 pub mod reports;
 pub mod wait;

@@ -7,6 +7,9 @@
 //! `cargo run --release -p metrics-e2e --bin agent-cpu -- [PODS] [SECONDS_PER_RESOLUTION...]`
 //! (defaults: 110 pods; 30 s at 1s, 60 s at 5s, 120 s at 15s; a 0 skips a
 //! resolution). `SOURCE=kubelet` measures the kubelet source instead.
+//! `CGROUPS=real` (root) makes the pod and container cgroups in this host's
+//! real hierarchy, one sleeping process in each container, so the agent
+//! reads the kernel's files instead of copies in a temp dir.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use metrics_e2e::apiserver::FakeApiServer;
 use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
 use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
 use metrics_e2e::procs::{start_agent, start_aggregator};
+use metrics_e2e::realcgroups::RealCgroups;
 
 /// Total on-CPU time of every thread of `pid`, ns.
 fn cpu_ns(pid: u32) -> u64 {
@@ -98,6 +102,20 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let spec = node(pods);
     let tree = build_tree(&dir.path().join("cg"), &spec);
+    let real = match std::env::var("CGROUPS").as_deref() {
+        Ok("real") => {
+            let name = format!("agent-cpu-{}", std::process::id());
+            let mut real = RealCgroups::new(dir.path(), &name)?;
+            for p in &spec.pods {
+                for c in &p.containers {
+                    real.add_container(&p.uid, &c.id)?;
+                }
+            }
+            Some(real)
+        }
+        _ => None,
+    };
+    let cgroup_root = real.as_ref().map_or(tree.root.clone(), |r| r.root.clone());
     let api = FakeApiServer::start(dir.path()).await?;
     let now = kubelet::now_secs();
     let kubeconfig = api.kubeconfig(dir.path(), "agent.kubeconfig")?;
@@ -107,10 +125,16 @@ async fn main() -> anyhow::Result<()> {
     let agg = start_aggregator(dir.path(), &[]).await?;
     let source = std::env::var("SOURCE").unwrap_or_else(|_| "cgroup".into());
     println!(
-        "pods={pods} containers={} source={source} (cgroup tree: v2, systemd, containerd)",
-        pods * 2
+        "pods={pods} containers={} source={source} (cgroup tree: {}, systemd, containerd)",
+        pods * 2,
+        real.as_ref()
+            .map_or("fake v2 in a temp dir", |r| if r.hierarchy == "v2" {
+                "real v2"
+            } else {
+                "real v1"
+            })
     );
-    println!("resolution  measured_s  agent_mcpu  cpu_per_period_us  rss_mib");
+    println!("resolution  measured_s  agent_mcpu  cpu_per_period_us  rss_mib  pods_served");
     for (resolution, seconds) in plan.into_iter().filter(|(_, s)| *s > 0) {
         let node_name = format!("bench-{resolution}s");
         for o in kubelet::api_pods(&spec, &node_name, now) {
@@ -123,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
                 k.agent_flags(&token),
                 vec![
                     format!("--source={source}"),
-                    format!("--cgroup-root={}", tree.root.display()),
+                    format!("--cgroup-root={}", cgroup_root.display()),
                     format!("--aggregator={}", agg.grpc_url()),
                     format!("--aggregator-ca-file={}", agg.ca.display()),
                     format!("--metric-resolution={resolution}s"),
@@ -148,15 +172,19 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
+        // What the agent's reports gave the aggregator: every pod, unless
+        // readings were dropped.
+        let served = agg.list_names("pods").await.map_or(0, |p| p.len());
         let used = (c1 - c0) as f64;
         let periods = elapsed / resolution as f64;
         println!(
-            "{:>9}s  {:>10.1}  {:>10.3}  {:>17.0}  {:>7.1}",
+            "{:>9}s  {:>10.1}  {:>10.3}  {:>17.0}  {:>7.1}  {:>11}",
             resolution,
             elapsed,
             used / elapsed / 1e6,
             used / periods / 1e3,
-            rss_kib(pid) as f64 / 1024.0
+            rss_kib(pid) as f64 / 1024.0,
+            served
         );
         agent.kill().await;
     }
