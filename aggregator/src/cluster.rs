@@ -350,9 +350,7 @@ impl Cluster {
         dedup(&mut hits);
         Gathered { hits, missing }
     }
-}
 
-impl Cluster {
     /// Starts asking peer `id` at `url`; a peer that cannot be dialled is
     /// counted as failed at once.
     fn spawn_ask(

@@ -10,7 +10,7 @@
 //! node the asker does not hold; one that predates the split sends
 //! everything; the merge drops the copies either way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use metrics_proto::v1::ListSplit;
 
@@ -96,25 +96,16 @@ pub fn second_round(
         .chain(held.iter().copied())
         .collect();
     let mut assigned: HashSet<u64> = HashSet::new();
-    let mut wanted: HashMap<&str, Vec<u64>> = HashMap::new();
-    let mut order = Vec::new();
-    for (peer, _, deferred) in answers {
-        for &hash in deferred {
-            if covered.contains(&hash) || !assigned.insert(hash) {
-                continue;
-            }
-            wanted
-                .entry(peer.as_str())
-                .or_insert_with(|| {
-                    order.push(peer.as_str());
-                    Vec::new()
-                })
-                .push(hash);
-        }
-    }
-    order
-        .into_iter()
-        .filter_map(|peer| Some((peer.to_owned(), sorted(wanted.remove(peer)?))))
+    answers
+        .iter()
+        .filter_map(|(peer, _, deferred)| {
+            let wanted: Vec<u64> = deferred
+                .iter()
+                .copied()
+                .filter(|h| !covered.contains(h) && assigned.insert(*h))
+                .collect();
+            (!wanted.is_empty()).then(|| (peer.clone(), sorted(wanted)))
+        })
         .collect()
 }
 

@@ -128,11 +128,10 @@ async fn main() -> anyhow::Result<()> {
         "pods={pods} containers={} source={source} (cgroup tree: {}, systemd, containerd)",
         pods * 2,
         real.as_ref()
-            .map_or("fake v2 in a temp dir", |r| if r.hierarchy == "v2" {
-                "real v2"
-            } else {
-                "real v1"
-            })
+            .map_or("fake v2 in a temp dir".to_owned(), |r| format!(
+                "real {}",
+                r.hierarchy
+            ))
     );
     println!("resolution  measured_s  agent_mcpu  cpu_per_period_us  rss_mib  pods_served");
     for (resolution, seconds) in plan.into_iter().filter(|(_, s)| *s > 0) {
