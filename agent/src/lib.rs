@@ -137,7 +137,10 @@ impl Agent {
         } else {
             None
         };
-        let cgroup = || CgroupSource::new(&host.cgroup_root, &host.proc_root);
+        let cgroup = || {
+            CgroupSource::new(&host.cgroup_root, &host.proc_root)
+                .map(|c| c.with_memory_stat_max_age(host.cgroup_memory_stat_interval))
+        };
         let source = match (args.source, &kubelet) {
             (SourceKind::Kubelet, Some(k)) => Source::Kubelet(Box::new(k.clone())),
             (SourceKind::Cgroup, _) => Source::Cgroup(cgroup()?),

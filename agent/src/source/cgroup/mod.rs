@@ -36,9 +36,16 @@ pub enum CgroupError {
 pub struct CgroupSource {
     hierarchy: Hierarchy,
     host: HostSource,
+    /// Longest a container's `memory.stat` reading is used
+    /// ([`read::OpenCgroup`]).
+    stat_max_age: Duration,
     /// The last walk of the tree, with its cgroups' files kept open.
     walk: Arc<Mutex<Walk>>,
 }
+
+/// Default longest use of a `memory.stat` reading: the kubelet's own
+/// housekeeping interval, at which its figures for a container refresh.
+pub const MEMORY_STAT_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// The last walk of the tree, whose container cgroups keep their files
 /// open between samples, and the buffer they are read through.
@@ -46,6 +53,12 @@ pub struct CgroupSource {
 struct Walk {
     buf: Vec<u8>,
     listing: Option<Listing>,
+    /// The v1 root cgroup's files, kept open like a container's (the v2
+    /// root has no `memory.current` and is read whole each sample).
+    root: Option<read::OpenCgroup>,
+    /// The host's swap in use from /proc, and when it was read: refreshed
+    /// as often as a `memory.stat` reading.
+    host_swap: Option<(Instant, u64)>,
 }
 
 /// The longest a walk of the tree is reused while nothing says it changed.
@@ -95,23 +108,21 @@ impl CgroupSource {
         Ok(Self {
             hierarchy,
             host: HostSource::new(proc_root),
+            stat_max_age: MEMORY_STAT_MAX_AGE,
             walk: Arc::default(),
         })
     }
 
-    pub fn hierarchy(&self) -> &Hierarchy {
-        &self.hierarchy
+    /// Reads each container's `memory.stat` again once its reading is
+    /// `max_age` old (zero: every sample), and whenever its memory usage
+    /// moved by more than 1 MiB or 1/64 since.
+    pub fn with_memory_stat_max_age(mut self, max_age: Duration) -> Self {
+        self.stat_max_age = max_age;
+        self
     }
 
-    /// Usage of the cgroup at `rel` below the hierarchy root(s).
-    fn usage(&self, rel: &Path) -> Result<read::Usage, read::ReadError> {
-        match &self.hierarchy {
-            Hierarchy::V2 { root } if rel.as_os_str().is_empty() => read::v2_root(root),
-            Hierarchy::V2 { root } => read::v2(&root.join(rel)),
-            Hierarchy::V1 {
-                cpuacct, memory, ..
-            } => read::v1(&cpuacct.join(rel), &memory.join(rel)),
-        }
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
     }
 
     /// Opens the files of the container cgroup at `rel`.
@@ -130,12 +141,13 @@ impl CgroupSource {
         &self,
         c: &mut Listed,
         buf: &mut Vec<u8>,
+        now: Instant,
     ) -> Result<read::Usage, read::ReadError> {
         let files = match &mut c.files {
             Some(f) => f,
             None => c.files.insert(self.open(&c.rel)?),
         };
-        let got = files.read(buf);
+        let got = files.read(buf, now, self.stat_max_age);
         if got.is_err() {
             c.files = None;
         }
@@ -150,16 +162,35 @@ impl CgroupSource {
         }
     }
 
-    fn node(&self) -> Result<Point, CgroupError> {
+    /// Usage of the root cgroup: through kept-open files on v1.
+    fn root_usage(&self, walk: &mut Walk, now: Instant) -> Result<read::Usage, read::ReadError> {
+        let (cpuacct, memory) = match &self.hierarchy {
+            Hierarchy::V2 { root } => return read::v2_root(root),
+            Hierarchy::V1 {
+                cpuacct, memory, ..
+            } => (cpuacct, memory),
+        };
+        let files = match &mut walk.root {
+            Some(f) => f,
+            None => walk.root.insert(read::OpenCgroup::v1(cpuacct, memory)?),
+        };
+        let got = files.read(&mut walk.buf, now, self.stat_max_age);
+        if got.is_err() {
+            walk.root = None;
+        }
+        got
+    }
+
+    fn node(&self, walk: &mut Walk, started: Instant) -> Result<Point, CgroupError> {
         let now = SystemTime::now();
-        match self.usage(Path::new("")) {
+        match self.root_usage(walk, started) {
             Ok(u) => Ok(Point {
                 timestamp_ns: unix_nanos(now),
                 cpu_ns: u.cpu_ns,
                 memory_bytes: u.working_set,
                 // The node's swap is the host's (the v2 root cgroup has
                 // no swap file); without /proc, none is known.
-                swap_bytes: self.host.swap_in_use().unwrap_or(0),
+                swap_bytes: self.host_swap(walk, started),
                 ..Point::default()
             }),
             Err(cgroup) => match self.host.sample() {
@@ -172,6 +203,19 @@ impl CgroupSource {
                 }),
                 Err(proc) => Err(CgroupError::Node { cgroup, proc }),
             },
+        }
+    }
+
+    /// The host's swap in use, read again when its reading is as old as
+    /// a `memory.stat` reading may be.
+    fn host_swap(&self, walk: &mut Walk, now: Instant) -> u64 {
+        match walk.host_swap {
+            Some((at, swap)) if now.saturating_duration_since(at) < self.stat_max_age => swap,
+            _ => {
+                let swap = self.host.swap_in_use().unwrap_or(0);
+                walk.host_swap = Some((now, swap));
+                swap
+            }
         }
     }
 
@@ -252,13 +296,14 @@ impl CgroupSource {
     /// One sample of the node and every mapped container.
     pub fn sample(&self, pods: &PodIndex) -> Result<(Batch, DecodeStats), CgroupError> {
         let mut stats = DecodeStats::default();
+        let started = Instant::now();
+        let mut guard = self.walk.lock().unwrap_or_else(|p| p.into_inner());
+        let walk = &mut *guard;
         let mut batch = Batch {
-            node: Some(self.node()?),
+            node: Some(self.node(walk, started)?),
             ..Batch::default()
         };
         let base = self.listing_root();
-        let mut guard = self.walk.lock().unwrap_or_else(|p| p.into_inner());
-        let walk = &mut *guard;
         let mut listing = match walk.listing.take() {
             Some(l) if l.fresh(pods) => l,
             old => self.list(pods, old),
@@ -272,7 +317,7 @@ impl CgroupSource {
             let mut next = Some(first);
             while let Some(c) = next {
                 let now = SystemTime::now();
-                match self.container_usage(c, &mut walk.buf) {
+                match self.container_usage(c, &mut walk.buf, started) {
                     Ok(u) if u.cpu_ns == 0 || u.working_set == 0 => {
                         stats.incomplete_containers += 1;
                     }

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A cgroup file that is missing or unreadable.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +94,8 @@ pub fn v2_root(root: &Path) -> Result<Usage, ReadError> {
     })
 }
 
-/// v1: `cpuacct.usage` from the cpuacct tree, memory from the memory tree.
+/// v1: `cpuacct.usage` from the cpuacct tree, memory from the memory tree;
+/// swap is `memory.stat`'s `total_swap` where swap accounting is on.
 pub fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Usage, ReadError> {
     let cpu_ns = single(cpuacct_dir.join("cpuacct.usage"), "cpuacct.usage")?;
     let usage = single(
@@ -102,31 +104,55 @@ pub fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Usage, ReadError> {
     )?;
     let (path, stat) = read(memory_dir.join("memory.stat"))?;
     let inactive = key(&path, &stat, "total_inactive_file")?;
-    // memsw counts memory and swap together, where swap accounting is on.
-    let memsw = single(
-        memory_dir.join("memory.memsw.usage_in_bytes"),
-        "memory.memsw.usage_in_bytes",
-    );
     Ok(Usage {
         cpu_ns,
         working_set: usage.saturating_sub(inactive),
-        swap: memsw.map_or(0, |m| m.saturating_sub(usage)),
+        swap: keyed(&stat, "total_swap").unwrap_or(0),
     })
 }
 
+/// A move in memory usage since `memory.stat` was last read larger than
+/// this makes the next sample read it again at once...
+const RESYNC_MIN_BYTES: u64 = 1 << 20;
+/// ...or larger than this share (1/64) of the usage at that read.
+const RESYNC_SHARE: u64 = 64;
+
 /// The files of one container cgroup, opened once and read again from
 /// offset 0 every sample (the kernel regenerates a cgroup file's text on
-/// each read), so a sample costs three reads per container and no path
-/// walks, opens or closes.
+/// each read), so a sample costs no path walks, opens or closes.
+///
+/// Every sample reads the CPU counter and the memory usage. `memory.stat`,
+/// which costs the kernel several times any other file (it renders some
+/// 80 lines), is read only when due: at the first sample, when its reading
+/// is `max_age` old, and at once when the usage moved by more than 1 MiB or
+/// 1/64 since (page cache filled or reclaimed, which moves the inactive
+/// file pages too). In between, the working set is the usage now minus the
+/// inactive file pages last read. Swap comes with `memory.stat` (v1
+/// `total_swap`; v2 `memory.swap.current`, read at the same time).
 #[derive(Debug)]
 pub struct OpenCgroup {
     kind: Kind,
     cpu: (PathBuf, File),
     current: (PathBuf, File),
     stat: (PathBuf, File),
-    /// v2 `memory.swap.current`, v1 `memory.memsw.usage_in_bytes`; absent
-    /// without swap accounting.
+    /// v2 `memory.swap.current`; absent without swap accounting.
     swap: Option<(PathBuf, File)>,
+    /// What the last read of `memory.stat` gave.
+    stat_read: Option<StatReading>,
+    /// Share of `max_age` after which the first reading is due again, in
+    /// [0.5, 1): spreads the containers listed together over samples.
+    first_due: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StatReading {
+    inactive: u64,
+    swap: u64,
+    /// The memory usage when it was read.
+    usage: u64,
+    at: Instant,
+    /// Whether it is the cgroup's first reading.
+    first: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +207,22 @@ fn pread<'a>((path, f): &(PathBuf, File), buf: &'a mut Vec<u8>) -> Result<&'a st
     })
 }
 
+fn number(file: &(PathBuf, File), buf: &mut Vec<u8>, name: &'static str) -> Result<u64, ReadError> {
+    let text = pread(file, buf)?;
+    text.trim().parse::<u64>().map_err(|_| ReadError::Missing {
+        path: file.0.clone(),
+        key: name,
+    })
+}
+
+/// A fixed share in [0.5, 1) picked by `dir`'s name.
+fn spread(dir: &Path) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    0.5 + (h.finish() % 1024) as f64 / 2048.0
+}
+
 impl OpenCgroup {
     /// v2: `cpu.stat`, `memory.current`, `memory.stat` of `dir`.
     pub fn v2(dir: &Path) -> Result<Self, ReadError> {
@@ -190,6 +232,8 @@ impl OpenCgroup {
             current: open(dir.join("memory.current"))?,
             stat: open(dir.join("memory.stat"))?,
             swap: open(dir.join("memory.swap.current")).ok(),
+            stat_read: None,
+            first_due: spread(dir),
         })
     }
 
@@ -200,48 +244,87 @@ impl OpenCgroup {
             cpu: open(cpuacct_dir.join("cpuacct.usage"))?,
             current: open(memory_dir.join("memory.usage_in_bytes"))?,
             stat: open(memory_dir.join("memory.stat"))?,
-            swap: open(memory_dir.join("memory.memsw.usage_in_bytes")).ok(),
+            swap: None,
+            stat_read: None,
+            first_due: spread(memory_dir),
         })
     }
 
-    /// The usage now, read through `buf`; the same definitions as [`v2`]
-    /// and [`v1`].
-    pub fn read(&self, buf: &mut Vec<u8>) -> Result<Usage, ReadError> {
-        let number = |file: &(PathBuf, File), buf: &mut Vec<u8>, name: &'static str| {
-            let text = pread(file, buf)?;
-            text.trim().parse::<u64>().map_err(|_| ReadError::Missing {
-                path: file.0.clone(),
-                key: name,
-            })
-        };
-        let (cpu_ns, current, inactive_key) = match self.kind {
+    /// The usage at `now`, read through `buf`, with `memory.stat` read
+    /// again when due (see the type's doc; a zero `max_age` reads it every
+    /// time, which gives exactly [`v2`] and [`v1`]).
+    pub fn read(
+        &mut self,
+        buf: &mut Vec<u8>,
+        now: Instant,
+        max_age: Duration,
+    ) -> Result<Usage, ReadError> {
+        let (cpu_ns, current) = match self.kind {
             Kind::V2 => {
                 let text = pread(&self.cpu, buf)?;
                 let usec = key(&self.cpu.0, text, "usage_usec")?;
                 (
                     usec.saturating_mul(1_000),
                     number(&self.current, buf, "memory.current")?,
-                    "inactive_file",
                 )
             }
             Kind::V1 => (
                 number(&self.cpu, buf, "cpuacct.usage")?,
                 number(&self.current, buf, "memory.usage_in_bytes")?,
-                "total_inactive_file",
             ),
         };
-        let text = pread(&self.stat, buf)?;
-        let inactive = key(&self.stat.0, text, inactive_key)?;
-        let swap = match (&self.swap, self.kind) {
-            (None, _) => 0,
-            (Some(f), Kind::V2) => number(f, buf, "memory.swap.current").unwrap_or(0),
-            (Some(f), Kind::V1) => number(f, buf, "memory.memsw.usage_in_bytes")
-                .map_or(0, |memsw| memsw.saturating_sub(current)),
+        let due = self.stat_read.is_none_or(|s| {
+            let age = if s.first {
+                max_age.mul_f64(self.first_due)
+            } else {
+                max_age
+            };
+            now.saturating_duration_since(s.at) >= age
+                || current.abs_diff(s.usage) > (s.usage / RESYNC_SHARE).max(RESYNC_MIN_BYTES)
+        });
+        let stat = match self.stat_read {
+            Some(s) if !due => s,
+            _ => {
+                let reading = self.read_stat(buf, current, now)?;
+                self.stat_read = Some(reading);
+                reading
+            }
         };
         Ok(Usage {
             cpu_ns,
-            working_set: current.saturating_sub(inactive),
+            working_set: current.saturating_sub(stat.inactive),
+            swap: stat.swap,
+        })
+    }
+
+    fn read_stat(
+        &self,
+        buf: &mut Vec<u8>,
+        usage: u64,
+        now: Instant,
+    ) -> Result<StatReading, ReadError> {
+        let text = pread(&self.stat, buf)?;
+        let (inactive, swap) = match self.kind {
+            Kind::V2 => {
+                let inactive = key(&self.stat.0, text, "inactive_file")?;
+                let swap = match &self.swap {
+                    Some(f) => number(f, buf, "memory.swap.current").unwrap_or(0),
+                    None => 0,
+                };
+                (inactive, swap)
+            }
+            // Swap is counted in `memory.stat` where the kernel accounts it.
+            Kind::V1 => (
+                key(&self.stat.0, text, "total_inactive_file")?,
+                keyed(text, "total_swap").unwrap_or(0),
+            ),
+        };
+        Ok(StatReading {
+            inactive,
             swap,
+            usage,
+            at: now,
+            first: self.stat_read.is_none(),
         })
     }
 }
@@ -284,9 +367,10 @@ mod tests {
             .unwrap();
         };
         write(100, 5000, 1000);
-        let open = OpenCgroup::v2(d).unwrap();
+        let mut open = OpenCgroup::v2(d).unwrap();
         let mut buf = Vec::new();
-        let first = open.read(&mut buf).unwrap();
+        let every = Duration::ZERO;
+        let first = open.read(&mut buf, Instant::now(), every).unwrap();
         assert_eq!(first, v2(d).unwrap());
         assert_eq!(
             first,
@@ -299,7 +383,7 @@ mod tests {
         // Files rewritten in place (as the kernel regenerates them).
         write(250, 9000, 500);
         assert_eq!(
-            open.read(&mut buf).unwrap(),
+            open.read(&mut buf, Instant::now(), every).unwrap(),
             Usage {
                 cpu_ns: 250_000,
                 working_set: 8500,
@@ -308,11 +392,12 @@ mod tests {
         );
         // Swap accounting appears with its file.
         std::fs::write(d.join("memory.swap.current"), "4096\n").unwrap();
-        let with_swap = OpenCgroup::v2(d).unwrap();
-        assert_eq!(with_swap.read(&mut buf).unwrap().swap, 4096);
+        let mut with_swap = OpenCgroup::v2(d).unwrap();
+        let now = Instant::now();
+        assert_eq!(with_swap.read(&mut buf, now, every).unwrap().swap, 4096);
         assert_eq!(v2(d).unwrap().swap, 4096);
         std::fs::write(d.join("cpu.stat"), "user_usec 1\n").unwrap();
-        assert!(open.read(&mut buf).is_err());
+        assert!(open.read(&mut buf, Instant::now(), every).is_err());
     }
 
     /// A file longer than the buffer is read to its end, the buffer grown.
@@ -325,8 +410,75 @@ mod tests {
         let stat = format!("{}inactive_file 1000\n", "pad 0\n".repeat(3000));
         std::fs::write(d.join("memory.stat"), &stat).unwrap();
         let mut buf = Vec::new();
-        let got = OpenCgroup::v2(d).unwrap().read(&mut buf).unwrap();
+        let got = OpenCgroup::v2(d)
+            .unwrap()
+            .read(&mut buf, Instant::now(), Duration::ZERO)
+            .unwrap();
         assert_eq!(got.working_set, 4000);
         assert!(buf.len() > stat.len(), "grown to {}", buf.len());
+    }
+
+    /// Between reads of `memory.stat` the working set follows the usage;
+    /// the file is read again when its reading is `max_age` old, and at
+    /// once when the usage moved by more than 1 MiB or 1/64.
+    #[test]
+    fn memory_stat_is_read_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let write = |usage: u64, inactive: u64| {
+            std::fs::write(d.join("cpuacct.usage"), "1000\n").unwrap();
+            std::fs::write(d.join("memory.usage_in_bytes"), format!("{usage}\n")).unwrap();
+            std::fs::write(
+                d.join("memory.stat"),
+                format!("inactive_file 0\ntotal_inactive_file {inactive}\ntotal_swap 4096\n"),
+            )
+            .unwrap();
+        };
+        let mib = 1u64 << 20;
+        write(100 * mib, 10 * mib);
+        let mut open = OpenCgroup::v1(d, d).unwrap();
+        let mut buf = Vec::new();
+        let max_age = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let ws = |open: &mut OpenCgroup, buf: &mut Vec<u8>, at: Duration| {
+            open.read(buf, t0 + at, max_age).unwrap().working_set
+        };
+        assert_eq!(ws(&mut open, &mut buf, Duration::ZERO), 90 * mib);
+        assert_eq!(open.read(&mut buf, t0, max_age).unwrap().swap, 4096);
+        // The inactive pages move with the usage still: not seen yet.
+        write(100 * mib, 30 * mib);
+        assert_eq!(ws(&mut open, &mut buf, Duration::from_secs(4)), 90 * mib);
+        // A small move of the usage (anonymous memory) is followed at once.
+        write(100 * mib + 4096, 30 * mib);
+        assert_eq!(
+            ws(&mut open, &mut buf, Duration::from_secs(4)),
+            90 * mib + 4096
+        );
+        // The first reading is due within [0.5, 1) of max_age...
+        assert_eq!(ws(&mut open, &mut buf, max_age), 70 * mib + 4096);
+        // ...and later ones a whole max_age after the last.
+        write(100 * mib, 20 * mib);
+        assert_eq!(
+            ws(&mut open, &mut buf, max_age + Duration::from_secs(9)),
+            70 * mib
+        );
+        assert_eq!(ws(&mut open, &mut buf, max_age * 2), 80 * mib);
+        // Usage moved by over 1 MiB and 1/64: read again at once.
+        write(110 * mib, 5 * mib);
+        assert_eq!(
+            ws(&mut open, &mut buf, max_age * 2 + Duration::from_secs(1)),
+            105 * mib
+        );
+        // A zero max_age reads it every time.
+        write(110 * mib, 6 * mib);
+        assert_eq!(
+            open.read(&mut buf, t0 + max_age * 2, Duration::ZERO)
+                .unwrap()
+                .working_set,
+            104 * mib
+        );
+        // The one-shot reader agrees with the file as it is now.
+        assert_eq!(v1(d, d).unwrap().working_set, 104 * mib);
+        assert_eq!(v1(d, d).unwrap().swap, 4096);
     }
 }
