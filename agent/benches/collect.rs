@@ -38,9 +38,11 @@ fn decode_and_rates_70_pods(bencher: Bencher) {
 }
 
 /// One cgroup sample of a 110-pod node (220 containers, cgroup v2, systemd,
-/// containerd) in a temp dir, mapped through a pod index.
-#[divan::bench]
-fn cgroup_sample_110_pods(bencher: Bencher) {
+/// containerd) in a temp dir, mapped through a pod index; with each
+/// container's `memory.stat` read every sample (0) and at the default
+/// `--cgroup-memory-stat-interval` (10 s, so once in these samples).
+#[divan::bench(args = [0, 10])]
+fn cgroup_sample_110_pods(bencher: Bencher, memory_stat_max_age_s: u64) {
     use metrics_agent::pods::PodIndex;
     use metrics_agent::source::cgroup::CgroupSource;
     use metrics_agent::source::kubelet::parse_pod_list;
@@ -78,6 +80,8 @@ fn cgroup_sample_110_pods(bencher: Bencher) {
         }
     }
     let index = PodIndex::new(parse_pod_list(pod_list(&node, 0.0).as_bytes()).unwrap());
-    let source = CgroupSource::new(dir.path(), std::path::Path::new("/proc")).unwrap();
+    let source = CgroupSource::new(dir.path(), std::path::Path::new("/proc"))
+        .unwrap()
+        .with_memory_stat_max_age(std::time::Duration::from_secs(memory_stat_max_age_s));
     bencher.bench_local(|| source.sample(&index).unwrap().0.containers());
 }

@@ -89,19 +89,37 @@ fn kernel_working_set(h: &Hierarchy, rel: &Path) -> u64 {
     }
 }
 
-#[tokio::test]
-async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
-    let Ok(source) = CgroupSource::new(Path::new(ROOT), Path::new("/proc")) else {
-        println!("SKIPPED: no cgroup hierarchy under {ROOT}");
-        return;
-    };
+/// One container cgroup of a kubepods-like pod in the host's hierarchy,
+/// and the pod index mapping it as the agent's API watch delivers it. The
+/// tests take turns: they share the kubepods parents.
+struct KernelContainer {
+    source: CgroupSource,
+    hierarchy: Hierarchy,
+    rel: PathBuf,
+    leaves: Vec<PathBuf>,
+    cache: PodCache,
+    pod: PodRef,
+    _created: Created,
+}
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Makes the cgroup of container `container` of pod `kernel-test/<name>`
+/// (IDs told apart by `tag`); `Err` says why the kernel would not.
+async fn kernel_container(
+    tag: u16,
+    name: &str,
+    container: &str,
+) -> Result<KernelContainer, String> {
+    let source = CgroupSource::new(Path::new(ROOT), Path::new("/proc"))
+        .map_err(|e| format!("no cgroup hierarchy under {ROOT}: {e}"))?;
     let hierarchy = source.hierarchy().clone();
-    let uid = format!(
-        "0000{:04x}-0000-4000-8000-{:012x}",
-        std::process::id() & 0xffff,
-        std::process::id()
+    let pid = std::process::id();
+    let uid = format!("{tag:04x}{:04x}-0000-4000-8000-{pid:012x}", pid & 0xffff);
+    let cid = format!(
+        "{:064x}",
+        u128::from(pid) << 64 | u128::from(tag) << 16 | 0xbeef
     );
-    let cid = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xbeef);
     let rel = PathBuf::from(format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
         uid.replace('-', "_")
@@ -115,49 +133,18 @@ async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     let mut created = Created(Vec::new());
     let mut leaves = Vec::new();
     for base in &bases {
-        match mkdirs(base, &rel, &mut created) {
-            Ok(d) => leaves.push(d),
-            Err(e) => {
-                println!("SKIPPED: {e} (creating a cgroup under {})", base.display());
-                return;
-            }
-        }
+        let leaf = mkdirs(base, &rel, &mut created)
+            .map_err(|e| format!("{e} (creating a cgroup under {})", base.display()))?;
+        leaves.push(leaf);
     }
     if let Hierarchy::V2 { root } = &hierarchy {
         enable_v2_controllers(root, &rel);
     }
-
-    // Waits until it has been moved, then allocates (so the memory is
-    // charged to the new cgroup) and spins.
-    let mut burner = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "read _; x=$(head -c 4000000 /dev/zero | tr '\\0' a); while :; do :; done",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = burner.id().to_string();
-    for leaf in &leaves {
-        if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), &pid) {
-            let _ = burner.kill();
-            let _ = burner.wait();
-            println!("SKIPPED: {e} (moving a process into {})", leaf.display());
-            return;
-        }
-    }
-
-    {
-        use std::io::Write;
-        let mut stdin = burner.stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-    }
-
     // The pod as the API serves it to the agent's watch (no kubelet).
     let api_pod = serde_json::json!({"kind": "Pod", "apiVersion": "v1",
-        "metadata": {"uid": uid, "namespace": "kernel-test", "name": "burner", "resourceVersion": "7"},
-        "spec": {"nodeName": "this-node", "containers": [{"name": "burn", "image": "sh"}]},
-        "status": {"containerStatuses": [{"name": "burn", "containerID": format!("containerd://{cid}"),
+        "metadata": {"uid": uid, "namespace": "kernel-test", "name": name, "resourceVersion": "7"},
+        "spec": {"nodeName": "this-node", "containers": [{"name": container, "image": "sh"}]},
+        "status": {"containerStatuses": [{"name": container, "containerID": format!("containerd://{cid}"),
             "state": {"running": {"startedAt": "2020-01-01T00:00:00Z"}}}]}
     });
     let slim: SlimPod = serde_json::from_value(api_pod).unwrap();
@@ -165,13 +152,84 @@ async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     known.replace(vec![slim.info]);
     let mut cache = PodCache::from_api(known);
     cache.refresh(false).await;
-    let index = cache.index();
+    Ok(KernelContainer {
+        source,
+        hierarchy,
+        rel,
+        leaves,
+        cache,
+        pod: PodRef {
+            namespace: "kernel-test".into(),
+            name: name.into(),
+        },
+        _created: created,
+    })
+}
+
+/// Starts `script` under `sh` and moves it into the container's cgroup;
+/// the script should wait for a first line on stdin before it does what is
+/// to be charged there. `Err` says why the kernel would not.
+fn start_in(c: &KernelContainer, script: &str) -> Result<std::process::Child, String> {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    for leaf in &c.leaves {
+        if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), &pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{e} (moving a process into {})", leaf.display()));
+        }
+    }
+    Ok(child)
+}
+
+/// Writes one line to the child's stdin and waits for one line back.
+fn step(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, Write};
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    let out = child.stdout.as_mut().unwrap();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    line
+}
+
+fn kernel_usage(h: &Hierarchy, rel: &Path) -> u64 {
+    let file = match h {
+        Hierarchy::V2 { root } => root.join(rel).join("memory.current"),
+        Hierarchy::V1 { memory, .. } => memory.join(rel).join("memory.usage_in_bytes"),
+    };
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
+    let _turn = TURN.lock().await;
+    let c = match kernel_container(0, "burner", "burn").await {
+        Ok(c) => c,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    // Waits until it has been moved, then allocates (so the memory is
+    // charged to the new cgroup) and spins.
+    let mut burner = match start_in(
+        &c,
+        "read _; x=$(head -c 4000000 /dev/zero | tr '\\0' a); echo ready; while :; do :; done",
+    ) {
+        Ok(b) => b,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    assert_eq!(step(&mut burner), "ready\n");
+    let (source, hierarchy, rel, pod) = (&c.source, &c.hierarchy, &c.rel, &c.pod);
+    let index = c.cache.index();
     let burner_pid = burner.id();
     let mut rates = RateStore::new(Duration::from_secs(2));
-    let pod = PodRef {
-        namespace: "kernel-test".into(),
-        name: "burner".into(),
-    };
     std::thread::sleep(Duration::from_millis(300));
     let before_first = process_cpu_s(burner_pid);
     let (first, _) = source.sample(index).unwrap();
@@ -180,11 +238,11 @@ async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     std::thread::sleep(Duration::from_secs(2));
     // The working set moves a little; bracket our reading between the
     // kernel's own just before and just after.
-    let ws_before = kernel_working_set(&hierarchy, &rel);
+    let ws_before = kernel_working_set(hierarchy, rel);
     let before_second = process_cpu_s(burner_pid);
     let (second, _) = source.sample(index).unwrap();
     let after_second = process_cpu_s(burner_pid);
-    let ws_after = kernel_working_set(&hierarchy, &rel);
+    let ws_after = kernel_working_set(hierarchy, rel);
     rates.store(&second);
 
     let _ = burner.kill();
@@ -201,8 +259,8 @@ async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     // the kernel accounted to the burner itself (whatever share of a core
     // this machine gave it), within the two readings that bracket each
     // sample and the accounting's tick.
-    let c1 = first.pods[&pod]["burn"];
-    let c2 = second.pods[&pod]["burn"];
+    let c1 = first.pods[pod]["burn"];
+    let c2 = second.pods[pod]["burn"];
     let read_s = (c2.cpu_ns - c1.cpu_ns) as f64 / 1e9;
     let tick = 2.0 / procfs::ticks_per_second() as f64;
     let (lo, hi) = (before_second - after_first, after_second - before_first);
@@ -224,5 +282,66 @@ async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     assert!(
         ws > 0.0 && ws >= lo * 0.99 && ws <= hi * 1.01,
         "working set {ws} vs kernel {ws_before}..{ws_after}"
+    );
+}
+
+/// Page cache written between two samples is inactive file pages: it
+/// raises the usage and is no working set. The source reads `memory.stat`
+/// again at once for such a move (well within its 10 s interval), so its
+/// working set stays the kernel's.
+#[tokio::test]
+async fn page_cache_written_between_samples_is_not_working_set() {
+    let _turn = TURN.lock().await;
+    let c = match kernel_container(1, "writer", "write").await {
+        Ok(c) => c,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let file = tempfile::NamedTempFile::new_in(std::env::temp_dir()).unwrap();
+    let script = format!(
+        "read _; x=$(head -c 2000000 /dev/zero | tr '\\0' a); echo ready; \
+         read _; dd if=/dev/zero of={} bs=1M count=16 2>/dev/null; echo written; read _",
+        file.path().display()
+    );
+    let mut writer = match start_in(&c, &script) {
+        Ok(w) => w,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    assert_eq!(step(&mut writer), "ready\n");
+    let index = c.cache.index();
+    let ws = |batch: &metrics_agent::batch::Batch| {
+        batch
+            .pods
+            .get(&c.pod)
+            .and_then(|p| p.get("write"))
+            .map(|p| p.memory_bytes)
+    };
+    let (first, _) = c.source.sample(index).unwrap();
+    let first_ws = ws(&first).expect("writer sampled");
+    let usage_before = kernel_usage(&c.hierarchy, &c.rel);
+    assert_eq!(step(&mut writer), "written\n");
+    let usage_after = kernel_usage(&c.hierarchy, &c.rel);
+    let ws_before = kernel_working_set(&c.hierarchy, &c.rel);
+    let (second, _) = c.source.sample(index).unwrap();
+    let ws_after = kernel_working_set(&c.hierarchy, &c.rel);
+    let _ = writer.kill();
+    let _ = writer.wait();
+
+    let second_ws = ws(&second).expect("writer sampled again") as f64;
+    println!(
+        "hierarchy {}: usage {usage_before} -> {usage_after}, working set {first_ws} -> {second_ws}, kernel {ws_before}..{ws_after}",
+        c.hierarchy.name()
+    );
+    // The write charged the cgroup: the case this test is about happened.
+    assert!(
+        usage_after >= usage_before + (8 << 20),
+        "16 MiB written moved the usage only {usage_before} -> {usage_after}"
+    );
+    let (lo, hi) = (
+        ws_before.min(ws_after) as f64,
+        ws_before.max(ws_after) as f64,
+    );
+    assert!(
+        second_ws >= lo * 0.99 - 65536.0 && second_ws <= hi * 1.01 + 65536.0,
+        "working set {second_ws} vs kernel {ws_before}..{ws_after} (usage {usage_after})"
     );
 }
