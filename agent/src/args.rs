@@ -265,4 +265,16 @@ mod tests {
         assert_eq!(url("fd00::7"), "https://[fd00::7]:10255");
         assert!(a.host.kubelet_url_with(None).is_err());
     }
+
+    #[test]
+    fn memory_stat_interval_flag() {
+        use std::time::Duration;
+        let default = parse(&[]).host.cgroup_memory_stat_interval;
+        assert_eq!(default, crate::source::cgroup::MEMORY_STAT_MAX_AGE);
+        assert_eq!(default, Duration::from_secs(10));
+        let a = parse(&["--cgroup-memory-stat-interval=0s"]);
+        assert_eq!(a.host.cgroup_memory_stat_interval, Duration::ZERO);
+        let a = parse(&["--cgroup-memory-stat-interval=1m"]);
+        assert_eq!(a.host.cgroup_memory_stat_interval, Duration::from_secs(60));
+    }
 }
