@@ -65,28 +65,15 @@ fn enable_v2_controllers(root: &Path, rel: &Path) {
 }
 
 fn kernel_working_set(h: &Hierarchy, rel: &Path) -> u64 {
-    let num = |p: PathBuf| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let key = |p: PathBuf, k: &str| {
-        metrics_agent::source::cgroup::read::keyed(&std::fs::read_to_string(p).unwrap(), k).unwrap()
-    };
-    match h {
-        Hierarchy::V2 { root } => {
-            let d = root.join(rel);
-            num(d.join("memory.current"))
-                .saturating_sub(key(d.join("memory.stat"), "inactive_file"))
-        }
+    let (stat, inactive) = match h {
+        Hierarchy::V2 { root } => (root.join(rel).join("memory.stat"), "inactive_file"),
         Hierarchy::V1 { memory, .. } => {
-            let d = memory.join(rel);
-            num(d.join("memory.usage_in_bytes"))
-                .saturating_sub(key(d.join("memory.stat"), "total_inactive_file"))
+            (memory.join(rel).join("memory.stat"), "total_inactive_file")
         }
-    }
+    };
+    let text = std::fs::read_to_string(stat).unwrap();
+    let inactive = metrics_agent::source::cgroup::read::keyed(&text, inactive).unwrap();
+    kernel_usage(h, rel).saturating_sub(inactive)
 }
 
 /// One container cgroup of a kubepods-like pod in the host's hierarchy,
