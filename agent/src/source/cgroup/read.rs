@@ -55,29 +55,10 @@ fn key(path: &Path, text: &str, key: &'static str) -> Result<u64, ReadError> {
     })
 }
 
-fn single(path: PathBuf, name: &'static str) -> Result<u64, ReadError> {
-    let (path, text) = read(path)?;
-    text.trim()
-        .parse()
-        .map_err(|_| ReadError::Missing { path, key: name })
-}
-
 /// v2 CPU: `cpu.stat usage_usec`, in ns.
-pub fn v2_cpu(dir: &Path) -> Result<u64, ReadError> {
+fn v2_cpu(dir: &Path) -> Result<u64, ReadError> {
     let (path, text) = read(dir.join("cpu.stat"))?;
     Ok(key(&path, &text, "usage_usec")?.saturating_mul(1_000))
-}
-
-/// v2 container or pod: CPU and `memory.current − inactive_file`.
-pub fn v2(dir: &Path) -> Result<Usage, ReadError> {
-    let current = single(dir.join("memory.current"), "memory.current")?;
-    let (path, stat) = read(dir.join("memory.stat"))?;
-    let inactive = key(&path, &stat, "inactive_file")?;
-    Ok(Usage {
-        cpu_ns: v2_cpu(dir)?,
-        working_set: current.saturating_sub(inactive),
-        swap: single(dir.join("memory.swap.current"), "memory.swap.current").unwrap_or(0),
-    })
 }
 
 /// v2 root, which has no `memory.current`: `anon + file − inactive_file`
@@ -91,23 +72,6 @@ pub fn v2_root(root: &Path) -> Result<Usage, ReadError> {
         cpu_ns: v2_cpu(root)?,
         working_set: (anon + file).saturating_sub(inactive),
         swap: 0,
-    })
-}
-
-/// v1: `cpuacct.usage` from the cpuacct tree, memory from the memory tree;
-/// swap is `memory.stat`'s `total_swap` where swap accounting is on.
-pub fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Usage, ReadError> {
-    let cpu_ns = single(cpuacct_dir.join("cpuacct.usage"), "cpuacct.usage")?;
-    let usage = single(
-        memory_dir.join("memory.usage_in_bytes"),
-        "memory.usage_in_bytes",
-    )?;
-    let (path, stat) = read(memory_dir.join("memory.stat"))?;
-    let inactive = key(&path, &stat, "total_inactive_file")?;
-    Ok(Usage {
-        cpu_ns,
-        working_set: usage.saturating_sub(inactive),
-        swap: keyed(&stat, "total_swap").unwrap_or(0),
     })
 }
 
@@ -252,7 +216,7 @@ impl OpenCgroup {
 
     /// The usage at `now`, read through `buf`, with `memory.stat` read
     /// again when due (see the type's doc; a zero `max_age` reads it every
-    /// time, which gives exactly [`v2`] and [`v1`]).
+    /// time, which reads each file as the kubelet's definitions do).
     pub fn read(
         &mut self,
         buf: &mut Vec<u8>,
@@ -332,6 +296,44 @@ impl OpenCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads a cgroup whole, file by file, with the kubelet's definitions:
+    /// what a kept-open cgroup reading `memory.stat` every time must give.
+    fn single(path: PathBuf, name: &'static str) -> Result<u64, ReadError> {
+        let (path, text) = read(path)?;
+        text.trim()
+            .parse()
+            .map_err(|_| ReadError::Missing { path, key: name })
+    }
+
+    /// v2 container or pod: CPU and `memory.current − inactive_file`.
+    fn v2(dir: &Path) -> Result<Usage, ReadError> {
+        let current = single(dir.join("memory.current"), "memory.current")?;
+        let (path, stat) = read(dir.join("memory.stat"))?;
+        let inactive = key(&path, &stat, "inactive_file")?;
+        Ok(Usage {
+            cpu_ns: v2_cpu(dir)?,
+            working_set: current.saturating_sub(inactive),
+            swap: single(dir.join("memory.swap.current"), "memory.swap.current").unwrap_or(0),
+        })
+    }
+
+    /// v1: `cpuacct.usage`, `memory.usage_in_bytes − total_inactive_file`,
+    /// swap from `memory.stat`'s `total_swap`.
+    fn v1(cpuacct_dir: &Path, memory_dir: &Path) -> Result<Usage, ReadError> {
+        let cpu_ns = single(cpuacct_dir.join("cpuacct.usage"), "cpuacct.usage")?;
+        let usage = single(
+            memory_dir.join("memory.usage_in_bytes"),
+            "memory.usage_in_bytes",
+        )?;
+        let (path, stat) = read(memory_dir.join("memory.stat"))?;
+        let inactive = key(&path, &stat, "total_inactive_file")?;
+        Ok(Usage {
+            cpu_ns,
+            working_set: usage.saturating_sub(inactive),
+            swap: keyed(&stat, "total_swap").unwrap_or(0),
+        })
+    }
 
     #[test]
     fn keyed_files() {
