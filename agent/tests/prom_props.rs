@@ -32,7 +32,7 @@ proptest! {
     #[test]
     fn written_samples_read_back(
         name in "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
-        labels in proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,8}", any::<String>(), 0..4),
+        labels in proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,8}", any::<String>(), 0..8),
         value in any::<f64>().prop_filter("finite", |v| v.is_finite()),
         ts in proptest::option::of(any::<i64>()),
     ) {

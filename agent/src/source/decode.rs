@@ -14,6 +14,14 @@ use std::time::SystemTime;
 use crate::batch::{Batch, PodRef, Point};
 use crate::source::prom::{self, Sample};
 
+/// Payload bytes per container, for sizing the map up front: the
+/// kubelet writes three series per container, each line about 100 bytes.
+const BYTES_PER_CONTAINER: usize = 300;
+
+/// Most containers the map is sized for before any is read (a node runs
+/// at most a few hundred pods); more still fit, by growing.
+const MAX_PRESIZED: usize = 4096;
+
 /// Most problem series named per payload, for logs.
 pub const MAX_PROBLEMS: usize = 32;
 
@@ -148,8 +156,13 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
     let mut stats = DecodeStats::default();
     let mut node = Partial::default();
     // Keys borrow from `body`: a container's names are copied once, into
-    // the batch, however many series name it.
-    let mut containers: HashMap<ContainerKey<'_>, Partial> = HashMap::new();
+    // the batch, however many series name it. Sized from the payload (a
+    // container takes at least three lines of about 100 bytes) so it is not
+    // grown and rehashed on the way; foldhash, seeded per map, hashes the
+    // three names a fraction of SipHash's cost.
+    let expected = (body.len() / BYTES_PER_CONTAINER).min(MAX_PRESIZED);
+    let mut containers: HashMap<ContainerKey<'_>, Partial, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(expected, Default::default());
     for sample in prom::samples_of(body, classify) {
         let ((is_node, field), sample) = match sample {
             Ok(s) => s,

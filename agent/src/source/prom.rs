@@ -17,12 +17,20 @@ pub struct LineError {
     pub reason: &'static str,
 }
 
+/// Labels a sample keeps as they are found while its line is checked; a
+/// sample with more is searched again in its label text when asked.
+const KEPT: usize = 4;
+
 /// One sample, borrowing from the payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample<'a> {
     pub name: &'a str,
     /// Text between the braces, already validated; empty when there are none.
     labels: &'a str,
+    /// The first [`KEPT`] labels, `(key, raw value)`, found by the check.
+    kept: [(&'a str, &'a str); KEPT],
+    /// How many labels the line has.
+    count: usize,
     pub value: f64,
     /// Milliseconds since the epoch, when the line carries one.
     pub timestamp_ms: Option<i64>,
@@ -40,24 +48,37 @@ impl<'a> Sample<'a> {
         value
     }
 
-    /// Values of several labels, unescaped, in one pass over the label
-    /// text; each is its key's first occurrence.
+    /// Values of several labels, unescaped; each is its key's first
+    /// occurrence. Lines with up to [`KEPT`] labels (the kubelet's have
+    /// three) are answered from what the line's check found.
     pub fn labels<const N: usize>(&self, keys: [&str; N]) -> [Option<Cow<'a, str>>; N] {
-        let mut out = [const { None }; N];
-        let mut missing = N;
-        for (k, v) in (LabelIter { rest: self.labels }) {
-            if let Some(i) = keys.iter().position(|w| *w == k) {
-                if out[i].is_none() {
-                    out[i] = Some(unescape(v));
-                    missing -= 1;
-                    if missing == 0 {
-                        break;
-                    }
+        if self.count <= KEPT {
+            pick(self.kept[..self.count].iter().copied(), keys)
+        } else {
+            pick(LabelIter { rest: self.labels }, keys)
+        }
+    }
+}
+
+/// The first value of each of `keys` among `pairs`, unescaped.
+fn pick<'a, const N: usize>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    keys: [&str; N],
+) -> [Option<Cow<'a, str>>; N] {
+    let mut out = [const { None }; N];
+    let mut missing = N;
+    for (k, v) in pairs {
+        if let Some(i) = keys.iter().position(|w| *w == k) {
+            if out[i].is_none() {
+                out[i] = Some(unescape(v));
+                missing -= 1;
+                if missing == 0 {
+                    break;
                 }
             }
         }
-        out
     }
+    out
 }
 
 /// Iterates `(key, raw_value)` over validated label text.
@@ -138,20 +159,84 @@ fn is_label_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Finds the `}` closing the label set, skipping quoted values.
-fn closing_brace(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let (mut i, mut quoted) = (0, false);
-    while i < bytes.len() {
-        match (bytes[i], quoted) {
-            (b'\\', true) => i += 1,
-            (b'"', _) => quoted = !quoted,
-            (b'}', false) => return Some(i),
-            _ => {}
+/// What one pass over a label set found.
+struct LabelSet<'a> {
+    /// Where the closing `}` is, in the text after the `{`.
+    close: usize,
+    kept: [(&'a str, &'a str); KEPT],
+    count: usize,
+}
+
+/// Checks the label set that follows a `{` up to its closing `}`, in one
+/// pass, keeping the first [`KEPT`] labels found. Labels are separated by
+/// commas, with blanks allowed around each part; the value is quoted and
+/// may hold `\` escapes (and so quotes and braces).
+fn label_set(inner: &str) -> Result<LabelSet<'_>, &'static str> {
+    let b = inner.as_bytes();
+    let blank = |c: u8| c == b' ' || c == b'\t';
+    let mut set = LabelSet {
+        close: 0,
+        kept: [("", ""); KEPT],
+        count: 0,
+    };
+    let mut i = 0;
+    loop {
+        while i < b.len() && (blank(b[i]) || b[i] == b',') {
+            i += 1;
+        }
+        match b.get(i) {
+            None => return Err("unterminated label set"),
+            Some(b'}') => {
+                set.close = i;
+                return Ok(set);
+            }
+            Some(_) => {}
+        }
+        let key_start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        let key = &inner[key_start..i];
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'=') if is_label_name(key) => i += 1,
+            Some(b'=') => return Err("invalid label name"),
+            None => return Err("label without '='"),
+            Some(_) if key.is_empty() => return Err("invalid label name"),
+            Some(_) => return Err("label without '='"),
+        }
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        if b.get(i) != Some(&b'"') {
+            return Err("label value not quoted");
         }
         i += 1;
+        let value_start = i;
+        loop {
+            match b.get(i) {
+                None => return Err("unterminated label value"),
+                Some(b'\\') => i += 2,
+                Some(b'"') => break,
+                Some(_) => i += 1,
+            }
+        }
+        if set.count < KEPT {
+            set.kept[set.count] = (key, &inner[value_start..i]);
+        }
+        set.count += 1;
+        i += 1;
+        while i < b.len() && blank(b[i]) {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b',') | Some(b'}') => {}
+            None => return Err("unterminated label set"),
+            Some(_) => return Err("junk after label value"),
+        }
     }
-    None
 }
 
 /// Where the metric name of `line` ends.
@@ -170,17 +255,18 @@ fn parse_named(line: &str, name_end: usize) -> Result<Sample<'_>, &'static str> 
     if !is_metric_name(name) {
         return Err("invalid metric name");
     }
-    let (labels, rest) = if line[name_end..].starts_with('{') {
+    let (labels, set, rest) = if line[name_end..].starts_with('{') {
         let inner = &line[name_end + 1..];
-        let close = closing_brace(inner).ok_or("unterminated label set")?;
-        let labels = &inner[..close];
-        let mut check = labels;
-        while let Some((_, _, rest)) = split_label(check)? {
-            check = rest;
-        }
-        (labels, &inner[close + 1..])
+        let set = label_set(inner)?;
+        let close = set.close;
+        (&inner[..close], set, &inner[close + 1..])
     } else {
-        ("", &line[name_end..])
+        let none = LabelSet {
+            close: 0,
+            kept: [("", ""); KEPT],
+            count: 0,
+        };
+        ("", none, &line[name_end..])
     };
     let mut fields = rest.split_ascii_whitespace();
     let value = fields.next().ok_or("no value")?;
@@ -195,6 +281,8 @@ fn parse_named(line: &str, name_end: usize) -> Result<Sample<'_>, &'static str> 
     Ok(Sample {
         name,
         labels,
+        kept: set.kept,
+        count: set.count,
         value,
         timestamp_ms,
     })
@@ -287,6 +375,19 @@ mod tests {
         assert_eq!(ns.unwrap(), "ns");
         assert_eq!(missing, None);
         assert_eq!(s.labels(["x"]), [s.label("x")]);
+    }
+
+    #[test]
+    fn labels_past_the_kept_ones_are_read_from_the_text() {
+        let s = parse_line(r#"m{a="1", b = "2",c="3",d="4",e="5\"",a="x"} 1"#).unwrap();
+        let [e, a, d, b] = s.labels(["e", "a", "d", "b"]);
+        assert_eq!(e.unwrap(), "5\"");
+        assert_eq!(a.unwrap(), "1");
+        assert_eq!(d.unwrap(), "4");
+        assert_eq!(b.unwrap(), "2");
+        let few = parse_line(r#"m{ b = "2" ,,a="1",} 1"#).unwrap();
+        assert_eq!(few.labels(["a", "b"]), [Some("1".into()), Some("2".into())]);
+        assert_eq!(few.raw_labels(), r#" b = "2" ,,a="1","#);
     }
 
     #[test]
