@@ -216,12 +216,17 @@ fn label_set(inner: &str) -> Result<LabelSet<'_>, &'static str> {
         i += 1;
         let value_start = i;
         loop {
-            match b.get(i) {
-                None => return Err("unterminated label value"),
-                Some(b'\\') => i += 2,
-                Some(b'"') => break,
-                Some(_) => i += 1,
+            let at = b
+                .get(i..)
+                .and_then(|tail| memchr::memchr2(b'"', b'\\', tail));
+            let Some(at) = at else {
+                return Err("unterminated label value");
+            };
+            i += at;
+            if b[i] == b'"' {
+                break;
             }
+            i += 2;
         }
         if set.count < KEPT {
             set.kept[set.count] = (key, &inner[value_start..i]);
@@ -241,7 +246,7 @@ fn label_set(inner: &str) -> Result<LabelSet<'_>, &'static str> {
 
 /// Where the metric name of `line` ends.
 fn name_end(line: &str) -> Option<usize> {
-    line.bytes().position(|b| matches!(b, b'{' | b' ' | b'\t'))
+    memchr::memchr3(b'{', b' ', b'\t', line.as_bytes())
 }
 
 /// Parses one non-comment, non-blank line.
