@@ -93,12 +93,31 @@ fn advance(old: Option<&Pair>, new: Point) -> Pair {
     }
 }
 
+/// The pair after `new` arrives for a container that had `old`.
+fn next_pair(resolution_ns: i64, old: Option<&Pair>, new: Point) -> Pair {
+    let age = new.timestamp_ns.saturating_sub(new.start_ns);
+    if new.start_ns < new.timestamp_ns && age < resolution_ns && age >= FRESH_CONTAINER_MIN_NS {
+        return Pair {
+            last: new,
+            prev: Some(Point {
+                timestamp_ns: new.start_ns,
+                cpu_ns: 0,
+                ..new
+            }),
+        };
+    }
+    match old {
+        Some(pair) if new.start_ns < pair.last.timestamp_ns => advance(Some(pair), new),
+        _ => advance(None, new),
+    }
+}
+
 /// The last two samples of one node and its containers.
 #[derive(Debug, Default)]
 pub struct RateStore {
     resolution_ns: i64,
     node: Option<Pair>,
-    pods: HashMap<PodRef, BTreeMap<String, Pair>>,
+    pods: HashMap<PodRef, BTreeMap<String, Pair>, foldhash::fast::RandomState>,
 }
 
 impl RateStore {
@@ -114,47 +133,27 @@ impl RateStore {
     /// Folds a new batch in; see the module doc for the rules.
     pub fn store(&mut self, batch: &Batch) {
         self.node = batch.node.map(|p| advance(self.node.as_ref(), p));
-        // The names already stored are moved over, not copied: in steady
-        // state a period allocates nothing per container here.
-        let mut old_pods = std::mem::take(&mut self.pods);
-        let mut pods = HashMap::with_capacity(batch.pods.len());
+        // Updated in place: in steady state (the same pods and containers
+        // as last period) a period allocates nothing here.
+        let resolution_ns = self.resolution_ns;
+        self.pods.retain(|pod, _| batch.pods.contains_key(pod));
         for (pod, containers) in &batch.pods {
-            let (pod_key, mut old) = match old_pods.remove_entry(pod) {
-                Some((k, v)) => (k, Some(v)),
-                None => (pod.clone(), None),
+            let pairs = match self.pods.get_mut(pod) {
+                Some(pairs) => {
+                    pairs.retain(|name, _| containers.contains_key(name));
+                    pairs
+                }
+                None => self.pods.entry(pod.clone()).or_default(),
             };
-            let mut pairs = BTreeMap::new();
             for (name, &new) in containers {
-                let (name_key, old_pair) = match old.as_mut().and_then(|c| c.remove_entry(name)) {
-                    Some((k, v)) => (k, Some(v)),
-                    None => (name.clone(), None),
-                };
-                let age = new.timestamp_ns.saturating_sub(new.start_ns);
-                let pair = if new.start_ns < new.timestamp_ns
-                    && age < self.resolution_ns
-                    && age >= FRESH_CONTAINER_MIN_NS
-                {
-                    Pair {
-                        last: new,
-                        prev: Some(Point {
-                            timestamp_ns: new.start_ns,
-                            cpu_ns: 0,
-                            ..new
-                        }),
+                match pairs.get_mut(name) {
+                    Some(pair) => *pair = next_pair(resolution_ns, Some(pair), new),
+                    None => {
+                        pairs.insert(name.clone(), next_pair(resolution_ns, None, new));
                     }
-                } else {
-                    match old_pair {
-                        Some(pair) if new.start_ns < pair.last.timestamp_ns => {
-                            advance(Some(&pair), new)
-                        }
-                        _ => advance(None, new),
-                    }
-                };
-                pairs.insert(name_key, pair);
+                }
             }
-            pods.insert(pod_key, pairs);
         }
-        self.pods = pods;
     }
 
     /// Node usage, when the node has a valid pair.

@@ -216,6 +216,29 @@ fn new_container_in_known_pod_hides_the_pod_until_paired() {
 }
 
 #[test]
+fn container_missing_from_a_batch_is_forgotten_while_its_pod_stays() {
+    let start = T0 - 3600 * S;
+    let mut s = store();
+    let two = |ts, cpu| [("a", pt(ts, start, cpu, 1)), ("b", pt(ts, start, cpu, 1))];
+    s.store(&batch(None, &[("p", &two(T0, 1))]));
+    s.store(&batch(None, &[("p", &two(T0 + 15 * S, 2))]));
+    assert_eq!(s.pod_usages()[0].containers.len(), 2);
+    // `b` is left out once: `a` alone makes the pod.
+    s.store(&batch(
+        None,
+        &[("p", &[("a", pt(T0 + 30 * S, start, 3, 1))])],
+    ));
+    let only_a = s.pod_usages();
+    assert_eq!(only_a[0].containers.len(), 1);
+    assert_eq!(only_a[0].containers[0].name, "a");
+    // Back again, `b` has no earlier sample: the pod waits for its pair.
+    s.store(&batch(None, &[("p", &two(T0 + 45 * S, 4))]));
+    assert!(s.pod_usages().is_empty());
+    s.store(&batch(None, &[("p", &two(T0 + 60 * S, 5))]));
+    assert_eq!(s.pod_usages()[0].containers.len(), 2);
+}
+
+#[test]
 fn fixture_pair_gives_exact_rates() {
     // The same payload 15 s later with every counter advanced by 1.5 s.
     let first = fixture("kubelet-metrics-resource/kind-k8s-1.21_single-pod_with-pod-metrics.prom");
