@@ -160,6 +160,7 @@ fn is_label_name(s: &str) -> bool {
 }
 
 /// What one pass over a label set found.
+#[derive(Default)]
 struct LabelSet<'a> {
     /// Where the closing `}` is, in the text after the `{`.
     close: usize,
@@ -174,11 +175,7 @@ struct LabelSet<'a> {
 fn label_set(inner: &str) -> Result<LabelSet<'_>, &'static str> {
     let b = inner.as_bytes();
     let blank = |c: u8| c == b' ' || c == b'\t';
-    let mut set = LabelSet {
-        close: 0,
-        kept: [("", ""); KEPT],
-        count: 0,
-    };
+    let mut set = LabelSet::default();
     let mut i = 0;
     loop {
         while i < b.len() && (blank(b[i]) || b[i] == b',') {
@@ -266,12 +263,7 @@ fn parse_named(line: &str, name_end: usize) -> Result<Sample<'_>, &'static str> 
         let close = set.close;
         (&inner[..close], set, &inner[close + 1..])
     } else {
-        let none = LabelSet {
-            close: 0,
-            kept: [("", ""); KEPT],
-            count: 0,
-        };
-        ("", none, &line[name_end..])
+        ("", LabelSet::default(), &line[name_end..])
     };
     let mut fields = rest.split_ascii_whitespace();
     let value = fields.next().ok_or("no value")?;
