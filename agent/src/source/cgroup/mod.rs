@@ -135,23 +135,34 @@ impl CgroupSource {
         }
     }
 
-    /// Usage of the listed container cgroup `c`, through its kept-open
-    /// files (opened on first sight; closed when they fail).
+    /// Usage of the cgroup at `rel` through its kept-open `files` (opened
+    /// on first sight; closed when they fail, to be opened again).
+    fn read_kept(
+        &self,
+        files: &mut Option<read::OpenCgroup>,
+        rel: &Path,
+        buf: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<read::Usage, read::ReadError> {
+        let open = match files {
+            Some(f) => f,
+            None => files.insert(self.open(rel)?),
+        };
+        let got = open.read(buf, now, self.stat_max_age);
+        if got.is_err() {
+            *files = None;
+        }
+        got
+    }
+
+    /// Usage of the listed container cgroup `c`.
     fn container_usage(
         &self,
         c: &mut Listed,
         buf: &mut Vec<u8>,
         now: Instant,
     ) -> Result<read::Usage, read::ReadError> {
-        let files = match &mut c.files {
-            Some(f) => f,
-            None => c.files.insert(self.open(&c.rel)?),
-        };
-        let got = files.read(buf, now, self.stat_max_age);
-        if got.is_err() {
-            c.files = None;
-        }
-        got
+        self.read_kept(&mut c.files, &c.rel, buf, now)
     }
 
     /// Where pod cgroups are listed (the CPU tree for v1).
@@ -164,21 +175,12 @@ impl CgroupSource {
 
     /// Usage of the root cgroup: through kept-open files on v1.
     fn root_usage(&self, walk: &mut Walk, now: Instant) -> Result<read::Usage, read::ReadError> {
-        let (cpuacct, memory) = match &self.hierarchy {
-            Hierarchy::V2 { root } => return read::v2_root(root),
-            Hierarchy::V1 {
-                cpuacct, memory, ..
-            } => (cpuacct, memory),
-        };
-        let files = match &mut walk.root {
-            Some(f) => f,
-            None => walk.root.insert(read::OpenCgroup::v1(cpuacct, memory)?),
-        };
-        let got = files.read(&mut walk.buf, now, self.stat_max_age);
-        if got.is_err() {
-            walk.root = None;
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => read::v2_root(root),
+            Hierarchy::V1 { .. } => {
+                self.read_kept(&mut walk.root, Path::new(""), &mut walk.buf, now)
+            }
         }
-        got
     }
 
     fn node(&self, walk: &mut Walk, started: Instant) -> Result<Point, CgroupError> {
