@@ -40,7 +40,16 @@ async fn metrics(agg: &AggregatorProc) -> String {
 async fn lists_missing_a_replica_say_so() {
     metrics_proto::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let set = ReplicaSet::new(dir.path(), 3, 1, &["--peer-timeout=500ms"]);
+    // A killed replica refuses at once; the deadline only needs to be wide
+    // enough that a live peer on a loaded machine is never counted as
+    // missing, and six periods before expiry keep a stall of this process
+    // (which also runs the simulated agents) from dropping nodes.
+    let set = ReplicaSet::new(
+        dir.path(),
+        3,
+        1,
+        &["--peer-timeout=3s", "--node-expiry-periods=6"],
+    );
     let mut aggs = set.start_all().await.unwrap();
     let shape = Shape {
         nodes: NODES,
