@@ -56,7 +56,9 @@ async fn membership_follows_endpoint_slices() {
                     &format!("--peers-service=kube-system/{SERVICE}"),
                     &format!("--shard-id={id}"),
                     "--replication-factor=1",
-                    "--peer-timeout=500ms",
+                    // Wide enough that a live peer on a loaded machine is
+                    // never counted as missing.
+                    "--peer-timeout=3s",
                     &format!("--grpc-port={}", grpc[i]),
                     &format!("--tls-cert-file={cert}"),
                     &format!("--tls-private-key-file={key}"),
@@ -119,7 +121,7 @@ async fn membership_follows_endpoint_slices() {
     let started = Instant::now();
     until(
         "agg-2 to hold its nodes",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         async || {
             assert_eq!(
                 aggs[0].list_names("nodes").await.as_deref(),
@@ -143,7 +145,7 @@ async fn membership_follows_endpoint_slices() {
     aggs[1].proc.kill().await;
     until(
         "every node after agg-1 left",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         async || {
             let all = aggs[0].list_names("nodes").await.as_deref() == Some(&nodes[..]);
             all && local_nodes(&aggs[0]).await + local_nodes(&aggs[2]).await == nodes.len()

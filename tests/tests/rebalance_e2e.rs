@@ -64,7 +64,9 @@ async fn start(
             &format!("--shard-id={id}"),
             &format!("--peers-file={}", peers_file.display()),
             "--replication-factor=1",
-            "--peer-timeout=500ms",
+            // Wide enough that a live peer on a loaded machine is never
+            // counted as missing.
+            "--peer-timeout=3s",
             &format!("--grpc-port={grpc}"),
             &format!("--tls-cert-file={}", cert.0),
             &format!("--tls-private-key-file={}", cert.1),
@@ -127,7 +129,7 @@ async fn a_joining_replica_takes_its_nodes_without_a_gap() {
     // No gap: every poll of every old replica lists every node, until the
     // new one holds exactly what it owns.
     let mut moved_after = None;
-    while changed.elapsed() < Duration::from_secs(20) {
+    while changed.elapsed() < Duration::from_secs(30) {
         for agg in [&a0, &a1] {
             assert_eq!(
                 node_names(agg).await,
@@ -151,8 +153,9 @@ async fn a_joining_replica_takes_its_nodes_without_a_gap() {
             a2.proc.log_text()
         )
     });
-    // Reload (2 s) plus one report period, with slack for a loaded machine.
-    assert!(took < Duration::from_secs(8), "moving took {took:?}");
+    // Reload (2 s) plus one report period, with wide slack for a loaded
+    // machine.
+    assert!(took < Duration::from_secs(15), "moving took {took:?}");
     assert_eq!(
         node_names(&a2).await,
         names,
