@@ -8,6 +8,8 @@ use metrics_proto::v1::NodeReport;
 use metrics_proto::PROTOCOL_VERSION;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::PodRef;
+use crate::labels::{LabelCache, Origin, Period};
 use crate::meta::ApiPods;
 use crate::metrics::AgentMetrics;
 use crate::pods::{PodCache, PodIndex};
@@ -24,6 +26,8 @@ pub struct Collector {
     failing: bool,
     pods: Option<PodCache>,
     api_labels: Option<Arc<ApiPods>>,
+    /// The last period's labels, reused while they hold.
+    labels: LabelCache,
     /// Pods (and the node's labels) already logged as unsendable.
     warned: std::collections::HashSet<String>,
     /// Problem series and when each was last logged (bounded).
@@ -54,6 +58,7 @@ impl Collector {
             failing: false,
             pods: None,
             api_labels: None,
+            labels: LabelCache::default(),
             warned: Default::default(),
             problem_logged: Default::default(),
             malformed_log: metrics_proto::runtime::LogThrottle::new(PROBLEM_LOG_EVERY),
@@ -77,9 +82,10 @@ impl Collector {
         &self.node_name
     }
 
-    /// Reads the source once and returns the report for this period. A
-    /// failed read is logged (once per outage) and yields `None`.
-    pub async fn collect(&mut self) -> Option<NodeReport> {
+    /// Reads the source once and returns the report for this period, its
+    /// labels beside it. A failed read is logged (once per outage) and
+    /// yields `None`.
+    pub async fn collect(&mut self) -> Option<Period> {
         let empty = PodIndex::default();
         if let Some(cache) = self.pods.as_mut().filter(|_| self.source.needs_pods()) {
             cache.refresh(false).await;
@@ -109,58 +115,63 @@ impl Collector {
             let unknown =
                 stats.unmapped_cgroups > 0 || batch.pods.keys().any(|p| !cache.index().knows(p));
             cache.refresh(unknown).await;
-            // Pods from the API watch carry the same labels the API pass
-            // below applies; only the kubelet's `/pods` needs this one.
-            if !cache.from_api_watch() {
-                let index = cache.index();
-                for p in &mut pods {
-                    let key = crate::batch::PodRef {
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
-                    };
-                    if let Some(l) = index.labels(&key) {
-                        p.labels = l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                    }
-                }
-            }
         }
-        let mut node_labels = Default::default();
-        if let Some(api) = &self.api_labels {
-            for p in &mut pods {
-                let key = crate::batch::PodRef {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                };
-                if let Some(l) = api.pod(&key) {
-                    p.labels = l.into_iter().collect();
-                }
-            }
-            node_labels = api.node().into_iter().collect();
-        }
-        self.drop_unsendable(&mut pods, &mut node_labels);
+        self.drop_unsendable(&mut pods);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         self.metrics
             .last_report
             .set(now.map_or(0, |d| d.as_secs() as i64));
-        let mut report = NodeReport {
+        let report = NodeReport {
             protocol_version: PROTOCOL_VERSION,
             node_name: self.node_name.clone(),
             sequence: 0,
             period_ms: u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX),
-            node_labels,
+            node_labels: Default::default(),
             node: self.sendable_node(self.rates.node_usage()),
             pods,
             source: self.source.name().to_owned(),
             labels_version: 0,
             labels_omitted: false,
         };
-        report.labels_version = metrics_proto::labels::version(&report);
-        Some(report)
+        let api = self.api_labels.as_deref();
+        // Pods from the API watch carry the labels the API gives; only the
+        // kubelet's `/pods` is a source of its own.
+        let kubelet_pods = self
+            .pods
+            .as_ref()
+            .filter(|c| !c.from_api_watch())
+            .map(PodCache::index);
+        let origin = Origin {
+            api: api.map(ApiPods::generation),
+            index: kubelet_pods.map(PodIndex::version),
+        };
+        let (period, refusals) = self.labels.apply(
+            report,
+            origin,
+            |namespace, name| {
+                let key = PodRef {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                api.and_then(|a| a.pod(&key))
+                    .or_else(|| kubelet_pods.and_then(|i| i.labels(&key).cloned()))
+                    .map(|l| l.into_iter().collect())
+            },
+            || {
+                api.map(|a| a.node().into_iter().collect())
+                    .unwrap_or_default()
+            },
+        );
+        for (p, reason) in &refusals.pods {
+            let what = format!("pod {}", metrics_proto::checks::pod_key(p));
+            self.refuse(what, reason, "invalid_pod");
+        }
+        if let Some(reason) = &refusals.node {
+            self.refuse("node labels".into(), reason, "invalid_node_labels");
+        }
+        Some(period)
     }
 
-    /// Leaves out what an aggregator would refuse, pod by pod (and the
-    /// node's labels alone), so one bad pod never costs the report; each is
-    /// counted every period and logged once.
     /// Logs each problem series once an hour (counters count every one),
     /// and malformed lines once an hour in all.
     fn warn_problems(&mut self, stats: &crate::source::decode::DecodeStats) {
@@ -211,36 +222,38 @@ impl Collector {
         }
     }
 
-    fn drop_unsendable(
-        &mut self,
-        pods: &mut Vec<metrics_proto::v1::PodUsage>,
-        node_labels: &mut std::collections::HashMap<String, String>,
-    ) {
-        use metrics_proto::checks::{check_labels, check_pod, pod_key};
-        let (metrics, warned) = (&self.metrics, &mut self.warned);
-        let mut note = |what: String, reason: &str, counter: &'static str| {
-            metrics.dropped.get_or_create(&[("reason", counter)]).inc();
-            if warned.len() < WARNED_MAX && warned.insert(what.clone()) {
-                tracing::warn!(dropped = %what, %reason, "left out of reports: the aggregator would refuse it");
+    /// Leaves out the pods an aggregator would refuse (which would cost
+    /// the whole report), one by one; their labels are checked where they
+    /// are read ([`LabelCache`]).
+    fn drop_unsendable(&mut self, pods: &mut Vec<metrics_proto::v1::PodUsage>) {
+        use metrics_proto::checks::{check_pod, pod_key};
+        let mut refused = Vec::new();
+        pods.retain(|p| match check_pod(p) {
+            Ok(()) => true,
+            Err(reason) => {
+                refused.push((format!("pod {}", pod_key(p)), reason));
+                false
             }
-        };
-        pods.retain(
-            |p| match check_pod(p).and_then(|()| check_labels(&p.labels)) {
-                Ok(()) => true,
-                Err(reason) => {
-                    note(format!("pod {}", pod_key(p)), &reason, "invalid_pod");
-                    false
-                }
-            },
-        );
-        if let Err(reason) = check_labels(node_labels) {
-            node_labels.clear();
-            note("node labels".into(), &reason, "invalid_node_labels");
+        });
+        for (what, reason) in refused {
+            self.refuse(what, &reason, "invalid_pod");
+        }
+    }
+
+    /// Counts one thing left out of this period's report, and logs it the
+    /// first time.
+    fn refuse(&mut self, what: String, reason: &str, counter: &'static str) {
+        self.metrics
+            .dropped
+            .get_or_create(&[("reason", counter)])
+            .inc();
+        if self.warned.len() < WARNED_MAX && self.warned.insert(what.clone()) {
+            tracing::warn!(dropped = %what, %reason, "left out of reports: the aggregator would refuse it");
         }
     }
 
     /// Collects every period until cancelled, handing each report to `sink`.
-    pub async fn run(mut self, mut sink: impl FnMut(NodeReport), cancel: CancellationToken) {
+    pub async fn run(mut self, mut sink: impl FnMut(Period), cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

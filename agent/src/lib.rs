@@ -8,6 +8,7 @@ pub mod collect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod labels;
 pub mod meta;
 pub mod metrics;
 pub mod pods;

@@ -101,6 +101,12 @@ impl ApiPods {
         Some(pods.values().cloned().collect())
     }
 
+    /// Moves on with every change of the pods or the node's labels: what
+    /// was read from this store stays valid while it is the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -131,7 +137,10 @@ impl ApiPods {
 
     fn set_node(&self, labels: LabelMap) {
         if let Ok(mut n) = self.node.write() {
-            *n = labels;
+            if *n != labels {
+                *n = labels;
+                self.changed();
+            }
         }
     }
 

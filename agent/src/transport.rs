@@ -16,10 +16,11 @@ use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::{NodeReport, ShardMap};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
+use crate::labels::Period;
 use crate::metrics::AgentMetrics;
 
 /// The newest report, shared by every sender.
-pub type ReportRx = watch::Receiver<Option<Arc<NodeReport>>>;
+pub type ReportRx = watch::Receiver<Option<Arc<Period>>>;
 
 /// What every sender shares with the agent.
 #[derive(Clone)]
@@ -241,17 +242,16 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn send(&mut self, report: &NodeReport) {
+    fn send(&mut self, period: &Period) {
         self.sequence += 1;
-        let unchanged =
-            report.labels_version != 0 && self.labels_sent == Some(report.labels_version);
+        let version = period.report.labels_version;
+        let unchanged = version != 0 && self.labels_sent == Some(version);
         let mut r = if unchanged {
-            metrics_proto::labels::omitted_copy(report)
+            period.omitted()
         } else {
-            report.clone()
+            period.full()
         };
         r.sequence = self.sequence;
-        let version = r.labels_version;
         // A full channel means the aggregator is behind: skip this period.
         if self.tx.try_send(r).is_ok() && !unchanged {
             self.labels_sent = (version != 0).then_some(version);
@@ -312,7 +312,7 @@ mod tests {
             labels_sent: None,
         };
         let next = |out: &mut Outbox, rx: &mut mpsc::Receiver<NodeReport>, r: &NodeReport| {
-            out.send(r);
+            out.send(&Period::from_report(r.clone()));
             rx.try_recv().ok()
         };
         let first = next(&mut out, &mut rx, &labelled("shop")).unwrap();
@@ -330,8 +330,8 @@ mod tests {
         );
 
         // A report dropped on a full channel does not count as sent.
-        out.send(&labelled("shop"));
-        out.send(&labelled("web"));
+        out.send(&Period::from_report(labelled("shop")));
+        out.send(&Period::from_report(labelled("web")));
         assert_eq!(rx.try_recv().unwrap().pods[0].labels["app"], "shop");
         let after = next(&mut out, &mut rx, &labelled("web")).unwrap();
         assert!(!after.labels_omitted, "web never reached the stream");

@@ -145,9 +145,18 @@ pub fn start(
         collector = collector.with_pods(PodCache::new(k, args.host.pod_labels_refresh));
     }
     let mut stream = crate::ingest::StreamState::default();
+    // Labels go in again only when they change, as over a stream.
+    let mut labels_held: Option<u64> = None;
     tasks.spawn(collector.run(
-        move |report| {
-            let _ = ingest.handle(&report, &mut stream);
+        move |period| {
+            let version = period.report.labels_version;
+            let report = if version != 0 && labels_held == Some(version) {
+                period.omitted()
+            } else {
+                period.full()
+            };
+            let ack = ingest.handle(&report, &mut stream);
+            labels_held = (ack.accepted && version != 0).then_some(version);
         },
         cancel,
     ));

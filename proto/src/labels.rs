@@ -23,19 +23,34 @@ fn hash_map(h: &mut Xxh3, labels: &HashMap<String, String>) {
 /// Content hash of the node's and every pod's labels (pods keyed by
 /// namespace and name, order-independent); 0 when there are no labels.
 pub fn version(report: &NodeReport) -> u64 {
-    if report.node_labels.is_empty() && report.pods.iter().all(|p| p.labels.is_empty()) {
+    version_of(
+        &report.node_labels,
+        report
+            .pods
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str(), &p.labels)),
+    )
+}
+
+/// [`version`] from its parts: the node's labels and each pod's
+/// (namespace, name, labels), in any order.
+pub fn version_of<'a>(
+    node_labels: &HashMap<String, String>,
+    pods: impl IntoIterator<Item = (&'a str, &'a str, &'a HashMap<String, String>)>,
+) -> u64 {
+    let mut pods: Vec<_> = pods.into_iter().collect();
+    if node_labels.is_empty() && pods.iter().all(|p| p.2.is_empty()) {
         return 0;
     }
-    let mut pods: Vec<_> = report.pods.iter().collect();
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     let mut h = Xxh3::new();
-    hash_map(&mut h, &report.node_labels);
-    for p in pods {
-        for s in [&p.namespace, &p.name] {
+    hash_map(&mut h, node_labels);
+    for (namespace, name, labels) in pods {
+        for s in [namespace, name] {
             h.update(&(s.len() as u64).to_le_bytes());
             h.update(s.as_bytes());
         }
-        hash_map(&mut h, &p.labels);
+        hash_map(&mut h, labels);
     }
     match h.digest() {
         0 => 1,

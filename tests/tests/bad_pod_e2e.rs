@@ -1,7 +1,7 @@
 //! A pod the aggregator would refuse (here a name that is not a DNS
-//! subdomain) never costs its node: the agent leaves that pod out of its
-//! reports, says so once (not every period), and the node and its other
-//! pods are served.
+//! subdomain, and another with a label key that is not a label key) never
+//! costs its node: the agent leaves that pod out of its reports, says so
+//! once (not every period), and the node and its other pods are served.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,6 +32,18 @@ async fn a_bad_pod_is_left_out_and_its_node_served() {
             memory: 1 << 20,
         }],
     });
+    node.pods.push(FakePod {
+        uid: kubelet::pod_uid("ns/badly-labelled"),
+        namespace: "ns".into(),
+        name: "badly-labelled".into(),
+        labels: [("bad key!".to_owned(), "v".to_owned())].into(),
+        containers: vec![FakeContainer {
+            name: "c".into(),
+            id: kubelet::container_id("badly-labelled/c"),
+            cores: 0.01,
+            memory: 1 << 20,
+        }],
+    });
     let k = kubelet::start(node, "kt", d).await.unwrap();
     let token = d.join("kubelet-token");
     std::fs::write(&token, "kt").unwrap();
@@ -39,7 +51,13 @@ async fn a_bad_pod_is_left_out_and_its_node_served() {
     let agent = start_agent(
         d,
         "bp-node",
-        &[k.agent_flags(&token), agg.agent_flags(None)].concat(),
+        &[
+            k.agent_flags(&token),
+            agg.agent_flags(None),
+            // Labels from the kubelet's `/pods` (no API in this test).
+            vec!["--kubelet-pod-labels".into()],
+        ]
+        .concat(),
     )
     .unwrap();
 
@@ -52,7 +70,15 @@ async fn a_bad_pod_is_left_out_and_its_node_served() {
             return false;
         };
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        code == 200 && v["items"][0]["metadata"]["name"] == "pod-on-bp-node"
+        let names: Vec<&str> = v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["metadata"]["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        code == 200 && names == ["pod-on-bp-node"]
     })
     .await;
     assert!(served, "{}", agent.log_text());
@@ -64,9 +90,14 @@ async fn a_bad_pod_is_left_out_and_its_node_served() {
     // Several periods (1 s each) later: still one line about the pod.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = agent.log_text();
-    assert_eq!(log.matches("left out of reports").count(), 1, "{log}");
+    assert_eq!(log.matches("left out of reports").count(), 2, "{log}");
     assert!(
         log.contains("pod ns/Bad_Pod") && log.contains("invalid namespace or name"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("pod ns/badly-labelled") && l.contains("bad key!")),
         "{log}"
     );
     // The aggregator never had to drop it: the agent did.

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use metrics_agent::labels::Period;
 use metrics_agent::router::Router;
 use metrics_agent::transport::{answer_deadline, SenderCtx, Target};
 use metrics_e2e::https;
@@ -68,7 +69,9 @@ async fn reconnects_after_sigkill_are_spread_and_data_returns_within_two_resolut
     ));
     for n in 0..NODES {
         let node = format!("node-{n:03}");
-        let (tx, rx) = watch::channel(Some(Arc::new(node_report(&node, 5_000))));
+        let (tx, rx) = watch::channel(Some(Arc::new(Period::from_report(node_report(
+            &node, 5_000,
+        )))));
         // A fresh report every period, as the collector publishes them.
         let (name, stop) = (node.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -77,7 +80,7 @@ async fn reconnects_after_sigkill_are_spread_and_data_returns_within_two_resolut
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
-                        let _ = tx.send(Some(Arc::new(node_report(&name, 5_000))));
+                        let _ = tx.send(Some(Arc::new(Period::from_report(node_report(&name, 5_000)))));
                     }
                 }
             }
