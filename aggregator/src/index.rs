@@ -12,26 +12,132 @@
 //! the node's label sets changed (pods share interned sets, so comparing
 //! their addresses is enough).
 
-use std::cell::OnceCell;
 use std::cmp::Ordering;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::report::PodEntry;
 
-/// Namespace → nodes, and pod key hash → nodes.
+/// Namespace → nodes, pod key hash → nodes, and label pair hash → nodes.
+/// Nodes are held by a dense id (4 bytes a posting, where a shared name
+/// took 16 and a set of them a table each): a pod is almost always on one
+/// node, and a label pair of one Deployment on a few.
 #[derive(Debug, Default)]
 pub struct PodIndex {
-    namespaces: DashMap<String, HashSet<Arc<str>>>,
+    namespaces: DashMap<String, Ids>,
     /// Keyed by a 64-bit hash of (namespace, name); a collision only adds a
     /// node to look at, since every hit is checked in the node's entry.
-    pods: DashMap<u64, Vec<Arc<str>>>,
+    pods: DashMap<u64, Ids>,
     /// Keyed by a 64-bit hash of (label key, value); a collision only adds
     /// nodes to look at, as for pods.
-    labels: DashMap<u64, HashSet<Arc<str>>>,
+    labels: DashMap<u64, Ids>,
+    ids: RwLock<NodeIds>,
+}
+
+/// Node ids, sorted and distinct; one held inline.
+#[derive(Debug, Clone)]
+enum Ids {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids::Many(Vec::new())
+    }
+}
+
+impl Ids {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Ids::One(id) => std::slice::from_ref(id),
+            Ids::Many(ids) => ids,
+        }
+    }
+
+    fn insert(&mut self, id: u32) {
+        match self {
+            Ids::Many(ids) if ids.is_empty() => *self = Ids::One(id),
+            Ids::One(have) if *have == id => {}
+            Ids::One(have) => {
+                let have = *have;
+                *self = Ids::Many(if have < id {
+                    vec![have, id]
+                } else {
+                    vec![id, have]
+                });
+            }
+            Ids::Many(ids) => {
+                if let Err(at) = ids.binary_search(&id) {
+                    ids.insert(at, id);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        match self {
+            Ids::One(have) if *have == id => *self = Ids::default(),
+            Ids::One(_) => {}
+            Ids::Many(ids) => {
+                if let Ok(at) = ids.binary_search(&id) {
+                    ids.remove(at);
+                    if let [last] = ids[..] {
+                        *self = Ids::One(last);
+                    } else if ids.capacity() > 2 * ids.len() + 4 {
+                        ids.shrink_to_fit();
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+/// Ids for the names of the nodes with pods in the index; an id is given
+/// back when its node's last pod leaves, and used again.
+#[derive(Debug, Default)]
+struct NodeIds {
+    by_name: HashMap<Arc<str>, u32>,
+    names: Vec<Option<Arc<str>>>,
+    free: Vec<u32>,
+}
+
+impl NodeIds {
+    fn get_or_add(&mut self, node: &str) -> u32 {
+        if let Some(id) = self.by_name.get(node) {
+            return *id;
+        }
+        let name: Arc<str> = Arc::from(node);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = Some(Arc::clone(&name));
+                id
+            }
+            None => {
+                let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+                self.names.push(Some(Arc::clone(&name)));
+                id
+            }
+        };
+        self.by_name.insert(name, id);
+        id
+    }
+
+    fn release(&mut self, node: &str) {
+        if let Some(id) = self.by_name.remove(node) {
+            if let Some(slot) = self.names.get_mut(id as usize) {
+                *slot = None;
+                self.free.push(id);
+            }
+        }
+    }
 }
 
 fn pair_key(key: &str, value: &str) -> u64 {
@@ -125,6 +231,19 @@ fn diff<T: Ord + Copy>(
     }
 }
 
+/// Takes node `id` out of `key`'s postings, and the key out when none
+/// are left.
+fn remove_from<K, Q>(map: &DashMap<K, Ids>, key: &Q, id: u32)
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(mut ids) = map.get_mut(key) {
+        ids.remove(id);
+    }
+    map.remove_if(key, |_, ids| ids.is_empty());
+}
+
 fn keys(pods: &[PodEntry]) -> impl Iterator<Item = Key<'_>> {
     pods.iter().map(|p| Key(&p.namespace, &p.name))
 }
@@ -136,33 +255,32 @@ struct Key<'a>(&'a str, &'a str);
 impl PodIndex {
     /// Records that `node`'s pods changed from `old` to `new` (either empty
     /// when the node appears or goes). Both are sorted by (namespace, name).
+    /// Calls for one node never overlap (the store holds its entry).
     pub fn update(&self, node: &str, old: &[PodEntry], new: &[PodEntry]) {
-        // One shared copy of the node's name for every entry added now.
-        let shared: OnceCell<Arc<str>> = OnceCell::new();
-        let name = || Arc::clone(shared.get_or_init(|| Arc::from(node)));
+        let known = self
+            .read_ids(|ids| ids.by_name.get(node).copied())
+            .flatten();
+        let id = match known {
+            None if !new.is_empty() => self.write_ids(|ids| ids.get_or_add(node)),
+            known => known,
+        };
+        // A node with no id has nothing in the index.
+        let Some(id) = id else {
+            return;
+        };
         diff(
             namespaces(old),
             namespaces(new),
-            |ns| self.remove_namespace(ns, node),
+            |ns| remove_from(&self.namespaces, ns, id),
             |ns| {
-                self.namespaces
-                    .entry(ns.to_owned())
-                    .or_default()
-                    .insert(name());
+                self.namespaces.entry(ns.to_owned()).or_default().insert(id);
             },
         );
         diff(
             keys(old),
             keys(new),
-            |k| self.remove_pod(pod_key(k.0, k.1), node),
-            |k| {
-                let mut nodes = self.pods.entry(pod_key(k.0, k.1)).or_default();
-                if !nodes.iter().any(|n| &**n == node) {
-                    // Almost always the only one: no room for more.
-                    nodes.reserve_exact(1);
-                    nodes.push(name());
-                }
-            },
+            |k| remove_from(&self.pods, &pod_key(k.0, k.1), id),
+            |k| self.pods.entry(pod_key(k.0, k.1)).or_default().insert(id),
         );
         // Old and new entries are both alive here, so a label set of one
         // cannot share an address with a different set of the other.
@@ -170,61 +288,68 @@ impl PodIndex {
             diff(
                 label_pairs(old),
                 label_pairs(new),
-                |k| {
-                    if let Some(mut nodes) = self.labels.get_mut(&k) {
-                        nodes.remove(node);
-                    }
-                    self.labels.remove_if(&k, |_, nodes| nodes.is_empty());
-                },
-                |k| {
-                    self.labels.entry(k).or_default().insert(name());
-                },
+                |k| remove_from(&self.labels, &k, id),
+                |k| self.labels.entry(k).or_default().insert(id),
             );
         }
+        if new.is_empty() {
+            self.write_ids(|ids| ids.release(node));
+        }
+    }
+
+    fn read_ids<T>(&self, f: impl FnOnce(&NodeIds) -> T) -> Option<T> {
+        self.ids.read().ok().map(|ids| f(&ids))
+    }
+
+    fn write_ids<T>(&self, f: impl FnOnce(&mut NodeIds) -> T) -> Option<T> {
+        self.ids.write().ok().map(|mut ids| f(&mut ids))
+    }
+
+    /// The names of `ids` (those still given to a node).
+    fn names(&self, ids: Option<Ids>) -> Vec<Arc<str>> {
+        let Some(ids) = ids else {
+            return Vec::new();
+        };
+        self.read_ids(|known| {
+            ids.as_slice()
+                .iter()
+                .filter_map(|id| known.names.get(*id as usize).cloned().flatten())
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Nodes holding pods labelled `key=value` (and, on a hash collision,
     /// a few more).
     pub fn nodes_with_label(&self, key: &str, value: &str) -> Vec<Arc<str>> {
-        self.labels
-            .get(&pair_key(key, value))
-            .map(|n| n.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn remove_namespace(&self, ns: &str, node: &str) {
-        if let Some(mut nodes) = self.namespaces.get_mut(ns) {
-            nodes.remove(node);
-        }
-        self.namespaces.remove_if(ns, |_, nodes| nodes.is_empty());
-    }
-
-    fn remove_pod(&self, key: u64, node: &str) {
-        if let Some(mut nodes) = self.pods.get_mut(&key) {
-            nodes.retain(|n| &**n != node);
-        }
-        self.pods.remove_if(&key, |_, nodes| nodes.is_empty());
+        let ids = self.labels.get(&pair_key(key, value)).map(|n| n.clone());
+        self.names(ids)
     }
 
     /// Nodes holding pods of `namespace`.
     pub fn nodes_with_namespace(&self, namespace: &str) -> Vec<Arc<str>> {
-        self.namespaces
-            .get(namespace)
-            .map(|n| n.iter().cloned().collect())
-            .unwrap_or_default()
+        let ids = self.namespaces.get(namespace).map(|n| n.clone());
+        self.names(ids)
     }
 
     /// Nodes holding the pod `namespace/name` (usually one; two while it
     /// moves; more only on a hash collision).
     pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<Arc<str>> {
-        self.pods
-            .get(&pod_key(namespace, name))
-            .map(|n| n.clone())
-            .unwrap_or_default()
+        let ids = self.pods.get(&pod_key(namespace, name)).map(|n| n.clone());
+        self.names(ids)
     }
 
     /// Namespaces and pod keys held (for tests and self-metrics).
     pub fn sizes(&self) -> (usize, usize) {
         (self.namespaces.len(), self.pods.len())
+    }
+
+    /// True when nothing is indexed: no namespace, pod or label pair, and
+    /// no node id given out.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
+            && self.pods.is_empty()
+            && self.labels.is_empty()
+            && self.read_ids(|ids| ids.by_name.is_empty()).unwrap_or(false)
     }
 }

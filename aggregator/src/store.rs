@@ -337,6 +337,11 @@ impl Store {
         self.index.sizes()
     }
 
+    /// True when the index holds nothing (for tests).
+    pub fn index_is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// Drops expired entries; returns how many went.
     pub fn sweep(&self, now: Instant) -> usize {
         let before = self.nodes.len();
@@ -651,6 +656,10 @@ mod tests {
                     );
                 }
             }
+            // Every node gone: nothing is left in the index, no posting
+            // and no node id.
+            store.sweep(t0 + Duration::from_secs(3600));
+            proptest::prop_assert!(store.index_is_empty());
         }
     }
 
