@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::v1::{NodeReport, PodUsage};
+use crate::v1::NodeReport;
 
 fn hash_map(h: &mut Xxh3, labels: &HashMap<String, String>) {
     let mut sorted: Vec<(&String, &String)> = labels.iter().collect();
@@ -67,35 +67,6 @@ pub fn omit(report: &mut NodeReport) {
     report.labels_omitted = true;
 }
 
-/// A copy of `report` as [`omit`] leaves it, without copying the labels
-/// first.
-pub fn omitted_copy(report: &NodeReport) -> NodeReport {
-    let pods = report
-        .pods
-        .iter()
-        .map(|p| PodUsage {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            labels: HashMap::new(),
-            timestamp_unix_nanos: p.timestamp_unix_nanos,
-            window_nanos: p.window_nanos,
-            containers: p.containers.clone(),
-        })
-        .collect();
-    NodeReport {
-        protocol_version: report.protocol_version,
-        node_name: report.node_name.clone(),
-        sequence: report.sequence,
-        period_ms: report.period_ms,
-        node_labels: HashMap::new(),
-        node: report.node,
-        pods,
-        source: report.source.clone(),
-        labels_version: report.labels_version,
-        labels_omitted: true,
-    }
-}
-
 /// A report omitted labels this stream never carried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("labels omitted for unknown labels_version {0:016x}; send them in full")]
@@ -104,6 +75,7 @@ pub struct UnknownLabels(pub u64);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::v1::PodUsage;
 
     fn report(app: &str) -> NodeReport {
         let pod = |name: &str, labels: &[(&str, &str)]| PodUsage {
@@ -132,23 +104,5 @@ mod tests {
         assert_eq!(version(&r), v, "pod order does not matter");
         assert_ne!(version(&report("checkout")), v);
         assert_eq!(version(&NodeReport::default()), 0);
-    }
-
-    #[test]
-    fn omitted_copy_is_what_omit_leaves() {
-        let mut r = report("shop");
-        r.node = Some(crate::v1::Usage {
-            cpu_nanocores: 7,
-            ..Default::default()
-        });
-        r.pods[0].containers.push(crate::v1::ContainerUsage {
-            name: "c".into(),
-            cpu_nanocores: 3,
-            ..Default::default()
-        });
-        r.labels_version = version(&r);
-        let copy = omitted_copy(&r);
-        omit(&mut r);
-        assert_eq!(copy, r);
     }
 }
