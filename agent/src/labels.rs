@@ -48,6 +48,29 @@ impl Period {
         }
     }
 
+    /// True when a receiver that last took labels with version `held`
+    /// already has this report's.
+    pub fn labels_held_by(&self, held: Option<u64>) -> bool {
+        let version = self.report.labels_version;
+        version != 0 && held == Some(version)
+    }
+
+    /// The report for a receiver that last took labels with version
+    /// `held`: without them when it has them, with them otherwise.
+    pub fn for_receiver(&self, held: Option<u64>) -> NodeReport {
+        if self.labels_held_by(held) {
+            self.omitted()
+        } else {
+            self.full()
+        }
+    }
+
+    /// The labels version a receiver holds once it took this report with
+    /// its labels (`None` when it has none).
+    pub fn labels_version(&self) -> Option<u64> {
+        Some(self.report.labels_version).filter(|v| *v != 0)
+    }
+
     /// The report with its labels left out and marked so.
     pub fn omitted(&self) -> NodeReport {
         let mut r = self.report.clone();

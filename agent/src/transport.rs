@@ -244,17 +244,12 @@ struct Outbox {
 impl Outbox {
     fn send(&mut self, period: &Period) {
         self.sequence += 1;
-        let version = period.report.labels_version;
-        let unchanged = version != 0 && self.labels_sent == Some(version);
-        let mut r = if unchanged {
-            period.omitted()
-        } else {
-            period.full()
-        };
+        let unchanged = period.labels_held_by(self.labels_sent);
+        let mut r = period.for_receiver(self.labels_sent);
         r.sequence = self.sequence;
         // A full channel means the aggregator is behind: skip this period.
         if self.tx.try_send(r).is_ok() && !unchanged {
-            self.labels_sent = (version != 0).then_some(version);
+            self.labels_sent = period.labels_version();
         }
     }
 }

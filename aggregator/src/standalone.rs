@@ -149,14 +149,8 @@ pub fn start(
     let mut labels_held: Option<u64> = None;
     tasks.spawn(collector.run(
         move |period| {
-            let version = period.report.labels_version;
-            let report = if version != 0 && labels_held == Some(version) {
-                period.omitted()
-            } else {
-                period.full()
-            };
-            let ack = ingest.handle(&report, &mut stream);
-            labels_held = (ack.accepted && version != 0).then_some(version);
+            let ack = ingest.handle(&period.for_receiver(labels_held), &mut stream);
+            labels_held = period.labels_version().filter(|_| ack.accepted);
         },
         cancel,
     ));
