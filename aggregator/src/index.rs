@@ -305,8 +305,10 @@ impl PodIndex {
         self.ids.write().ok().map(|mut ids| f(&mut ids))
     }
 
-    /// The names of `ids` (those still given to a node).
-    fn names(&self, ids: Option<Ids>) -> Vec<Arc<str>> {
+    /// The names of `ids` (those still given to a node). Called with a
+    /// posting's map guard held: `update` never takes the id lock while
+    /// it holds one, so the two cannot wait on each other.
+    fn names(&self, ids: Option<&Ids>) -> Vec<Arc<str>> {
         let Some(ids) = ids else {
             return Vec::new();
         };
@@ -322,21 +324,18 @@ impl PodIndex {
     /// Nodes holding pods labelled `key=value` (and, on a hash collision,
     /// a few more).
     pub fn nodes_with_label(&self, key: &str, value: &str) -> Vec<Arc<str>> {
-        let ids = self.labels.get(&pair_key(key, value)).map(|n| n.clone());
-        self.names(ids)
+        self.names(self.labels.get(&pair_key(key, value)).as_deref())
     }
 
     /// Nodes holding pods of `namespace`.
     pub fn nodes_with_namespace(&self, namespace: &str) -> Vec<Arc<str>> {
-        let ids = self.namespaces.get(namespace).map(|n| n.clone());
-        self.names(ids)
+        self.names(self.namespaces.get(namespace).as_deref())
     }
 
     /// Nodes holding the pod `namespace/name` (usually one; two while it
     /// moves; more only on a hash collision).
     pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<Arc<str>> {
-        let ids = self.pods.get(&pod_key(namespace, name)).map(|n| n.clone());
-        self.names(ids)
+        self.names(self.pods.get(&pod_key(namespace, name)).as_deref())
     }
 
     /// Namespaces and pod keys held (for tests and self-metrics).
