@@ -120,6 +120,10 @@ pub fn check_node_usage(u: &crate::v1::Usage) -> Result<(), &'static str> {
     check_time(u.timestamp_unix_nanos, u.window_nanos)
 }
 
+/// Pods with at most this many containers are checked for repeated names
+/// without a set.
+const FEW_CONTAINERS: usize = 8;
+
 /// Why one pod cannot be served, if it cannot (its labels apart).
 pub fn check_pod(p: &PodUsage) -> Result<(), String> {
     if !is_dns_subdomain(&p.namespace) || !is_dns_subdomain(&p.name) {
@@ -131,12 +135,20 @@ pub fn check_pod(p: &PodUsage) -> Result<(), String> {
             p.containers.len()
         ));
     }
-    let mut seen = std::collections::HashSet::with_capacity(p.containers.len());
-    for c in &p.containers {
+    // Most pods have a few containers: comparing each name with those
+    // before it costs less than building a set per pod. Larger pods (up to
+    // MAX_CONTAINERS_PER_POD) get the set, so a pod costs linear time.
+    let mut seen = (p.containers.len() > FEW_CONTAINERS)
+        .then(|| std::collections::HashSet::with_capacity(p.containers.len()));
+    for (i, c) in p.containers.iter().enumerate() {
         if !is_dns_label(&c.name) {
             return Err(format!("invalid container name {:?}", cut(&c.name)));
         }
-        if !seen.insert(c.name.as_str()) {
+        let repeated = match &mut seen {
+            Some(seen) => !seen.insert(c.name.as_str()),
+            None => p.containers[..i].iter().any(|o| o.name == c.name),
+        };
+        if repeated {
             return Err(format!("two containers named {:?}", c.name));
         }
         check_usage(c.cpu_nanocores, c.memory_working_set_bytes)
@@ -216,6 +228,22 @@ mod tests {
             &["</script>"],
         ] {
             assert!(check_pod(&pod(bad)).is_err(), "{bad:?}");
+        }
+        // Repeated names are found in small pods and in large ones, at any
+        // place.
+        for n in [2, FEW_CONTAINERS, FEW_CONTAINERS + 1, 40] {
+            let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            assert!(check_pod(&pod(&names)).is_ok(), "{n} distinct");
+            for (a, b) in [(0, 1), (0, n - 1), (n / 2, n - 1)] {
+                if a == b {
+                    continue;
+                }
+                let mut twice = names.clone();
+                twice[b] = twice[a];
+                let err = check_pod(&pod(&twice)).unwrap_err();
+                assert!(err.contains("two containers named"), "{n}: {err}");
+            }
         }
     }
 }
