@@ -7,10 +7,14 @@
 //! send them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use metrics_proto::checks::check_labels;
 use metrics_proto::v1::{NodeReport, PodUsage};
+
+use crate::encoded;
 
 type Labels = HashMap<String, String>;
 
@@ -21,6 +25,9 @@ type Labels = HashMap<String, String>;
 pub struct Period {
     pub report: NodeReport,
     pub labels: Arc<ReportLabels>,
+    /// The report encoded without its labels and with them, each made
+    /// once, when a stream first asks for it.
+    encoded: [OnceLock<Bytes>; 2],
 }
 
 /// The labels of a report's node and of each of its pods.
@@ -42,9 +49,15 @@ impl Period {
                 .map(|p| std::mem::take(&mut p.labels))
                 .collect(),
         };
+        Self::new(report, Arc::new(labels))
+    }
+
+    /// A report that travels without its labels, and those labels.
+    pub fn new(report: NodeReport, labels: Arc<ReportLabels>) -> Self {
         Self {
             report,
-            labels: Arc::new(labels),
+            labels,
+            encoded: Default::default(),
         }
     }
 
@@ -62,6 +75,21 @@ impl Period {
             self.omitted()
         } else {
             self.full()
+        }
+    }
+
+    /// [`for_receiver`](Self::for_receiver)'s report encoded, without its
+    /// sequence number: encoded once per period and variant, however many
+    /// streams send it.
+    pub fn encoded_for(&self, held: Option<u64>) -> Bytes {
+        if self.labels_held_by(held) {
+            self.encoded[0]
+                .get_or_init(|| encoded::omitted(&self.report))
+                .clone()
+        } else {
+            self.encoded[1]
+                .get_or_init(|| encoded::whole(&self.full()))
+                .clone()
         }
     }
 
@@ -155,10 +183,7 @@ impl LabelCache {
         report.node_labels.clear();
         report.labels_version = self.version;
         report.labels_omitted = false;
-        let period = Period {
-            report,
-            labels: Arc::clone(&self.labels),
-        };
+        let period = Period::new(report, Arc::clone(&self.labels));
         (period, refusals)
     }
 
@@ -386,5 +411,21 @@ mod tests {
         assert!(period.report.node_labels.is_empty());
         assert!(period.report.pods.iter().all(|p| p.labels.is_empty()));
         assert_eq!(period.full(), r);
+    }
+
+    /// Each variant is encoded once and shared; what it decodes to is the
+    /// report a receiver with (or without) the labels gets.
+    #[test]
+    fn each_variant_is_encoded_once_and_decodes_to_its_report() {
+        use prost::Message;
+        let r = whole(&["a", "b"], &|n| app(n));
+        let period = Period::from_report(r.clone());
+        let held = period.labels_version();
+        let bare = period.encoded_for(held);
+        assert_eq!(bare.as_ptr(), period.encoded_for(held).as_ptr());
+        assert_eq!(NodeReport::decode(bare).unwrap(), period.omitted());
+        let full = period.encoded_for(None);
+        assert_eq!(full.as_ptr(), period.encoded_for(Some(1)).as_ptr());
+        assert_eq!(NodeReport::decode(full).unwrap(), r);
     }
 }

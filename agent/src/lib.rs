@@ -5,6 +5,7 @@
 pub mod args;
 pub mod batch;
 pub mod collect;
+pub mod encoded;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

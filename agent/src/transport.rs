@@ -12,10 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use metrics_proto::v1::aggregator_message::Kind;
-use metrics_proto::v1::ingest_client::IngestClient;
-use metrics_proto::v1::{NodeReport, ShardMap};
+use metrics_proto::v1::ShardMap;
 use metrics_proto::MAX_MESSAGE_BYTES;
 
+use crate::encoded::{open_report_stream, Outgoing};
 use crate::labels::Period;
 use crate::metrics::AgentMetrics;
 
@@ -129,10 +129,7 @@ async fn stream_once(
             url: target.url().to_owned(),
             source,
         })?;
-    let mut client = IngestClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel::<NodeReport>(2);
+    let (tx, rx) = mpsc::channel::<Outgoing>(2);
     let stream_err = |source| TransportError::Stream {
         url: target.url().to_owned(),
         source,
@@ -157,8 +154,7 @@ async fn stream_once(
             .metadata_mut()
             .insert("authorization", token.authorization().await?);
     }
-    let mut inbound = client
-        .report(request)
+    let mut inbound = open_report_stream(channel, request, MAX_MESSAGE_BYTES)
         .await
         .map_err(stream_err)?
         .into_inner();
@@ -233,9 +229,10 @@ async fn stream_once(
 }
 
 /// The sending half of one stream: sequence numbers, and labels left out
-/// while they equal those this stream last carried.
+/// while they equal those this stream last carried. The report's bytes are
+/// the period's, shared with every other stream.
 struct Outbox {
-    tx: mpsc::Sender<NodeReport>,
+    tx: mpsc::Sender<Outgoing>,
     sequence: u64,
     /// `labels_version` of the last report sent with its labels.
     labels_sent: Option<u64>,
@@ -245,10 +242,12 @@ impl Outbox {
     fn send(&mut self, period: &Period) {
         self.sequence += 1;
         let unchanged = period.labels_held_by(self.labels_sent);
-        let mut r = period.for_receiver(self.labels_sent);
-        r.sequence = self.sequence;
+        let out = Outgoing {
+            report: period.encoded_for(self.labels_sent),
+            sequence: self.sequence,
+        };
         // A full channel means the aggregator is behind: skip this period.
-        if self.tx.try_send(r).is_ok() && !unchanged {
+        if self.tx.try_send(out).is_ok() && !unchanged {
             self.labels_sent = period.labels_version();
         }
     }
@@ -280,6 +279,8 @@ impl Jitter {
 
 #[cfg(test)]
 mod tests {
+    use metrics_proto::v1::NodeReport;
+
     use super::*;
 
     fn labelled(app: &str) -> NodeReport {
@@ -306,9 +307,9 @@ mod tests {
             sequence: 0,
             labels_sent: None,
         };
-        let next = |out: &mut Outbox, rx: &mut mpsc::Receiver<NodeReport>, r: &NodeReport| {
+        let next = |out: &mut Outbox, rx: &mut mpsc::Receiver<Outgoing>, r: &NodeReport| {
             out.send(&Period::from_report(r.clone()));
-            rx.try_recv().ok()
+            rx.try_recv().ok().map(|o| o.decoded())
         };
         let first = next(&mut out, &mut rx, &labelled("shop")).unwrap();
         assert!(!first.labels_omitted && first.pods[0].labels["app"] == "shop");
@@ -327,7 +328,10 @@ mod tests {
         // A report dropped on a full channel does not count as sent.
         out.send(&Period::from_report(labelled("shop")));
         out.send(&Period::from_report(labelled("web")));
-        assert_eq!(rx.try_recv().unwrap().pods[0].labels["app"], "shop");
+        assert_eq!(
+            rx.try_recv().unwrap().decoded().pods[0].labels["app"],
+            "shop"
+        );
         let after = next(&mut out, &mut rx, &labelled("web")).unwrap();
         assert!(!after.labels_omitted, "web never reached the stream");
         assert_eq!(after.sequence, 7);
