@@ -28,6 +28,9 @@ pub struct Collector {
     api_labels: Option<Arc<ApiPods>>,
     /// The last period's labels, reused while they hold.
     labels: LabelCache,
+    /// The pods of a report sent before, whose names the next report
+    /// reuses.
+    spare: Vec<metrics_proto::v1::PodUsage>,
     /// Pods (and the node's labels) already logged as unsendable.
     warned: std::collections::HashSet<String>,
     /// Problem series and when each was last logged (bounded).
@@ -59,6 +62,7 @@ impl Collector {
             pods: None,
             api_labels: None,
             labels: LabelCache::default(),
+            spare: Vec::new(),
             warned: Default::default(),
             problem_logged: Default::default(),
             malformed_log: metrics_proto::runtime::LogThrottle::new(PROBLEM_LOG_EVERY),
@@ -110,7 +114,7 @@ impl Collector {
         self.metrics.read(true);
         self.metrics.decoded(&stats);
         self.rates.store(&batch);
-        let mut pods = self.rates.pod_usages();
+        let mut pods = self.rates.pod_usages_into(std::mem::take(&mut self.spare));
         if let Some(cache) = &mut self.pods {
             let unknown =
                 stats.unmapped_cgroups > 0 || batch.pods.keys().any(|p| !cache.index().knows(p));
@@ -150,8 +154,8 @@ impl Collector {
             origin,
             |namespace, name| {
                 let key = PodRef {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
+                    namespace: namespace.into(),
+                    name: name.into(),
                 };
                 api.and_then(|a| a.pod(&key))
                     .or_else(|| kubelet_pods.and_then(|i| i.labels(&key).cloned()))
@@ -252,8 +256,14 @@ impl Collector {
         }
     }
 
-    /// Collects every period until cancelled, handing each report to `sink`.
-    pub async fn run(mut self, mut sink: impl FnMut(Period), cancel: CancellationToken) {
+    /// Collects every period until cancelled, handing each report to
+    /// `sink`. The sink hands back an earlier period it is done with, if it
+    /// has one, and its pods' names are reused for the next report.
+    pub async fn run(
+        mut self,
+        mut sink: impl FnMut(Period) -> Option<Period>,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -265,8 +275,8 @@ impl Collector {
                 _ = cancel.cancelled() => return,
                 r = self.collect() => r,
             };
-            if let Some(r) = report {
-                sink(r);
+            if let Some(old) = report.and_then(&mut sink) {
+                self.spare = old.report.pods;
             }
         }
     }

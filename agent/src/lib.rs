@@ -269,8 +269,10 @@ impl Agent {
             answer_deadline: transport::answer_deadline(self.router.period),
         };
         tasks.spawn(self.router.run(ctx, maps_rx, cancel.clone()));
+        // The period replaced comes back when no stream holds it any more.
         let publish = move |r| {
-            let _ = tx.send(Some(Arc::new(r)));
+            tx.send_replace(Some(Arc::new(r)))
+                .and_then(|old| Arc::try_unwrap(old).ok())
         };
         tasks.spawn(self.collector.run(publish, cancel.clone()));
         while tasks.join_next().await.is_some() {}

@@ -108,8 +108,8 @@ impl From<PodWire> for PodInfo {
         PodInfo {
             uid: p.metadata.uid,
             pod: PodRef {
-                namespace: p.metadata.namespace,
-                name: p.metadata.name,
+                namespace: p.metadata.namespace.into(),
+                name: p.metadata.name.into(),
             },
             labels: p.metadata.labels,
             containers: statuses

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
 
-use crate::batch::{Batch, PodRef, Point};
+use crate::batch::{Batch, Name, PodRef, Point};
 
 /// Youngest container age, in ns, for which a synthetic start point is used;
 /// below it the rate would be too noisy.
@@ -117,7 +117,7 @@ fn next_pair(resolution_ns: i64, old: Option<&Pair>, new: Point) -> Pair {
 pub struct RateStore {
     resolution_ns: i64,
     node: Option<Pair>,
-    pods: HashMap<PodRef, BTreeMap<String, Pair>, foldhash::fast::RandomState>,
+    pods: HashMap<PodRef, BTreeMap<Name, Pair>, foldhash::fast::RandomState>,
 }
 
 impl RateStore {
@@ -170,44 +170,73 @@ impl RateStore {
 
     /// Pod usages, sorted by namespace and name, containers by name.
     pub fn pod_usages(&self) -> Vec<PodUsage> {
-        let mut out = Vec::with_capacity(self.pods.len());
-        'pods: for (pod, containers) in &self.pods {
-            let mut cms = Vec::with_capacity(containers.len());
-            let mut earliest: Option<(i64, i64)> = None;
+        self.pod_usages_into(Vec::new())
+    }
+
+    /// [`pod_usages`](Self::pod_usages), reusing what `spare` (the usages
+    /// of an earlier period, sorted as they are made) holds: a pod found in
+    /// it keeps its names, and its container list when the containers are
+    /// the same. So a period with the pods of the one before allocates no
+    /// name. Anything else in `spare` is dropped.
+    pub fn pod_usages_into(&self, spare: Vec<PodUsage>) -> Vec<PodUsage> {
+        let mut pods: Vec<_> = self.pods.iter().collect();
+        pods.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut spare = spare.into_iter().peekable();
+        let mut out = Vec::with_capacity(pods.len());
+        let mut usages: Vec<(&Name, Usage)> = Vec::new();
+        'pods: for (pod, containers) in pods {
+            usages.clear();
             for (name, pair) in containers {
                 let Some(prev) = pair.prev else {
                     continue 'pods;
                 };
-                let u = match usage(&pair.last, &prev) {
-                    Ok(u) => u,
+                match usage(&pair.last, &prev) {
+                    Ok(u) => usages.push((name, u)),
                     Err(e) => {
                         tracing::warn!(error = %e, pod = %format_args!("{}/{}", pod.namespace, pod.name), container = %name, "skipping container usage");
-                        continue;
                     }
-                };
-                if earliest.is_none_or(|(ts, _)| ts > u.timestamp_unix_nanos) {
-                    earliest = Some((u.timestamp_unix_nanos, u.window_nanos));
                 }
-                cms.push(ContainerUsage {
-                    name: name.clone(),
-                    cpu_nanocores: u.cpu_nanocores,
-                    memory_working_set_bytes: u.memory_working_set_bytes,
-                    swap_bytes: u.swap_bytes,
-                });
             }
-            let Some((timestamp_unix_nanos, window_nanos)) = earliest else {
+            // The earliest container times the pod.
+            let Some((_, first)) = usages.iter().min_by_key(|(_, u)| u.timestamp_unix_nanos) else {
                 continue;
             };
-            out.push(PodUsage {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-                labels: Default::default(),
-                timestamp_unix_nanos,
-                window_nanos,
-                containers: cms,
-            });
+            let (timestamp_unix_nanos, window_nanos) =
+                (first.timestamp_unix_nanos, first.window_nanos);
+            let key = (&*pod.namespace, &*pod.name);
+            let key_of = |p: &PodUsage| (p.namespace.as_str(), p.name.as_str()) < key;
+            while spare.next_if(key_of).is_some() {}
+            let mut p = spare
+                .next_if(|p| (p.namespace.as_str(), p.name.as_str()) == key)
+                .unwrap_or_else(|| PodUsage {
+                    namespace: String::from(&*pod.namespace),
+                    name: String::from(&*pod.name),
+                    ..PodUsage::default()
+                });
+            p.labels.clear();
+            p.timestamp_unix_nanos = timestamp_unix_nanos;
+            p.window_nanos = window_nanos;
+            let same = p.containers.len() == usages.len()
+                && p.containers
+                    .iter()
+                    .zip(&usages)
+                    .all(|(c, (n, _))| c.name == ***n);
+            if !same {
+                p.containers = usages
+                    .iter()
+                    .map(|(name, _)| ContainerUsage {
+                        name: String::from(&***name),
+                        ..ContainerUsage::default()
+                    })
+                    .collect();
+            }
+            for (c, (_, u)) in p.containers.iter_mut().zip(&usages) {
+                c.cpu_nanocores = u.cpu_nanocores;
+                c.memory_working_set_bytes = u.memory_working_set_bytes;
+                c.swap_bytes = u.swap_bytes;
+            }
+            out.push(p);
         }
-        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out
     }
 }

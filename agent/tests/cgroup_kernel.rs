@@ -238,7 +238,7 @@ async fn burner_in_a_real_cgroup_reads_what_the_kernel_accounted() {
     let usage = rates.pod_usages();
     let u = usage
         .iter()
-        .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+        .find(|p| *p.namespace == *pod.namespace && *p.name == *pod.name)
         .expect("burner pod reported");
     let cores = u.containers[0].cpu_nanocores as f64 / 1e9;
     println!("hierarchy {}: burner at {cores:.3} cores", hierarchy.name());

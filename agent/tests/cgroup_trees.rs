@@ -128,7 +128,7 @@ fn check(layout: Layout, driver: Driver, runtime: Runtime, want_name: &str) {
             namespace: ns.into(),
             name: name.into(),
         }];
-        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        let names: Vec<&str> = got.keys().map(|k| &**k).collect();
         let mut want: Vec<&str> = cs.iter().map(|c| c.0).collect();
         want.sort_unstable();
         assert_eq!(
@@ -191,7 +191,7 @@ fn zero_memory_container_is_dropped_alone() {
         namespace: "ns-a".into(),
         name: "b".into(),
     }];
-    assert_eq!(b.keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(b.keys().map(|k| &**k).collect::<Vec<_>>(), ["web"]);
     assert_eq!(stats.incomplete_containers, 1);
 }
 

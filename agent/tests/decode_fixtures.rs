@@ -60,7 +60,7 @@ fn seventy_pod_payload_yields_one_node_and_seventy_pods() {
     let got: BTreeSet<(String, String)> = batch
         .pods
         .keys()
-        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .map(|p| (p.namespace.to_string(), p.name.to_string()))
         .collect();
     assert_eq!(got, oracle);
     assert_eq!(stats.malformed_lines + stats.invalid_samples, 0);
@@ -99,7 +99,7 @@ some_future_family{a="b"} 1
         namespace: "ns".into(),
         name: "p".into(),
     }];
-    assert_eq!(p.keys().collect::<Vec<_>>(), ["app"]);
+    assert_eq!(p.keys().map(|k| &**k).collect::<Vec<_>>(), ["app"]);
     assert_eq!(stats.incomplete_containers, 1);
     assert_eq!(stats.malformed_lines, 1);
     assert_eq!(stats.invalid_samples, 2);

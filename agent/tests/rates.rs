@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use metrics_agent::batch::{Batch, PodRef, Point};
+use metrics_agent::batch::{Batch, Name, PodRef, Point};
 use metrics_agent::rates::{usage, PairError, RateStore};
 use metrics_agent::source::decode::decode;
 use metrics_e2e::fixtures::fixture;
@@ -31,11 +31,11 @@ fn batch(node: Option<Point>, pods: &[(&str, Containers<'_>)]) -> Batch {
         pods: pods
             .iter()
             .map(|(p, cs)| {
-                let cs: BTreeMap<String, Point> =
-                    cs.iter().map(|(c, pt)| (c.to_string(), *pt)).collect();
+                let cs: BTreeMap<Name, Point> =
+                    cs.iter().map(|(c, pt)| ((*c).into(), *pt)).collect();
                 let pod = PodRef {
                     namespace: "ns".into(),
-                    name: p.to_string(),
+                    name: (*p).into(),
                 };
                 (pod, cs)
             })
@@ -269,4 +269,65 @@ fn fixture_pair_gives_exact_rates() {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].containers[0].cpu_nanocores, 100_000_000);
     assert_eq!(pods[0].containers[0].memory_working_set_bytes, 12_533_760);
+}
+
+/// Reusing an earlier period's usages changes nothing in the answer,
+/// whatever they hold; and in steady state the names are the ones reused.
+#[test]
+fn usages_made_from_spare_ones_equal_fresh_ones() {
+    let mut rates = store();
+    let b = |t: i64, cpu: u64, extra: bool| {
+        let mut pods: Vec<(&str, Containers<'_>)> = vec![];
+        let a = [
+            ("app", pt(T0 + t * S, T0 - 100 * S, cpu, 10)),
+            ("side", pt(T0 + t * S, T0 - 100 * S, cpu / 2, 20)),
+        ];
+        let c = [("web", pt(T0 + t * S + 1, T0 - 100 * S, cpu * 3, 30))];
+        let d = [("db", pt(T0 + t * S, T0 - 100 * S, cpu, 40))];
+        pods.push(("a", &a));
+        pods.push(("c", &c));
+        if extra {
+            pods.push(("d", &d));
+        }
+        batch(None, &pods)
+    };
+    rates.store(&b(0, S as u64, true));
+    rates.store(&b(15, 3 * S as u64, true));
+    let fresh = rates.pod_usages();
+    assert_eq!(fresh.len(), 3);
+
+    // Steady state: last period's usages, with older values.
+    let mut spare = fresh.clone();
+    for p in &mut spare {
+        p.timestamp_unix_nanos = 1;
+        for c in &mut p.containers {
+            c.cpu_nanocores = 1;
+        }
+    }
+    let names: Vec<*const u8> = spare.iter().map(|p| p.name.as_ptr()).collect();
+    let reused = rates.pod_usages_into(spare);
+    assert_eq!(reused, fresh);
+    let after: Vec<*const u8> = reused.iter().map(|p| p.name.as_ptr()).collect();
+    assert_eq!(after, names, "names reused, not copied");
+
+    // Pods gone, pods new, containers renamed or added, labels left over,
+    // an order that is not sorted: still the fresh answer.
+    let mut odd = fresh.clone();
+    odd[0].containers[0].name = "other".into();
+    let copy = odd[1].containers[0].clone();
+    odd[1].containers.push(copy);
+    odd[1].labels.insert("app".into(), "x".into());
+    odd.remove(2);
+    let mut gone = fresh[0].clone();
+    gone.name = "b".into();
+    odd.insert(1, gone);
+    assert_eq!(rates.pod_usages_into(odd.clone()), fresh);
+    odd.reverse();
+    assert_eq!(rates.pod_usages_into(odd), fresh);
+
+    // A pod that left is not brought back by a spare that has it.
+    rates.store(&b(30, 5 * S as u64, false));
+    let now = rates.pod_usages();
+    assert_eq!(now.len(), 2);
+    assert_eq!(rates.pod_usages_into(fresh), now);
 }

@@ -151,6 +151,7 @@ pub fn start(
         move |period| {
             let ack = ingest.handle(&period.for_receiver(labels_held), &mut stream);
             labels_held = period.labels_version().filter(|_| ack.accepted);
+            Some(period)
         },
         cancel,
     ));

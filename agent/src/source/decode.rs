@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use crate::batch::{Batch, PodRef, Point};
+use crate::batch::{Batch, Names, PodRef, Point};
 use crate::source::prom::{self, Sample};
 
 /// Payload bytes per container, for sizing the map up front: the
@@ -152,6 +152,17 @@ fn container_key<'a>(s: &Sample<'a>) -> Option<ContainerKey<'a>> {
 /// moment the request was sent). Only the series metrics-server reads are
 /// parsed; the other lines are skipped at their name.
 pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
+    decode_with(body, default_time, &mut Names::default())
+}
+
+/// [`decode`], taking the batch's names from `names` (a source keeps them
+/// from one period to the next and ends each period with
+/// [`Names::end_period`]).
+pub fn decode_with(
+    body: &str,
+    default_time: SystemTime,
+    names: &mut Names,
+) -> (Batch, DecodeStats) {
     let default_ns = unix_nanos(default_time);
     let mut stats = DecodeStats::default();
     let mut node = Partial::default();
@@ -211,7 +222,7 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
         let mut complete = BTreeMap::new();
         let mut add = |name: Cow<'_, str>, partial: Partial| match partial.complete() {
             Some(point) => {
-                complete.insert(name.into_owned(), point);
+                complete.insert(names.get(&name), point);
             }
             None => {
                 tracing::debug!(pod = %format_args!("{namespace}/{pod}"), container = %name, "dropping container with zero CPU or memory");
@@ -226,8 +237,8 @@ pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
         }
         if !complete.is_empty() {
             let pod = PodRef {
-                namespace: namespace.into_owned(),
-                name: pod.into_owned(),
+                namespace: names.get(&namespace),
+                name: names.get(&pod),
             };
             batch.pods.insert(pod, complete);
         }

@@ -12,9 +12,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Names};
 use crate::pods::{PodInfo, PodWire};
-use crate::source::decode::{decode, DecodeStats};
+use crate::source::decode::{decode_with, DecodeStats};
 
 /// Largest payload accepted, compressed or not (bytes). A 110-pod node
 /// serves about 100 KB.
@@ -124,6 +124,8 @@ pub struct KubeletSource {
     pods_uri: Uri,
     token_file: Option<PathBuf>,
     timeout: Duration,
+    /// Names of the last payloads, shared by the next one's batch.
+    names: Arc<std::sync::Mutex<Names>>,
 }
 
 impl KubeletSource {
@@ -158,6 +160,7 @@ impl KubeletSource {
             uri,
             pods_uri,
             token_file,
+            names: Default::default(),
             timeout,
         })
     }
@@ -185,7 +188,13 @@ impl KubeletSource {
             Ok(text) => std::borrow::Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(&body),
         };
-        Ok(decode(&text, started))
+        let mut names = match self.names.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let decoded = decode_with(&text, started, &mut names);
+        names.end_period();
+        Ok(decoded)
     }
 
     /// The pods on this node from the kubelet's `/pods` (a core/v1

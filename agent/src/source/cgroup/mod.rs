@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::batch::{Batch, PodRef, Point};
+use crate::batch::{Batch, Name, PodRef, Point};
 use crate::pods::PodIndex;
 use crate::source::decode::{unix_nanos, DecodeStats};
 use crate::source::host::HostSource;
@@ -86,7 +86,7 @@ struct Listing {
 struct Listed {
     rel: PathBuf,
     pod: PodRef,
-    name: String,
+    name: Name,
     started_ns: Option<i64>,
     /// Opened at the first read; closed (and the walk made again) when a
     /// read fails, and when a walk no longer finds the cgroup.
@@ -274,7 +274,7 @@ impl CgroupSource {
                     files: open.remove(&rel),
                     rel,
                     pod: info.pod.clone(),
-                    name: c.name.clone(),
+                    name: Name::from(c.name.as_str()),
                     started_ns: c.started_ns,
                 });
             }
