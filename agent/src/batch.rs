@@ -41,14 +41,9 @@ impl Names {
         self.now.clear();
     }
 
-    /// How many names are held.
-    pub fn len(&self) -> usize {
-        self.last.len() + self.now.len()
-    }
-
     /// True when no name is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.last.is_empty() && self.now.is_empty()
     }
 }
 

@@ -8,9 +8,10 @@
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Status;
+use tonic_prost::ProstDecoder;
 
 use metrics_proto::v1::{AggregatorMessage, NodeReport};
 
@@ -82,31 +83,18 @@ impl Encoder for OutgoingEncoder {
     }
 }
 
-/// Decodes the aggregator's messages.
-#[derive(Debug, Default)]
-pub struct AnswerDecoder(tonic_prost::ProstDecoder<AggregatorMessage>);
-
-impl Decoder for AnswerDecoder {
-    type Item = AggregatorMessage;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<AggregatorMessage>, Status> {
-        self.0.decode(src)
-    }
-}
-
 impl Codec for ReportCodec {
     type Encode = Outgoing;
     type Decode = AggregatorMessage;
     type Encoder = OutgoingEncoder;
-    type Decoder = AnswerDecoder;
+    type Decoder = ProstDecoder<AggregatorMessage>;
 
     fn encoder(&mut self) -> OutgoingEncoder {
         OutgoingEncoder
     }
 
-    fn decoder(&mut self) -> AnswerDecoder {
-        AnswerDecoder::default()
+    fn decoder(&mut self) -> ProstDecoder<AggregatorMessage> {
+        ProstDecoder::default()
     }
 }
 
