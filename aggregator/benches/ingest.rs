@@ -79,7 +79,7 @@ fn ingest_report(bencher: Bencher, pods: usize) {
         .counter(divan::counter::BytesCount::new(bytes.len()))
         .bench(|| {
             let r = NodeReport::decode(divan::black_box(&bytes[..])).unwrap();
-            let e = to_entry(&r, None, Instant::now(), 3).unwrap();
+            let e = to_entry(r, None, Instant::now(), 3).unwrap();
             store.insert(e);
         });
 }
@@ -100,12 +100,12 @@ fn ingest_report_labels_omitted(bencher: Bencher, pods: usize) {
         Default::default(),
     );
     let mut stream = StreamState::default();
-    assert!(svc.handle(&full, &mut stream).accepted);
+    assert!(svc.handle(full.clone(), &mut stream).accepted);
     bencher
         .counter(divan::counter::BytesCount::new(bytes.len()))
         .bench_local(|| {
             let r = NodeReport::decode(divan::black_box(&bytes[..])).unwrap();
-            svc.handle(&r, &mut stream).accepted
+            svc.handle(r, &mut stream).accepted
         });
 }
 
@@ -115,7 +115,7 @@ fn pod_get_1000_nodes(bencher: Bencher) {
     let store = Arc::new(Store::new());
     let now = Instant::now();
     for n in 0..1_000 {
-        store.insert(to_entry(&report(n, 30), None, now, 1_000).unwrap());
+        store.insert(to_entry(report(n, 30), None, now, 1_000).unwrap());
     }
     let (ns, name) = (
         format!("team-{}", (500 * 30 + 7) % 50),
@@ -135,7 +135,7 @@ fn namespace_query_1000_nodes(bencher: Bencher) {
     let store = Arc::new(Store::new());
     let now = Instant::now();
     for n in 0..1_000 {
-        store.insert(to_entry(&report(n, 30), None, now, 1_000).unwrap());
+        store.insert(to_entry(report(n, 30), None, now, 1_000).unwrap());
     }
     bencher.bench(|| store.pods(Some(divan::black_box("team-7")), now).len());
 }
@@ -156,7 +156,7 @@ fn selector_128_terms_all_pods_1000_nodes(bencher: Bencher, shape: &str) {
     for n in 0..1_000 {
         let mut r = report(n, 30);
         r.labels_version = metrics_proto::labels::version(&r);
-        assert!(svc.handle(&r, &mut StreamState::default()).accepted);
+        assert!(svc.handle(r, &mut StreamState::default()).accepted);
     }
     let values: Vec<String> = std::iter::once("app-0".to_owned())
         .chain((1..127).map(|i| format!("absent-{i}")))

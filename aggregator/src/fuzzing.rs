@@ -53,7 +53,7 @@ pub fn report(data: &[u8]) {
     let Ok(r) = metrics_proto::v1::NodeReport::decode(data) else {
         return;
     };
-    let Ok(entry) = report::to_entry(&r, None, Instant::now(), 3) else {
+    let Ok(entry) = report::to_entry(r, None, Instant::now(), 3) else {
         return;
     };
     assert!(entry.pods.len() <= metrics_proto::MAX_PODS_PER_REPORT);

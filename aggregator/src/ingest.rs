@@ -95,12 +95,14 @@ impl IngestService {
         IngestRoute(self)
     }
 
-    /// Handles one report of `stream`; returns the Ack to send.
-    pub fn handle(&self, report: &NodeReport, stream: &mut StreamState) -> Ack {
+    /// Handles one report of `stream`; returns the Ack to send. The
+    /// stored entry takes its names from `report` instead of copying them.
+    pub fn handle(&self, report: NodeReport, stream: &mut StreamState) -> Ack {
         let bound = &mut stream.bound;
+        let sequence = report.sequence;
         let checked = stream
             .labels
-            .resolve(report, &self.interner)
+            .resolve(&report, &self.interner)
             .map_err(ReportError::from)
             .and_then(|labels| {
                 to_entry_with(
@@ -136,7 +138,7 @@ impl IngestService {
                         tracing::warn!(node = %name, error = %e, "report refused: memory budget");
                     }
                     return Ack {
-                        sequence: report.sequence,
+                        sequence,
                         accepted: false,
                         error: ReportError::from(e).to_string(),
                     };
@@ -149,7 +151,7 @@ impl IngestService {
                 let note = self.note_dropped(&name, &dropped, &mut stream.warned);
                 self.metrics.report(true);
                 Ack {
-                    sequence: report.sequence,
+                    sequence,
                     accepted: true,
                     error: note,
                 }
@@ -158,7 +160,7 @@ impl IngestService {
                 self.metrics.report(false);
                 tracing::warn!(node = ?bound, error = %e, "refused report");
                 Ack {
-                    sequence: report.sequence,
+                    sequence,
                     accepted: false,
                     error: e.to_string(),
                 }
@@ -331,9 +333,10 @@ impl IngestService {
                             map_sent = Some(shard.map.version);
                         }
                     }
-                    let ack = this.handle(&report, &mut state);
+                    let period = Duration::from_millis(report.period_ms);
+                    let ack = this.handle(report, &mut state);
                     if ack.accepted {
-                        state.period = Some(Duration::from_millis(report.period_ms));
+                        state.period = Some(period);
                     }
                     let msg = AggregatorMessage {
                         kind: Some(Kind::Ack(ack)),
@@ -429,7 +432,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..3 {
-            let ack = svc.handle(&report, &mut state);
+            let ack = svc.handle(report.clone(), &mut state);
             assert!(ack.accepted, "{}", ack.error);
             assert!(ack.error.starts_with("accepted without "), "{}", ack.error);
             assert!(ack.error.ends_with("and 2 more"), "{}", ack.error);
@@ -467,7 +470,7 @@ mod tests {
             pods: vec![forged, pod("honest", 1), stale],
             ..Default::default()
         };
-        let ack = svc.handle(&report, &mut state);
+        let ack = svc.handle(report.clone(), &mut state);
         assert!(ack.accepted, "{}", ack.error);
         assert!(
             ack.error.contains("ahead of this replica's clock"),
@@ -487,7 +490,7 @@ mod tests {
             memory_working_set_bytes: 1,
             swap_bytes: 0,
         });
-        let ack = svc.handle(&report, &mut state);
+        let ack = svc.handle(report, &mut state);
         assert!(!ack.accepted);
         assert!(
             ack.error.contains("ahead of this replica's clock"),
@@ -508,7 +511,7 @@ mod tests {
             pods: (0..n).map(|i| pod(&format!("p-{i:05}"), 1)).collect(),
             ..Default::default()
         };
-        let ack = svc.handle(&report, &mut state);
+        let ack = svc.handle(report, &mut state);
         assert!(ack.accepted, "{}", ack.error);
         assert!(ack.error.contains("5 pods"), "{}", ack.error);
         let node = store.node("node-b", Instant::now()).unwrap();

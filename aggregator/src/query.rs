@@ -434,7 +434,7 @@ mod scan_tests {
                     .collect(),
                 ..Default::default()
             };
-            store.insert(to_entry(&report, None, Instant::now(), 3).unwrap());
+            store.insert(to_entry(report, None, Instant::now(), 3).unwrap());
         }
         store
     }
@@ -506,7 +506,7 @@ mod scan_tests {
                 ..Default::default()
             };
             report.labels_version = metrics_proto::labels::version(&report);
-            assert!(svc.handle(&report, &mut Default::default()).accepted);
+            assert!(svc.handle(report, &mut Default::default()).accepted);
         }
         let now = Instant::now();
         for (sel, want) in [

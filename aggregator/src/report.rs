@@ -190,12 +190,12 @@ fn check_clock(ts: i64, now_ns: i64, max_age: Duration) -> Result<(), String> {
 /// labels it carries, and builds the entry; `expiry_periods` periods
 /// without a report expire it.
 pub fn to_entry(
-    report: &NodeReport,
+    report: NodeReport,
     bound: Option<&str>,
     now: Instant,
     expiry_periods: u32,
 ) -> Result<NodeEntry, ReportError> {
-    let labels = labelset::carried(report, None)?;
+    let labels = labelset::carried(&report, None)?;
     to_entry_with(report, labels, bound, now, None, expiry_periods).map(|(e, _)| e)
 }
 
@@ -238,9 +238,9 @@ impl std::fmt::Display for Dropped {
 /// wrong with the report as a whole refuses it; what is wrong with one pod
 /// (or with the node's labels) drops that part alone, listed in the answer.
 /// With `wall_ns` (this replica's clock, ns since the epoch) sample times
-/// are also checked against it.
+/// are also checked against it. The entry takes its names from `report`.
 pub fn to_entry_with(
-    report: &NodeReport,
+    report: NodeReport,
     labels: Resolved,
     bound: Option<&str>,
     now: Instant,
@@ -294,10 +294,20 @@ pub fn to_entry_with(
         }
         None => (None, 0),
     };
-    let mut pods = Vec::with_capacity(report.pods.len().min(MAX_PODS_PER_REPORT));
-    for (p, labels) in report.pods.iter().zip(pod_labels).take(MAX_PODS_PER_REPORT) {
+    let NodeReport {
+        node_name,
+        period_ms,
+        pods: report_pods,
+        ..
+    } = report;
+    let mut pods = Vec::with_capacity(report_pods.len().min(MAX_PODS_PER_REPORT));
+    for (p, labels) in report_pods
+        .into_iter()
+        .zip(pod_labels)
+        .take(MAX_PODS_PER_REPORT)
+    {
         let labels = match labels.map_err(|r| r.to_string()).and_then(|l| {
-            check_pod(p)?;
+            check_pod(&p)?;
             clock(p.timestamp_unix_nanos)?;
             Ok(l)
         }) {
@@ -305,17 +315,17 @@ pub fn to_entry_with(
             Err(reason) => {
                 dropped.push(Dropped {
                     part: Part::Pod,
-                    what: pod_key(p),
+                    what: pod_key(&p),
                     reason,
                 });
                 continue;
             }
         };
-        let mut containers: Box<[ContainerUsage]> = p.containers.clone().into_boxed_slice();
+        let mut containers: Box<[ContainerUsage]> = p.containers.into_boxed_slice();
         containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         pods.push(PodEntry {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
+            namespace: p.namespace,
+            name: p.name,
             labels,
             timestamp_ns: p.timestamp_unix_nanos,
             window_ns: p.window_nanos,
@@ -324,9 +334,9 @@ pub fn to_entry_with(
     }
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     pods.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
-    let period = Duration::from_millis(report.period_ms);
+    let period = Duration::from_millis(period_ms);
     let mut entry = NodeEntry {
-        name: report.node_name.clone(),
+        name: node_name,
         labels,
         timestamp_ns,
         node,

@@ -149,7 +149,7 @@ pub fn start(
     let mut labels_held: Option<u64> = None;
     tasks.spawn(collector.run(
         move |period| {
-            let ack = ingest.handle(&period.for_receiver(labels_held), &mut stream);
+            let ack = ingest.handle(period.for_receiver(labels_held), &mut stream);
             labels_held = period.labels_version().filter(|_| ack.accepted);
             Some(period)
         },

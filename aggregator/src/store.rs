@@ -436,7 +436,39 @@ mod tests {
             .iter()
             .map(|(a, b, c)| (a.as_str(), b.as_str(), *c))
             .collect();
-        to_entry(&report(node, &pods), None, t0, 3).unwrap()
+        to_entry(report(node, &pods), None, t0, 3).unwrap()
+    }
+
+    #[test]
+    fn an_entry_takes_its_names_from_the_report_without_copies() {
+        let r = report("n1", &[("ns", "b", 1), ("ns", "a", 1)]);
+        let node = r.node_name.as_ptr();
+        let pods: Vec<[*const u8; 3]> = r
+            .pods
+            .iter()
+            .map(|p| {
+                [
+                    p.namespace.as_ptr(),
+                    p.name.as_ptr(),
+                    p.containers[0].name.as_ptr(),
+                ]
+            })
+            .collect();
+        let e = to_entry(r, None, Instant::now(), 3).unwrap();
+        assert_eq!(e.name.as_ptr(), node);
+        // Sorted by name: "a" was the report's second pod.
+        let stored: Vec<[*const u8; 3]> = e
+            .pods
+            .iter()
+            .map(|p| {
+                [
+                    p.namespace.as_ptr(),
+                    p.name.as_ptr(),
+                    p.containers[0].name.as_ptr(),
+                ]
+            })
+            .collect();
+        assert_eq!(stored, [pods[1], pods[0]]);
     }
 
     #[test]
@@ -510,7 +542,7 @@ mod tests {
     fn entries_expire_after_their_periods() {
         let store = Store::new();
         let t0 = Instant::now();
-        store.insert(to_entry(&report("n1", &[]), None, t0, 3).unwrap());
+        store.insert(to_entry(report("n1", &[]), None, t0, 3).unwrap());
         assert!(store
             .node("n1", t0 + Duration::from_millis(2_999))
             .is_some());
@@ -527,7 +559,7 @@ mod tests {
         let t0 = Instant::now();
         store.insert(
             to_entry(
-                &report("n1", &[("b", "x", 5), ("a", "z", 5), ("a", "y", 5)]),
+                report("n1", &[("b", "x", 5), ("a", "z", 5), ("a", "y", 5)]),
                 None,
                 t0,
                 3,
@@ -536,8 +568,7 @@ mod tests {
         );
         // The pod moved: n2 has a fresher copy of b/x; both are returned
         // (query::merge keeps the fresher).
-        store
-            .insert(to_entry(&report("n2", &[("b", "x", 9), ("c", "w", 1)]), None, t0, 3).unwrap());
+        store.insert(to_entry(report("n2", &[("b", "x", 9), ("c", "w", 1)]), None, t0, 3).unwrap());
         assert_eq!(
             names(&store.pods(None, t0)),
             ["a/y@5", "a/z@5", "b/x@5", "b/x@9", "c/w@1"]
@@ -551,16 +582,14 @@ mod tests {
     fn namespace_and_pod_lookups_follow_moves_and_expiry() {
         let store = Store::new();
         let t0 = Instant::now();
-        store
-            .insert(to_entry(&report("n1", &[("a", "x", 1), ("b", "y", 1)]), None, t0, 3).unwrap());
-        store.insert(to_entry(&report("n2", &[("b", "z", 1)]), None, t0, 3).unwrap());
+        store.insert(to_entry(report("n1", &[("a", "x", 1), ("b", "y", 1)]), None, t0, 3).unwrap());
+        store.insert(to_entry(report("n2", &[("b", "z", 1)]), None, t0, 3).unwrap());
         assert_eq!(store.index_sizes(), (2, 3));
         assert_eq!(names(&store.pod("b", "y", t0)), ["b/y@1"]);
         assert!(store.pod("b", "x", t0).is_empty());
         // b/y moves from n1 to n2; namespace b leaves n1.
-        store.insert(to_entry(&report("n1", &[("a", "x", 2)]), None, t0, 3).unwrap());
-        store
-            .insert(to_entry(&report("n2", &[("b", "z", 2), ("b", "y", 2)]), None, t0, 3).unwrap());
+        store.insert(to_entry(report("n1", &[("a", "x", 2)]), None, t0, 3).unwrap());
+        store.insert(to_entry(report("n2", &[("b", "z", 2), ("b", "y", 2)]), None, t0, 3).unwrap());
         assert_eq!(names(&store.pod("b", "y", t0)), ["b/y@2"]);
         assert_eq!(names(&store.pods(Some("b"), t0)), ["b/y@2", "b/z@2"]);
         assert_eq!(store.index_sizes(), (2, 3));
@@ -568,7 +597,7 @@ mod tests {
         // the index at the sweep.
         store.insert(
             to_entry(
-                &report("n1", &[("a", "x", 3)]),
+                report("n1", &[("a", "x", 3)]),
                 None,
                 t0 + Duration::from_secs(2),
                 3,
@@ -623,12 +652,12 @@ mod tests {
             let t0 = Instant::now();
             for (i, (node, pods)) in reports.iter().enumerate() {
                 let r = labelled_report(&format!("n{node}"), pods, i as i64 + 1);
-                store.insert(to_entry(&r, None, t0, 3).unwrap());
+                store.insert(to_entry(r, None, t0, 3).unwrap());
             }
             // One node expires and is swept: its pairs leave the index.
             let first = store.nodes.iter().next().map(|e| e.key().clone());
             if let Some(first) = first {
-                let mut gone = to_entry(&report(&first, &[]), None, t0, 3).unwrap();
+                let mut gone = to_entry(report(&first, &[]), None, t0, 3).unwrap();
                 gone.expires = t0;
                 store.insert(gone);
                 store.sweep(t0 + Duration::from_millis(1));
@@ -682,7 +711,7 @@ mod tests {
                     .collect();
                 let refs: Vec<(&str, &str, i64)> =
                     pods.iter().map(|(a, b, t)| (a.as_str(), b.as_str(), *t)).collect();
-                store.insert(to_entry(&report(&format!("n{node}"), &refs), None, t0, 3).unwrap());
+                store.insert(to_entry(report(&format!("n{node}"), &refs), None, t0, 3).unwrap());
             }
             let all = store.pods(None, t0);
             for ns in 0..3 {

@@ -77,7 +77,7 @@ async fn serve(store: Arc<Store>) -> Channel {
 async fn large_answers_come_in_bounded_chunks() {
     let store = Arc::new(Store::new());
     for n in 0..NODES {
-        store.insert(to_entry(&report(n), None, Instant::now(), 3).unwrap());
+        store.insert(to_entry(report(n), None, Instant::now(), 3).unwrap());
     }
     let mut client = PeerClient::new(serve(store).await);
     let req = QueryRequest {

@@ -95,8 +95,7 @@ fn the_report_seeds_reach_rendering() {
             metrics_proto::v1::NodeReport::decode(d.as_slice())
                 .ok()
                 .and_then(|r| {
-                    metrics_aggregator::report::to_entry(&r, None, std::time::Instant::now(), 3)
-                        .ok()
+                    metrics_aggregator::report::to_entry(r, None, std::time::Instant::now(), 3).ok()
                 })
                 .is_some_and(|e| !e.pods.is_empty())
         })
