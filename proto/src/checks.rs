@@ -22,8 +22,25 @@ fn label_chars(b: &[u8]) -> bool {
 }
 
 /// True for a valid DNS-1123 subdomain (node and pod names).
+/// One pass over the bytes: every label starts and ends alphanumeric
+/// exactly when the name does and each dot has an alphanumeric on both
+/// sides. Runs for every pod of every report.
 pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| label_chars(l.as_bytes()))
+    let b = s.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
+        return false;
+    };
+    b.len() <= 253
+        && alnum(first)
+        && alnum(last)
+        && b.iter().enumerate().all(|(i, &c)| match c {
+            b'-' => true,
+            // Not first or last (those are alphanumeric), so both
+            // neighbours exist.
+            b'.' => alnum(b[i - 1]) && alnum(b[i + 1]),
+            c => alnum(c),
+        })
 }
 
 /// At most 64 characters of `s`, for messages about hostile input.
@@ -160,6 +177,39 @@ pub fn check_pod(p: &PodUsage) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every string of up to 6 characters over an alphabet with each
+    /// kind of character, against the definition label by label.
+    #[test]
+    fn dns_subdomains_as_defined_label_by_label() {
+        let by_labels = |s: &str| {
+            !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| label_chars(l.as_bytes()))
+        };
+        let alphabet = [b'a', b'0', b'-', b'.', b'A', b'_'];
+        let mut s = Vec::new();
+        let mut checked = 0;
+        for len in 0..=6u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                s.clear();
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let s = std::str::from_utf8(&s).unwrap();
+                assert_eq!(is_dns_subdomain(s), by_labels(s), "{s:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 50_000);
+        for (s, ok) in [
+            ("a".repeat(253), true),
+            ("a".repeat(254), false),
+            ("kube-system.x-1.example".into(), true),
+            ("é".into(), false),
+        ] {
+            assert_eq!(is_dns_subdomain(&s), ok, "{s:?}");
+        }
+    }
 
     #[test]
     fn label_keys_and_values_as_the_api_server_checks_them() {
