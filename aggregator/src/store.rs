@@ -443,16 +443,12 @@ mod tests {
     fn an_entry_takes_its_names_from_the_report_without_copies() {
         let r = report("n1", &[("ns", "b", 1), ("ns", "a", 1)]);
         let node = r.node_name.as_ptr();
+        // Where a pod's namespace, name and container name live.
+        let at = |ns: &str, name: &str, c: &str| [ns.as_ptr(), name.as_ptr(), c.as_ptr()];
         let pods: Vec<[*const u8; 3]> = r
             .pods
             .iter()
-            .map(|p| {
-                [
-                    p.namespace.as_ptr(),
-                    p.name.as_ptr(),
-                    p.containers[0].name.as_ptr(),
-                ]
-            })
+            .map(|p| at(&p.namespace, &p.name, &p.containers[0].name))
             .collect();
         let e = to_entry(r, None, Instant::now(), 3).unwrap();
         assert_eq!(e.name.as_ptr(), node);
@@ -460,13 +456,7 @@ mod tests {
         let stored: Vec<[*const u8; 3]> = e
             .pods
             .iter()
-            .map(|p| {
-                [
-                    p.namespace.as_ptr(),
-                    p.name.as_ptr(),
-                    p.containers[0].name.as_ptr(),
-                ]
-            })
+            .map(|p| at(&p.namespace, &p.name, &p.containers[0].name))
             .collect();
         assert_eq!(stored, [pods[1], pods[0]]);
     }
