@@ -179,6 +179,9 @@ impl RateStore {
     /// the same. So a period with the pods of the one before allocates no
     /// name. Anything else in `spare` is dropped.
     pub fn pod_usages_into(&self, spare: Vec<PodUsage>) -> Vec<PodUsage> {
+        fn key_of(p: &PodUsage) -> (&str, &str) {
+            (p.namespace.as_str(), p.name.as_str())
+        }
         let mut pods: Vec<_> = self.pods.iter().collect();
         pods.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut spare = spare.into_iter().peekable();
@@ -204,10 +207,9 @@ impl RateStore {
             let (timestamp_unix_nanos, window_nanos) =
                 (first.timestamp_unix_nanos, first.window_nanos);
             let key = (&*pod.namespace, &*pod.name);
-            let key_of = |p: &PodUsage| (p.namespace.as_str(), p.name.as_str()) < key;
-            while spare.next_if(key_of).is_some() {}
+            while spare.next_if(|p| key_of(p) < key).is_some() {}
             let mut p = spare
-                .next_if(|p| (p.namespace.as_str(), p.name.as_str()) == key)
+                .next_if(|p| key_of(p) == key)
                 .unwrap_or_else(|| PodUsage {
                     namespace: String::from(&*pod.namespace),
                     name: String::from(&*pod.name),

@@ -22,6 +22,7 @@ fn label_chars(b: &[u8]) -> bool {
 }
 
 /// True for a valid DNS-1123 subdomain (node and pod names).
+///
 /// One pass over the bytes: every label starts and ends alphanumeric
 /// exactly when the name does and each dot has an alphanumeric on both
 /// sides. Runs for every pod of every report.
