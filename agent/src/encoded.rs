@@ -108,7 +108,8 @@ pub async fn open_report_stream<S>(
 where
     S: futures::Stream<Item = Outgoing> + Send + 'static,
 {
-    let mut grpc = tonic::client::Grpc::new(channel)
+    // Small frames keep the aggregator's per-connection read buffer small.
+    let mut grpc = tonic::client::Grpc::new(metrics_proto::frames::SmallFrames::new(channel))
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes);
     grpc.ready()

@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod checks;
 pub mod duration;
+pub mod frames;
 pub mod kubeclient;
 pub mod labels;
 pub mod ring;

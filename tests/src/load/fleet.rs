@@ -243,7 +243,8 @@ impl StreamSim {
             .connect()
             .await?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let mut client = IngestClient::new(channel)
+        // Cut into frames as the real agent's are.
+        let mut client = IngestClient::new(metrics_proto::frames::SmallFrames::new(channel))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<NodeReport>(2);
