@@ -1,6 +1,8 @@
 //! A request sent through `SmallFrames` reaches a real HTTP/2 server in
 //! DATA frames no larger than `MAX_FRAME_PAYLOAD`, whole and in order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
