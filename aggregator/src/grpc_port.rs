@@ -29,8 +29,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::PeerService;
-use crate::ingest::IngestService;
 use crate::metrics::AggregatorMetrics;
 use crate::server::{accept_loop, handshake, Admitted, Conn, ConnLimits, Refusals};
 
@@ -206,28 +204,6 @@ pub fn adopt(
         }
     });
     ReceiverStream::new(rx)
-}
-
-/// Serves both services on `incoming` until `cancel` fires; a failure
-/// cancels the whole replica.
-pub async fn serve(
-    incoming: Incoming,
-    ingest: IngestService,
-    peer: PeerService,
-    cancel: CancellationToken,
-) {
-    let result = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(8))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(ingest.into_server())
-        .add_service(peer.into_server())
-        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "gRPC server failed");
-        cancel.cancel();
-    }
 }
 
 /// Handshakes in progress on the ingest lane. The lane does not wait

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::FutureExt;
 use http::{HeaderMap, HeaderValue};
 use hyper::body::Frame;
 use prost::Message;
@@ -257,28 +258,39 @@ impl tower::Service<http::Request<Body>> for IngestRoute {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> RouteFuture {
-        let service = self.0.clone();
-        Box::pin(async move {
-            if req.uri().path() != REPORT_PATH {
-                return Ok(
-                    Status::unimplemented(format!("{} is not served", req.uri().path()))
-                        .into_http(),
-                );
-            }
-            let (parts, body) = req.into_parts();
-            let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
-            match service.open(request, ReportReader::new(body)).await {
-                Ok(rx) => {
-                    let mut response = http::Response::new(Body::new(AckBody { rx, done: false }));
-                    response.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/grpc"),
-                    );
-                    Ok(response)
-                }
-                Err(status) => Ok(status.into_http()),
-            }
-        })
+        Box::pin(respond(self.0.clone(), req).map(Ok))
+    }
+}
+
+/// Whether `path` names a method of the `Ingest` service.
+pub fn is_ingest(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(metrics_proto::v1::ingest_server::SERVICE_NAME))
+        .is_some_and(|method| method.starts_with('/'))
+}
+
+/// Answers one request to the `Ingest` service: a report stream from its
+/// body, acks in the response; anything but `Report` is unimplemented.
+pub async fn respond<B>(service: IngestService, req: http::Request<B>) -> http::Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if req.uri().path() != REPORT_PATH {
+        return Status::unimplemented(format!("{} is not served", req.uri().path())).into_http();
+    }
+    let (parts, body) = req.into_parts();
+    let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+    match service.open(request, ReportReader::new(body)).await {
+        Ok(rx) => {
+            let mut response = http::Response::new(Body::new(AckBody { rx, done: false }));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            response
+        }
+        Err(status) => status.into_http(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc_conn;
 pub mod grpc_port;
 pub mod index;
 pub mod ingest;
@@ -431,7 +432,7 @@ impl Aggregator {
             cancel.clone(),
             handoffs,
         );
-        tasks.spawn(grpc_port::serve(
+        tasks.spawn(grpc_conn::serve(
             peers_incoming,
             ingest.clone(),
             peer.clone(),
@@ -452,7 +453,7 @@ impl Aggregator {
                     handshaking,
                     lane_cancel.clone(),
                 );
-                grpc_port::serve(incoming, ingest, peer, lane_cancel).await;
+                grpc_conn::serve(incoming, ingest, peer, lane_cancel).await;
             });
             if let Err(e) = served.await {
                 tracing::error!(error = %e, "the ingest lane's runtime could not start");

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 
+use metrics_aggregator::cluster::PeerService;
+use metrics_aggregator::grpc_conn;
 use metrics_aggregator::ingest::IngestService;
 use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::shard::{Shard, SharedShard};
@@ -70,12 +72,14 @@ async fn serve_with(shard: Option<Shard>) -> (Arc<Store>, Channel, CancellationT
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = cancel.clone();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(svc.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
-            .await
-    });
+    // The port's own server, as the replica runs it.
+    let peer = PeerService::new(Arc::clone(&store));
+    tokio::spawn(grpc_conn::serve(
+        TcpListenerStream::new(listener),
+        svc,
+        peer,
+        stop,
+    ));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -317,6 +321,78 @@ async fn labels_left_out_are_restored_from_the_stream() {
     let mut omitted = labelled("shop");
     metrics_proto::labels::omit(&mut omitted);
     assert!(!fresh.send(omitted).await.unwrap().accepted);
+}
+
+/// A gRPC call by `path` with an empty message; the status it ends with.
+async fn call(channel: &Channel, path: &'static str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Ack, Ack>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(Ack::default()), path, codec)
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn methods_not_served_are_unimplemented() {
+    let (store, channel, _c) = serve().await;
+    for path in [
+        "/metrics.v1.Ingest/Other",
+        "/metrics.v1.Nothing/Report",
+        "/metrics.v1.Peer/Other",
+    ] {
+        let status = call(&channel, path).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
+    // The connection still serves.
+    let mut s = Stream::open(&channel).await;
+    assert!(s.send(report("node-1", 1)).await.unwrap().accepted);
+    assert_eq!(store.nodes(Instant::now()).len(), 1);
+}
+
+#[tokio::test]
+async fn cancelling_ends_open_streams_and_the_server_returns() {
+    let store = Arc::new(Store::new());
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(AggregatorMetrics::default());
+    let svc = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(grpc_conn::serve(
+        TcpListenerStream::new(listener),
+        svc,
+        PeerService::new(Arc::clone(&store)),
+        cancel.clone(),
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for node in ["node-1", "node-2"] {
+        let mut s = Stream::open(&channel).await;
+        assert!(s.send(report(node, 2)).await.unwrap().accepted);
+        streams.push(s);
+    }
+    cancel.cancel();
+    for s in &mut streams {
+        let end = tokio::time::timeout(Duration::from_secs(20), s.acks.message())
+            .await
+            .expect("the stream ends once the replica stops");
+        assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("the server returns once its connections have closed")
+        .unwrap();
+    // The port is closed: a new connection is refused.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
 /// Now, ns since the epoch: sample times must be near the aggregator's clock.

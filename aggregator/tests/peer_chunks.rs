@@ -10,9 +10,13 @@ use std::time::Instant;
 
 use prost::Message;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Server};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use metrics_aggregator::cluster::PeerService;
+use metrics_aggregator::grpc_conn;
+use metrics_aggregator::ingest::IngestService;
+use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::report::to_entry;
 use metrics_aggregator::store::Store;
 use metrics_proto::v1::peer_client::PeerClient;
@@ -60,12 +64,16 @@ fn report(node: usize) -> NodeReport {
 async fn serve(store: Arc<Store>) -> Channel {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(PeerService::new(store).into_server())
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-    });
+    // The port's own server, as the replica runs it.
+    let metrics = Arc::new(AggregatorMetrics::default());
+    let cancel = CancellationToken::new();
+    let ingest = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
+    tokio::spawn(grpc_conn::serve(
+        TcpListenerStream::new(listener),
+        ingest,
+        PeerService::new(store),
+        cancel,
+    ));
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
