@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use metrics_aggregator::cluster::PeerService;
 use metrics_aggregator::ingest::IngestService;
 use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::store::Store;
-use metrics_aggregator::{grpc_port, server, tls};
+use metrics_aggregator::{grpc_conn, grpc_port, server, tls};
 use metrics_e2e::load::workload::{bare, fill, Shape};
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
@@ -103,11 +104,8 @@ fn report_over_tls(bencher: Bencher, pods: usize) {
             3,
             cancel.clone(),
         );
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc.into_server())
-                .serve_with_incoming(incoming),
-        );
+        let peer = PeerService::new(Arc::new(Store::new()));
+        tokio::spawn(grpc_conn::serve(incoming, svc, peer, cancel.clone()));
         let client_tls = metrics_proto::tls::client_config(
             metrics_proto::tls::Verify::CaFile(&id.cert),
             &[b"h2"],

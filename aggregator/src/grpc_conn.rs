@@ -5,9 +5,9 @@
 //! every connection in its own layers, a connection-age timer and hyper's
 //! HTTP/1-or-2 detection, all held for the connection's life; here a
 //! connection is hyper's HTTP/2 connection and nothing else. `Ingest`
-//! streams are answered by [`ingest_wire`] straight from hyper's request
-//! body; every other path goes to tonic's router (the `Peer` service, and
-//! `unimplemented` for what is not served).
+//! report streams are answered by [`ingest_wire`] straight from hyper's
+//! request body; every other path goes to tonic's router (the `Peer`
+//! service, and `unimplemented` for what is not served).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -61,7 +61,7 @@ where
 
     fn call(&self, mut req: http::Request<IncomingBody>) -> ResponseFuture {
         req.extensions_mut().insert(self.info.clone());
-        if ingest_wire::is_ingest(req.uri().path()) {
+        if req.uri().path() == ingest_wire::REPORT_PATH {
             let ingest = self.ingest.clone();
             Box::pin(async move { Ok(ingest_wire::respond(ingest, req).await) })
         } else {

@@ -14,7 +14,7 @@ use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 
 use crate::auth::callers::{wrong_node, Caller, CallerAuth};
-use crate::ingest_wire::{frame, IngestRoute, Outgoing, ReportReader};
+use crate::ingest_wire::{frame, Outgoing, ReportReader};
 use crate::labelset::{Interner, StreamLabels};
 use crate::metrics::AggregatorMetrics;
 use crate::report::{to_entry_with, Dropped, ReportError};
@@ -88,11 +88,6 @@ impl IngestService {
         self.agents = Some(agents);
         self.recheck = recheck;
         self
-    }
-
-    /// The service as the gRPC server routes it (`ingest_wire.rs`).
-    pub fn into_server(self) -> IngestRoute {
-        IngestRoute(self)
     }
 
     /// Handles one report of `stream`; returns the Ack to send. The

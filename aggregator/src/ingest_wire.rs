@@ -11,12 +11,10 @@
 //! generated client.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::FutureExt;
 use http::{HeaderMap, HeaderValue};
 use hyper::body::Frame;
 use prost::Message;
@@ -30,7 +28,7 @@ use metrics_proto::MAX_MESSAGE_BYTES;
 use crate::ingest::IngestService;
 
 /// The one method this service serves.
-const REPORT_PATH: &str = "/metrics.v1.Ingest/Report";
+pub const REPORT_PATH: &str = "/metrics.v1.Ingest/Report";
 
 /// Bytes before each gRPC message: a compressed flag and a 32-bit length.
 const HEADER_LEN: usize = 5;
@@ -238,47 +236,13 @@ impl hyper::body::Body for AckBody {
     }
 }
 
-/// The `Ingest` service as the gRPC server routes it.
-#[derive(Clone)]
-pub struct IngestRoute(pub IngestService);
-
-impl tonic::server::NamedService for IngestRoute {
-    const NAME: &'static str = metrics_proto::v1::ingest_server::SERVICE_NAME;
-}
-
-type RouteFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
-impl tower::Service<http::Request<Body>> for IngestRoute {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = RouteFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> RouteFuture {
-        Box::pin(respond(self.0.clone(), req).map(Ok))
-    }
-}
-
-/// Whether `path` names a method of the `Ingest` service.
-pub fn is_ingest(path: &str) -> bool {
-    path.strip_prefix('/')
-        .and_then(|p| p.strip_prefix(metrics_proto::v1::ingest_server::SERVICE_NAME))
-        .is_some_and(|method| method.starts_with('/'))
-}
-
-/// Answers one request to the `Ingest` service: a report stream from its
-/// body, acks in the response; anything but `Report` is unimplemented.
+/// Answers one `Report` call: a report stream from its body, acks in the
+/// response.
 pub async fn respond<B>(service: IngestService, req: http::Request<B>) -> http::Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if req.uri().path() != REPORT_PATH {
-        return Status::unimplemented(format!("{} is not served", req.uri().path())).into_http();
-    }
     let (parts, body) = req.into_parts();
     let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
     match service.open(request, ReportReader::new(body)).await {
