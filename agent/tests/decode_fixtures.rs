@@ -112,3 +112,69 @@ fn node_without_memory_is_dropped() {
     assert!(batch.node.is_none());
     assert_eq!(stats.incomplete_node, 1);
 }
+
+/// Lines in another order than the kubelet's defeat the decoder's match of
+/// a line's label text against the lines before it, so each payload read
+/// in its own order, reversed and interleaved must give the same batch.
+#[test]
+fn payloads_decode_the_same_in_any_line_order() {
+    for name in [
+        SEVENTY,
+        "kubelet-real-1.36/metrics-resource.1.prom",
+        "kubelet-real-1.36/metrics-resource.2.prom",
+    ] {
+        let text = fixture(name);
+        let lines: Vec<&str> = text.lines().collect();
+        let reversed = lines.iter().rev().copied().collect::<Vec<_>>().join("\n");
+        let (even, odd): (Vec<_>, Vec<_>) = lines.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let interleaved = odd
+            .into_iter()
+            .chain(even)
+            .map(|(_, l)| *l)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (want, want_stats) = decode(&text, UNIX_EPOCH);
+        assert!(want.containers() > 0, "{name}");
+        for other in [reversed, interleaved] {
+            let (got, stats) = decode(&other, UNIX_EPOCH);
+            assert_eq!(got, want, "{name}");
+            assert_eq!(stats, want_stats, "{name}");
+        }
+    }
+}
+
+/// A line whose label text only starts like an earlier line's, or names
+/// the same container in other words, is read in full: a label more, the
+/// labels in another order, an escaped value.
+#[test]
+fn lines_like_an_earlier_one_are_read_in_full() {
+    let body = "\
+container_cpu_usage_seconds_total{container=\"a\",namespace=\"n\",pod=\"p\"} 1 1000
+container_cpu_usage_seconds_total{container=\"b\",namespace=\"n\",pod=\"p\"} 2 1000
+container_memory_working_set_bytes{container=\"a\",namespace=\"n\",pod=\"p\",x=\"}\"} 10 1000
+container_memory_working_set_bytes{namespace=\"n\",pod=\"p\",container=\"b\"} 20 1000
+container_start_time_seconds{container=\"a\",namespace=\"n\",pod=\"p\"} 5 1000
+container_start_time_seconds{container=\"\\b\",namespace=\"n\",pod=\"p\"} 6 1000
+container_swap_usage_bytes{container=\"a\",namespace=\"n\",pod=\"p\"} 7 1000
+container_swap_usage_bytes{container=\"b\",namespace=\"n\",pod=\"p\"} x 1000
+";
+    let (batch, stats) = decode(body, UNIX_EPOCH);
+    let pod = &batch.pods[&PodRef {
+        namespace: "n".into(),
+        name: "p".into(),
+    }];
+    let (a, b) = (pod["a"], pod["b"]);
+    assert_eq!(
+        (a.cpu_ns, a.memory_bytes, a.swap_bytes),
+        (1_000_000_000, 10, 7)
+    );
+    assert_eq!(a.start_ns, 5_000_000_000);
+    assert_eq!(
+        (b.cpu_ns, b.memory_bytes, b.swap_bytes),
+        (2_000_000_000, 20, 0)
+    );
+    // `\b` unescapes to `b`: the same container, by name.
+    assert_eq!(b.start_ns, 6_000_000_000);
+    assert_eq!(stats.malformed_lines, 1, "{stats:?}");
+    assert_eq!(stats.duplicate_samples, 0, "{stats:?}");
+}

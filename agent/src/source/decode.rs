@@ -148,6 +148,82 @@ fn container_key<'a>(s: &Sample<'a>) -> Option<ContainerKey<'a>> {
     Some((namespace, pod, container))
 }
 
+/// The containers of one payload as they are read: each one's point, found
+/// by its names, and by the exact label text of the lines already read.
+struct Containers<'a> {
+    /// Each container's names and point, in the order first read.
+    points: Vec<(ContainerKey<'a>, Partial)>,
+    /// Names → index in `points`. Keys borrow from the payload: a
+    /// container's names are copied once, into the batch, however many
+    /// series name it. foldhash, seeded per map, hashes the three names a
+    /// fraction of SipHash's cost.
+    by_key: HashMap<ContainerKey<'a>, usize, foldhash::fast::RandomState>,
+    /// Label texts read so far with the container each names, in the
+    /// order first read.
+    texts: Vec<(&'a str, usize)>,
+    /// The entry of `texts` the next line is expected to repeat.
+    next: usize,
+}
+
+impl<'a> Containers<'a> {
+    /// Sized up front, so the map is not grown and rehashed on the way.
+    fn with_capacity(n: usize) -> Self {
+        Containers {
+            points: Vec::with_capacity(n),
+            by_key: HashMap::with_capacity_and_hasher(n, Default::default()),
+            texts: Vec::with_capacity(n),
+            next: 0,
+        }
+    }
+
+    /// The line's container and sample when its label text is the one
+    /// expected next (the next of the series before, or the first again
+    /// at the start of a series); `None` when it is not (the line is then
+    /// parsed in full).
+    fn recognise(
+        &mut self,
+        line: &'a str,
+        name_end: usize,
+    ) -> Option<(usize, Result<Sample<'a>, &'static str>)> {
+        for at in [self.next, 0] {
+            let Some(&(text, slot)) = self.texts.get(at) else {
+                continue;
+            };
+            if let Some(sample) = prom::parse_with_labels(line, name_end, text) {
+                self.next = at + 1;
+                return Some((slot, sample));
+            }
+        }
+        None
+    }
+
+    /// The container a fully parsed sample names, added when new; `None`
+    /// without its `namespace`, `pod` and `container` labels.
+    fn slot(&mut self, sample: &Sample<'a>) -> Option<usize> {
+        let key = container_key(sample)?;
+        let slot = match self.by_key.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.points.len();
+                self.by_key.insert(key.clone(), slot);
+                self.points.push((key, Partial::default()));
+                slot
+            }
+        };
+        // Remembered only while the label texts are few enough to scan:
+        // a payload of other shapes still decodes, by names.
+        if self.texts.len() < MAX_PRESIZED {
+            self.texts.push((sample.raw_labels(), slot));
+            self.next = self.texts.len();
+        }
+        Some(slot)
+    }
+
+    fn partial(&mut self, slot: usize) -> &mut Partial {
+        &mut self.points[slot].1
+    }
+}
+
 /// Decodes a payload. Samples without a timestamp get `default_time` (the
 /// moment the request was sent). Only the series metrics-server reads are
 /// parsed; the other lines are skipped at their name.
@@ -166,22 +242,34 @@ pub fn decode_with(
     let default_ns = unix_nanos(default_time);
     let mut stats = DecodeStats::default();
     let mut node = Partial::default();
-    // Keys borrow from `body`: a container's names are copied once, into
-    // the batch, however many series name it. Sized from the payload (a
-    // container takes at least three lines of about 100 bytes) so it is not
-    // grown and rehashed on the way; foldhash, seeded per map, hashes the
-    // three names a fraction of SipHash's cost.
+    // Sized from the payload: a container takes at least three lines of
+    // about 100 bytes.
     let expected = (body.len() / BYTES_PER_CONTAINER).min(MAX_PRESIZED);
-    let mut containers: HashMap<ContainerKey<'_>, Partial, foldhash::fast::RandomState> =
-        HashMap::with_capacity_and_hasher(expected, Default::default());
-    for sample in prom::samples_of(body, classify) {
-        let ((is_node, field), sample) = match sample {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed kubelet metrics line");
+    let mut containers = Containers::with_capacity(expected);
+    for line in prom::wanted_lines(body, classify) {
+        let (is_node, field) = line.kind;
+        // A container series' line whose label text is that of a line
+        // before it (the kubelet writes each container's series in the
+        // same order) is matched whole: its labels are not read again.
+        let known = match (is_node, line.name_end) {
+            (false, Some(end)) => containers.recognise(line.text, end),
+            _ => None,
+        };
+        let (slot, sample) = match known {
+            Some((slot, Ok(sample))) => (Some(slot), sample),
+            Some((_, Err(reason))) => {
+                tracing::debug!(error = %line.error(reason), "malformed kubelet metrics line");
                 stats.malformed_lines += 1;
                 continue;
             }
+            None => match line.parse() {
+                Ok(sample) => (None, sample),
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed kubelet metrics line");
+                    stats.malformed_lines += 1;
+                    continue;
+                }
+            },
         };
         if !sample.value.is_finite() || sample.value < 0.0 {
             stats.invalid_samples += 1;
@@ -198,12 +286,18 @@ pub fn decode_with(
             }
             continue;
         }
-        let Some(key) = container_key(&sample) else {
-            stats.invalid_samples += 1;
-            stats.problem(&sample, "no namespace, pod or container label");
-            continue;
+        let slot = match slot {
+            Some(slot) => slot,
+            None => match containers.slot(&sample) {
+                Some(slot) => slot,
+                None => {
+                    stats.invalid_samples += 1;
+                    stats.problem(&sample, "no namespace, pod or container label");
+                    continue;
+                }
+            },
         };
-        if !apply(containers.entry(key).or_default(), field, sample.value, ts) {
+        if !apply(containers.partial(slot), field, sample.value, ts) {
             stats.duplicate(&sample);
         }
     }
@@ -215,7 +309,7 @@ pub fn decode_with(
     if batch.node.is_none() {
         stats.incomplete_node = 1;
     }
-    let mut sorted: Vec<_> = containers.into_iter().collect();
+    let mut sorted = containers.points;
     sorted.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
     let mut sorted = sorted.into_iter().peekable();
     while let Some(((namespace, pod, name), partial)) = sorted.next() {

@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{header, Request, StatusCode, Uri};
+use http::{header, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -116,13 +116,86 @@ fn refused_certificate<'a>(
     }
 }
 
+/// How long a token read from its file is used before the file is read
+/// again: a minute, as client-go's file token source does. A projected
+/// ServiceAccount token is rewritten by the kubelet well before it expires
+/// (at 80 % of a lifetime of at least 10 minutes), so the agent never sends
+/// one that has expired.
+pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The bearer token for the kubelet, from its file: read at most once per
+/// [`TOKEN_MAX_AGE`] instead of every period, and again at the next
+/// request after the kubelet answered 401.
+struct KubeletToken {
+    path: PathBuf,
+    /// When the file was read, and the `Bearer` header it gave (`None`
+    /// when the file is absent).
+    held: std::sync::Mutex<Option<(Instant, Option<HeaderValue>)>>,
+}
+
+impl KubeletToken {
+    fn new(path: PathBuf) -> Self {
+        KubeletToken {
+            path,
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Option<HeaderValue>)>> {
+        match self.held.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The `authorization` header value, or `None` without a token file.
+    fn authorization(&self) -> Result<Option<HeaderValue>, KubeletError> {
+        let mut held = self.lock();
+        if let Some((at, value)) = held.as_ref() {
+            if at.elapsed() < TOKEN_MAX_AGE {
+                return Ok(value.clone());
+            }
+        }
+        let value = match std::fs::read_to_string(&self.path) {
+            Ok(t) => {
+                let mut value =
+                    HeaderValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
+                        KubeletError::Token {
+                            path: self.path.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "not a valid header value",
+                            ),
+                        }
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(KubeletError::Token {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        *held = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+
+    /// The kubelet refused the token: read the file again next time.
+    fn forget(&self) {
+        *self.lock() = None;
+    }
+}
+
 /// A kubelet client for one node.
 #[derive(Clone)]
 pub struct KubeletSource {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     uri: Uri,
     pods_uri: Uri,
-    token_file: Option<PathBuf>,
+    token: Option<Arc<KubeletToken>>,
     timeout: Duration,
     /// Names of the last payloads, shared by the next one's batch.
     names: Arc<std::sync::Mutex<Names>>,
@@ -130,8 +203,8 @@ pub struct KubeletSource {
 
 impl KubeletSource {
     /// `base_url` is `https://HOST:PORT`; the path `/metrics/resource` is
-    /// appended. The token file is read on every scrape so rotated tokens are
-    /// picked up; a missing file means no token.
+    /// appended. The token file is read again once a minute so rotated
+    /// tokens are picked up ([`KubeletToken`]); a missing file means no token.
     pub fn new(
         base_url: &str,
         tls: Arc<rustls::ClientConfig>,
@@ -159,24 +232,10 @@ impl KubeletSource {
             client,
             uri,
             pods_uri,
-            token_file,
+            token: token_file.map(|path| Arc::new(KubeletToken::new(path))),
             names: Default::default(),
             timeout,
         })
-    }
-
-    fn token(&self) -> Result<Option<String>, KubeletError> {
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        match std::fs::read_to_string(path) {
-            Ok(t) => Ok(Some(t.trim().to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(KubeletError::Token {
-                path: path.clone(),
-                source,
-            }),
-        }
     }
 
     /// Fetches and decodes one payload.
@@ -225,8 +284,10 @@ impl KubeletSource {
             header::USER_AGENT,
             concat!("metrics-agent/", env!("CARGO_PKG_VERSION")),
         );
-        if let Some(token) = self.token()? {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(token) = &self.token {
+            if let Some(value) = token.authorization()? {
+                req = req.header(header::AUTHORIZATION, value);
+            }
         }
         let req = req.body(Empty::new()).map_err(|e| KubeletError::Body {
             url: url.clone(),
@@ -250,6 +311,11 @@ impl KubeletSource {
                 reason: e.to_string(),
             })?
             .to_bytes();
+        if status == StatusCode::UNAUTHORIZED {
+            if let Some(token) = &self.token {
+                token.forget();
+            }
+        }
         if status != StatusCode::OK {
             let snippet = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
             return Err(KubeletError::Status {

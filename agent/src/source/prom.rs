@@ -21,6 +21,10 @@ pub struct LineError {
 /// sample with more is searched again in its label text when asked.
 const KEPT: usize = 4;
 
+/// [`Sample::count`] of a sample whose labels were not read one by one:
+/// asked for, they are read from its text.
+const UNCOUNTED: usize = usize::MAX;
+
 /// One sample, borrowing from the payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample<'a> {
@@ -29,7 +33,8 @@ pub struct Sample<'a> {
     labels: &'a str,
     /// The first [`KEPT`] labels, `(key, raw value)`, found by the check.
     kept: [(&'a str, &'a str); KEPT],
-    /// How many labels the line has.
+    /// How many labels the line has; [`UNCOUNTED`] when its label text
+    /// was recognised whole rather than read ([`parse_with_labels`]).
     count: usize,
     pub value: f64,
     /// Milliseconds since the epoch, when the line carries one.
@@ -265,16 +270,7 @@ fn parse_named(line: &str, name_end: usize) -> Result<Sample<'_>, &'static str> 
     } else {
         ("", LabelSet::default(), &line[name_end..])
     };
-    let mut fields = rest.split_ascii_whitespace();
-    let value = fields.next().ok_or("no value")?;
-    let value: f64 = value.parse().map_err(|_| "invalid value")?;
-    let timestamp_ms = match fields.next() {
-        Some(ts) => Some(ts.parse::<i64>().map_err(|_| "invalid timestamp")?),
-        None => None,
-    };
-    if fields.next().is_some() {
-        return Err("trailing fields");
-    }
+    let (value, timestamp_ms) = value_and_time(rest)?;
     Ok(Sample {
         name,
         labels,
@@ -285,10 +281,123 @@ fn parse_named(line: &str, name_end: usize) -> Result<Sample<'_>, &'static str> 
     })
 }
 
+/// The value and optional timestamp after a sample's name and labels.
+fn value_and_time(rest: &str) -> Result<(f64, Option<i64>), &'static str> {
+    let mut fields = rest.split_ascii_whitespace();
+    let value = fields.next().ok_or("no value")?;
+    let value: f64 = value.parse().map_err(|_| "invalid value")?;
+    let timestamp_ms = match fields.next() {
+        Some(ts) => Some(ts.parse::<i64>().map_err(|_| "invalid timestamp")?),
+        None => None,
+    };
+    if fields.next().is_some() {
+        return Err("trailing fields");
+    }
+    Ok((value, timestamp_ms))
+}
+
+/// A line of a series whose name is valid (one the caller knows) and
+/// whose label text is byte for byte `labels`, the text of a label set
+/// already checked (the [`Sample::raw_labels`] of an earlier sample): its
+/// labels are not read again, only its value and timestamp. `None` when
+/// the line's label text is something else (then [`parse_line`] it).
+///
+/// Sound because the check of a label set is a function of its bytes: the
+/// same bytes up to a `}` close the set at the same place.
+pub fn parse_with_labels<'a>(
+    line: &'a str,
+    name_end: usize,
+    labels: &str,
+) -> Option<Result<Sample<'a>, &'static str>> {
+    let inner = line.get(name_end..)?.strip_prefix('{')?;
+    let rest = inner.strip_prefix(labels)?.strip_prefix('}')?;
+    Some(value_and_time(rest).map(|(value, timestamp_ms)| Sample {
+        name: &line[..name_end],
+        labels: &inner[..labels.len()],
+        kept: Default::default(),
+        count: UNCOUNTED,
+        value,
+        timestamp_ms,
+    }))
+}
+
+/// The lines of `text`, split at `\n` (a `\r` before it is blank space
+/// to the callers, which trim each line).
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match memchr::memchr(b'\n', t.as_bytes()) {
+            Some(i) => {
+                rest = Some(&t[i + 1..]);
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                (!t.is_empty()).then_some(t)
+            }
+        }
+    })
+}
+
 /// Iterates the samples of a payload; malformed lines come out as errors
 /// and never stop the iteration.
 pub fn samples(text: &str) -> impl Iterator<Item = Result<Sample<'_>, LineError>> {
     samples_of(text, |_| Some(())).map(|r| r.map(|(_, s)| s))
+}
+
+/// One line of a wanted series, not yet parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct WantedLine<'a, T> {
+    /// 1-based, for logs.
+    pub number: usize,
+    /// What the caller's `wanted` made of the series name.
+    pub kind: T,
+    /// The line, without blanks around it.
+    pub text: &'a str,
+    /// Where the series name ends; `None` when nothing follows it.
+    pub name_end: Option<usize>,
+}
+
+impl<'a, T> WantedLine<'a, T> {
+    /// Parses the line in full.
+    pub fn parse(&self) -> Result<Sample<'a>, LineError> {
+        match self.name_end {
+            Some(end) => parse_named(self.text, end),
+            None => Err("no value"),
+        }
+        .map_err(|reason| self.error(reason))
+    }
+
+    /// `reason` as this line's error.
+    pub fn error(&self, reason: &'static str) -> LineError {
+        LineError {
+            line: self.number,
+            reason,
+        }
+    }
+}
+
+/// The lines of the series whose name `wanted` maps to `Some`, unparsed;
+/// comments, blank lines and every other series are skipped at their name.
+pub fn wanted_lines<'a, T>(
+    text: &'a str,
+    wanted: impl Fn(&str) -> Option<T>,
+) -> impl Iterator<Item = WantedLine<'a, T>> {
+    split_lines(text).enumerate().filter_map(move |(i, line)| {
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let name_end = name_end(line);
+        let kind = wanted(&line[..name_end.unwrap_or(line.len())])?;
+        Some(WantedLine {
+            number: i + 1,
+            kind,
+            text: line,
+            name_end,
+        })
+    })
 }
 
 /// Like [`samples`], for the series whose name `wanted` maps to `Some`
@@ -299,22 +408,7 @@ pub fn samples_of<'a, T>(
     text: &'a str,
     wanted: impl Fn(&str) -> Option<T>,
 ) -> impl Iterator<Item = Result<(T, Sample<'a>), LineError>> {
-    text.lines().enumerate().filter_map(move |(i, line)| {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            return None;
-        }
-        let end = name_end(line);
-        let kind = wanted(&line[..end.unwrap_or(line.len())])?;
-        let sample = match end {
-            Some(end) => parse_named(line, end),
-            None => Err("no value"),
-        };
-        Some(sample.map(|s| (kind, s)).map_err(|reason| LineError {
-            line: i + 1,
-            reason,
-        }))
-    })
+    wanted_lines(text, wanted).map(|l| l.parse().map(|s| (l.kind, s)))
 }
 
 #[cfg(test)]
@@ -385,6 +479,41 @@ mod tests {
         let few = parse_line(r#"m{ b = "2" ,,a="1",} 1"#).unwrap();
         assert_eq!(few.labels(["a", "b"]), [Some("1".into()), Some("2".into())]);
         assert_eq!(few.raw_labels(), r#" b = "2" ,,a="1","#);
+    }
+
+    #[test]
+    fn a_known_label_text_is_matched_whole() {
+        let known = parse_line(r#"m{a="x\"}",b="y"} 1"#).unwrap();
+        let text = known.raw_labels();
+        let s = parse_with_labels(r#"m{a="x\"}",b="y"} 5 7"#, 1, text)
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.value, s.timestamp_ms), (5.0, Some(7)));
+        assert_eq!(
+            s.labels(["b", "a"]),
+            [Some("y".into()), Some("x\"}".into())]
+        );
+        assert_eq!(s.raw_labels(), text);
+        for other in [
+            r#"m{a="x\"}",b="y",c="z"} 5"#,
+            r#"m{a="x\"}",b="yy"} 5"#,
+            r#"m{b="y",a="x\"}"} 5"#,
+            "m 5",
+        ] {
+            assert!(parse_with_labels(other, 1, text).is_none(), "{other}");
+        }
+        assert_eq!(
+            parse_with_labels(r#"m{a="x\"}",b="y"} 5 7 8"#, 1, text),
+            Some(Err("trailing fields"))
+        );
+    }
+
+    #[test]
+    fn lines_split_at_newlines_with_blanks_trimmed() {
+        let text = "a 1\r\n\n  b 2\t\nc 3";
+        let got: Vec<_> = wanted_lines(text, |n| Some(n.len())).collect();
+        let got: Vec<_> = got.iter().map(|l| (l.number, l.text)).collect();
+        assert_eq!(got, [(1, "a 1"), (3, "b 2"), (4, "c 3")]);
     }
 
     #[test]
