@@ -1,12 +1,14 @@
 //! A bearer token kept in a file (a projected ServiceAccount token, which
 //! the kubelet rewrites before it expires), as the `authorization` value of
-//! gRPC calls. The file is read again once the copy in memory is older
-//! than `MAX_AGE`, so callers may ask per call without per-call I/O.
+//! gRPC calls and of the agent's requests to its kubelet. The file is read
+//! again once the copy in memory is older than its max age, or after the
+//! token was refused, so callers may ask per call without per-call I/O.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use tonic::metadata::{Ascii, MetadataValue};
 
 /// How long a read token is used before the file is read again.
@@ -31,46 +33,73 @@ pub enum TokenError {
 #[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
-    cached: Mutex<Option<(Instant, MetadataValue<Ascii>)>>,
+    max_age: Duration,
+    cached: Mutex<Option<(Instant, HeaderValue)>>,
 }
 
 impl TokenFile {
+    /// Read again once the copy in memory is [`MAX_AGE`] old.
     pub fn new(path: &Path) -> Self {
+        Self::with_max_age(path, MAX_AGE)
+    }
+
+    /// Read again once the copy in memory is `max_age` old.
+    pub fn with_max_age(path: &Path, max_age: Duration) -> Self {
         Self {
             path: path.to_owned(),
+            max_age,
             cached: Mutex::new(None),
         }
     }
 
-    /// `Bearer <token>`, from memory when read within `MAX_AGE`.
-    pub async fn authorization(&self) -> Result<MetadataValue<Ascii>, TokenError> {
-        let fresh = |g: &Option<(Instant, MetadataValue<Ascii>)>| {
-            g.as_ref()
-                .filter(|(at, _)| at.elapsed() < MAX_AGE)
-                .map(|(_, v)| v.clone())
-        };
-        let cached = match self.cached.lock() {
-            Ok(g) => fresh(&g),
-            Err(poisoned) => fresh(&poisoned.into_inner()),
-        };
-        if let Some(v) = cached {
-            return Ok(v);
-        }
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|source| TokenError::Read {
-                path: self.path.clone(),
-                source,
-            })?;
-        let value: MetadataValue<Ascii> = format!("Bearer {}", text.trim())
-            .parse()
-            .map_err(|_| TokenError::Invalid(self.path.clone()))?;
-        let entry = Some((Instant::now(), value.clone()));
+    fn lock(&self) -> MutexGuard<'_, Option<(Instant, HeaderValue)>> {
         match self.cached.lock() {
-            Ok(mut g) => *g = entry,
-            Err(poisoned) => *poisoned.into_inner() = entry,
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
-        Ok(value)
+    }
+
+    /// `Bearer <token>` as a (sensitive) header value, from memory when
+    /// read within the max age; `None` when the file does not exist (not
+    /// remembered: a file that appears is read at the next call).
+    pub fn bearer(&self) -> Result<Option<HeaderValue>, TokenError> {
+        let mut cached = self.lock();
+        if let Some((at, value)) = cached.as_ref() {
+            if at.elapsed() < self.max_age {
+                return Ok(Some(value.clone()));
+            }
+        }
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(TokenError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let mut value = HeaderValue::try_from(format!("Bearer {}", text.trim()))
+            .map_err(|_| TokenError::Invalid(self.path.clone()))?;
+        value.set_sensitive(true);
+        *cached = Some((Instant::now(), value.clone()));
+        Ok(Some(value))
+    }
+
+    /// [`TokenFile::bearer`] as the `authorization` value of a gRPC call;
+    /// a missing file is an error.
+    pub async fn authorization(&self) -> Result<MetadataValue<Ascii>, TokenError> {
+        let value = self.bearer()?.ok_or_else(|| TokenError::Read {
+            path: self.path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        MetadataValue::try_from(value.as_bytes())
+            .map_err(|_| TokenError::Invalid(self.path.clone()))
+    }
+
+    /// The token was refused: read the file again at the next call.
+    pub fn forget(&self) {
+        *self.lock() = None;
     }
 }
 

@@ -3,14 +3,16 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use metrics_proto::token::TokenFile;
 
 use crate::batch::{Batch, Names};
 use crate::pods::{PodInfo, PodWire};
@@ -33,13 +35,10 @@ pub enum KubeletError {
         #[source]
         source: http::uri::InvalidUri,
     },
-    /// The token file exists but could not be read.
-    #[error("reading kubelet token {path}: {source}")]
-    Token {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The token file exists but could not be read, or is not a valid
+    /// header value.
+    #[error("kubelet token: {0}")]
+    Token(#[from] metrics_proto::token::TokenError),
     /// Connecting or sending failed.
     #[error("request to {url} failed: {source}")]
     Request {
@@ -116,78 +115,12 @@ fn refused_certificate<'a>(
     }
 }
 
-/// How long a token read from its file is used before the file is read
-/// again: a minute, as client-go's file token source does. A projected
+/// How long a kubelet token read from its file is used before the file is
+/// read again: a minute, as client-go's file token source does. A projected
 /// ServiceAccount token is rewritten by the kubelet well before it expires
 /// (at 80 % of a lifetime of at least 10 minutes), so the agent never sends
-/// one that has expired.
+/// one that has expired. After a 401 it is read again at once.
 pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(60);
-
-/// The bearer token for the kubelet, from its file: read at most once per
-/// [`TOKEN_MAX_AGE`] instead of every period, and again at the next
-/// request after the kubelet answered 401.
-struct KubeletToken {
-    path: PathBuf,
-    /// When the file was read, and the `Bearer` header it gave (`None`
-    /// when the file is absent).
-    held: std::sync::Mutex<Option<(Instant, Option<HeaderValue>)>>,
-}
-
-impl KubeletToken {
-    fn new(path: PathBuf) -> Self {
-        KubeletToken {
-            path,
-            held: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Option<HeaderValue>)>> {
-        match self.held.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// The `authorization` header value, or `None` without a token file.
-    fn authorization(&self) -> Result<Option<HeaderValue>, KubeletError> {
-        let mut held = self.lock();
-        if let Some((at, value)) = held.as_ref() {
-            if at.elapsed() < TOKEN_MAX_AGE {
-                return Ok(value.clone());
-            }
-        }
-        let value = match std::fs::read_to_string(&self.path) {
-            Ok(t) => {
-                let mut value =
-                    HeaderValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
-                        KubeletError::Token {
-                            path: self.path.clone(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "not a valid header value",
-                            ),
-                        }
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(KubeletError::Token {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
-        };
-        *held = Some((Instant::now(), value.clone()));
-        Ok(value)
-    }
-
-    /// The kubelet refused the token: read the file again next time.
-    fn forget(&self) {
-        *self.lock() = None;
-    }
-}
 
 /// A kubelet client for one node.
 #[derive(Clone)]
@@ -195,7 +128,7 @@ pub struct KubeletSource {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     uri: Uri,
     pods_uri: Uri,
-    token: Option<Arc<KubeletToken>>,
+    token: Option<Arc<TokenFile>>,
     timeout: Duration,
     /// Names of the last payloads, shared by the next one's batch.
     names: Arc<std::sync::Mutex<Names>>,
@@ -204,7 +137,7 @@ pub struct KubeletSource {
 impl KubeletSource {
     /// `base_url` is `https://HOST:PORT`; the path `/metrics/resource` is
     /// appended. The token file is read again once a minute so rotated
-    /// tokens are picked up ([`KubeletToken`]); a missing file means no token.
+    /// tokens are picked up ([`TOKEN_MAX_AGE`]); a missing file means no token.
     pub fn new(
         base_url: &str,
         tls: Arc<rustls::ClientConfig>,
@@ -232,7 +165,7 @@ impl KubeletSource {
             client,
             uri,
             pods_uri,
-            token: token_file.map(|path| Arc::new(KubeletToken::new(path))),
+            token: token_file.map(|path| Arc::new(TokenFile::with_max_age(&path, TOKEN_MAX_AGE))),
             names: Default::default(),
             timeout,
         })
@@ -285,7 +218,7 @@ impl KubeletSource {
             concat!("metrics-agent/", env!("CARGO_PKG_VERSION")),
         );
         if let Some(token) = &self.token {
-            if let Some(value) = token.authorization()? {
+            if let Some(value) = token.bearer()? {
                 req = req.header(header::AUTHORIZATION, value);
             }
         }
