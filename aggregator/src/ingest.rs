@@ -1,12 +1,15 @@
-//! The gRPC `Ingest` service: one task per agent stream, each report
-//! checked, rendered and stored, and answered with an Ack. A stream serves
+//! The gRPC `Ingest` service: each report of an agent stream checked,
+//! rendered and stored, and answered with an Ack. A stream serves
 //! one node: the first accepted report binds it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
@@ -221,13 +224,17 @@ const WARNED_MAX: usize = 1024;
 
 impl IngestService {
     /// Opens one agent stream (`request` carries its metadata, `inbound`
-    /// its reports): checks the caller, then serves the stream in its own
-    /// task. Returns what to send back, or why the stream was refused.
+    /// its reports): checks the caller, then returns the stream's answers.
+    /// The stream has no task of its own: the response body pulls each
+    /// answer, and pulling one reads, stores and acknowledges the next
+    /// report. So a report is handled on the task that sends its Ack, with
+    /// no hand-over between tasks, and an agent that stops reading its
+    /// Acks (the HTTP/2 window full) stops being read.
     pub async fn open<B>(
         &self,
         request: Request<()>,
-        mut inbound: ReportReader<B>,
-    ) -> Result<mpsc::Receiver<Outgoing>, Status>
+        inbound: ReportReader<B>,
+    ) -> Result<Answers, Status>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -244,107 +251,167 @@ impl IngestService {
                 }
             },
         };
-        // Small: an agent that does not read its acks stops being read.
-        let (tx, rx) = mpsc::channel(4);
-        let this = self.clone();
-        this.metrics.streams.inc();
-        let span = tracing::info_span!("ingest", ?peer);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let mut state = StreamState::default();
-                let mut map_sent: Option<u64> = None;
-                let mut checked = Instant::now();
-                loop {
-                    let silence = state.period.map_or(FIRST_REPORT_WAIT, |p| {
-                        (p * this.expiry_periods).max(MIN_SILENCE)
-                    });
-                    let msg = tokio::select! {
-                        _ = this.cancel.cancelled() => {
-                            // Agents reconnect elsewhere at once, and say why.
-                            let _ = tx
-                                .send(Err(Status::unavailable(
-                                    "this replica is shutting down; reconnect",
-                                )))
-                                .await;
-                            break;
-                        }
-                        m = tokio::time::timeout(silence, inbound.message()) => match m {
-                            Ok(m) => m,
-                            Err(_) => {
-                                // A stream that stopped reporting holds a
-                                // connection and its buffers for nothing.
-                                this.metrics.limit("silent_stream");
-                                tracing::info!(node = ?state.bound, "agent stream closed: no report for {silence:?}");
-                                let _ = tx
-                                    .send(Err(Status::deadline_exceeded(format!(
-                                        "no report for {silence:?}; closing the stream"
-                                    ))))
-                                    .await;
-                                break;
-                            }
-                        },
-                    };
-                    let report = match msg {
-                        Ok(Some(r)) => r,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(node = ?state.bound, error = %e, "agent stream ended");
-                            // Tell the agent why (e.g. an oversized message).
-                            let _ = tx.send(Err(e)).await;
-                            break;
-                        }
-                    };
-                    if let (Some(agents), Some(id)) = (&this.agents, &identity) {
-                        if checked.elapsed() >= this.recheck {
-                            // Boxed: a review is rare (every `recheck`) and
-                            // its future large; inline, every stream's task
-                            // would carry its size (2.1 of 3.7 KB) for life.
-                            if let Err(status) = Box::pin(agents.recheck(id)).await {
-                                this.metrics.refused_stream(status.code());
-                                tracing::warn!(node = ?state.bound, error = %status.message(), "agent stream ended: token no longer accepted");
-                                let _ = tx.send(Err(status)).await;
-                                break;
-                            }
-                            checked = Instant::now();
-                        }
-                    }
-                    if let Some(status) = identity
-                        .as_ref()
-                        .and_then(|id| wrong_node(id, &report.node_name))
-                    {
-                        this.metrics.refused_stream(status.code());
-                        tracing::warn!(error = %status.message(), "agent stream refused");
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                    if let Some(shard) = this.shard.as_ref().map(SharedShard::get) {
-                        if map_sent != Some(shard.map.version) {
-                            let map = AggregatorMessage {
-                                kind: Some(Kind::ShardMap(shard.map.clone())),
-                            };
-                            if tx.send(Ok(frame(&map))).await.is_err() {
-                                break;
-                            }
-                            map_sent = Some(shard.map.version);
-                        }
-                    }
-                    let period = Duration::from_millis(report.period_ms);
-                    let ack = this.handle(report, &mut state);
-                    if ack.accepted {
-                        state.period = Some(period);
-                    }
-                    let msg = AggregatorMessage {
-                        kind: Some(Kind::Ack(ack)),
-                    };
-                    if tx.send(Ok(frame(&msg))).await.is_err() {
-                        break;
-                    }
+        self.metrics.streams.inc();
+        let session = Session {
+            service: self.clone(),
+            inbound,
+            identity,
+            state: StreamState::default(),
+            map_sent: None,
+            checked: Instant::now(),
+            ended: false,
+        };
+        let answers = futures::stream::unfold(session, |mut s| async move {
+            let out = s.next().await?;
+            Some((out, s))
+        });
+        Ok(Answers {
+            answers: Box::pin(answers),
+            span: tracing::info_span!("ingest", ?peer),
+        })
+    }
+}
+
+/// What goes back on one agent stream, in order: a framed message (a
+/// shard map and an Ack, or an Ack), then at most one status that ends
+/// it. Each answer is worked out when it is asked for.
+pub struct Answers {
+    answers: Pin<Box<dyn Stream<Item = Outgoing> + Send>>,
+    /// Entered while the stream's work runs, so its log lines carry the
+    /// agent's address.
+    span: tracing::Span,
+}
+
+impl Stream for Answers {
+    type Item = Outgoing;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        this.answers.as_mut().poll_next(cx)
+    }
+}
+
+/// One agent stream being served.
+struct Session<B> {
+    service: IngestService,
+    inbound: ReportReader<B>,
+    identity: Option<Caller>,
+    state: StreamState,
+    /// Version of the shard map last sent.
+    map_sent: Option<u64>,
+    /// When the caller's token was last reviewed.
+    checked: Instant,
+    ended: bool,
+}
+
+impl<B> Drop for Session<B> {
+    fn drop(&mut self) {
+        self.service.metrics.streams.dec();
+    }
+}
+
+impl<B> Session<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// The next answer; `None` once the stream is over.
+    async fn next(&mut self) -> Option<Outgoing> {
+        if self.ended {
+            return None;
+        }
+        let out = self.step().await;
+        if !matches!(out, Some(Ok(_))) {
+            self.ended = true;
+        }
+        out
+    }
+
+    /// Reads one report and answers it; an error ends the stream with
+    /// that status, `None` ends it quietly (the agent closed its side).
+    async fn step(&mut self) -> Option<Outgoing> {
+        let this = &self.service;
+        let silence = self.state.period.map_or(FIRST_REPORT_WAIT, |p| {
+            (p * this.expiry_periods).max(MIN_SILENCE)
+        });
+        let msg = tokio::select! {
+            // Agents reconnect elsewhere at once, and say why.
+            _ = this.cancel.cancelled() => {
+                return Some(Err(Status::unavailable(
+                    "this replica is shutting down; reconnect",
+                )));
+            }
+            m = tokio::time::timeout(silence, self.inbound.message()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    // A stream that stopped reporting holds a connection
+                    // and its buffers for nothing.
+                    this.metrics.limit("silent_stream");
+                    tracing::info!(node = ?self.state.bound, "agent stream closed: no report for {silence:?}");
+                    return Some(Err(Status::deadline_exceeded(format!(
+                        "no report for {silence:?}; closing the stream"
+                    ))));
                 }
-                this.metrics.streams.dec();
             },
-            span,
-        ));
-        Ok(rx)
+        };
+        let report = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::info!(node = ?self.state.bound, error = %e, "agent stream ended");
+                // Tell the agent why (e.g. an oversized message).
+                return Some(Err(e));
+            }
+        };
+        if let (Some(agents), Some(id)) = (&this.agents, &self.identity) {
+            if self.checked.elapsed() >= this.recheck {
+                // Boxed: a review is rare (every `recheck`) and its future
+                // large; inline, every stream would carry its size for life.
+                if let Err(status) = Box::pin(agents.recheck(id)).await {
+                    this.metrics.refused_stream(status.code());
+                    tracing::warn!(node = ?self.state.bound, error = %status.message(), "agent stream ended: token no longer accepted");
+                    return Some(Err(status));
+                }
+                self.checked = Instant::now();
+            }
+        }
+        if let Some(status) = self
+            .identity
+            .as_ref()
+            .and_then(|id| wrong_node(id, &report.node_name))
+        {
+            this.metrics.refused_stream(status.code());
+            tracing::warn!(error = %status.message(), "agent stream refused");
+            return Some(Err(status));
+        }
+        let mut map = None;
+        if let Some(shard) = this.shard.as_ref().map(SharedShard::get) {
+            if self.map_sent != Some(shard.map.version) {
+                map = Some(frame(&AggregatorMessage {
+                    kind: Some(Kind::ShardMap(shard.map.clone())),
+                }));
+                self.map_sent = Some(shard.map.version);
+            }
+        }
+        let period = Duration::from_millis(report.period_ms);
+        let ack = this.handle(report, &mut self.state);
+        if ack.accepted {
+            self.state.period = Some(period);
+        }
+        let ack = frame(&AggregatorMessage {
+            kind: Some(Kind::Ack(ack)),
+        });
+        Some(Ok(match map {
+            // Both messages in one DATA frame, the map first.
+            Some(map) => {
+                let mut both = BytesMut::with_capacity(map.len() + ack.len());
+                both.extend_from_slice(&map);
+                both.extend_from_slice(&ack);
+                both.freeze()
+            }
+            None => ack,
+        }))
     }
 }
 

@@ -15,17 +15,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::Stream;
 use http::{HeaderMap, HeaderValue};
 use hyper::body::Frame;
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
 use metrics_proto::v1::{AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
-use crate::ingest::IngestService;
+use crate::ingest::{Answers, IngestService};
 
 /// The one method this service serves.
 pub const REPORT_PATH: &str = "/metrics.v1.Ingest/Report";
@@ -120,6 +120,17 @@ where
         self.pending.len() + self.partial.capacity() + self.header_len
     }
 
+    /// Drops `n` bytes of the last frame; once none are left, lets go of
+    /// it: an empty `Bytes` still holds its frame's buffer, which is h2's
+    /// read buffer, and h2 cannot reuse a buffer still held (it takes a
+    /// new one) until the next report's frame replaces this one.
+    fn consume(&mut self, n: usize) {
+        self.pending.advance(n);
+        if self.pending.is_empty() {
+            self.pending = Bytes::new();
+        }
+    }
+
     /// Takes what it can from the last frame; decodes a message once one
     /// is complete. Consumes the whole frame unless a message is returned.
     fn decode_pending(&mut self) -> Result<Option<NodeReport>, Status> {
@@ -129,7 +140,7 @@ where
                 let n = (HEADER_LEN - self.header_len).min(self.pending.len());
                 self.header[self.header_len..self.header_len + n]
                     .copy_from_slice(&self.pending[..n]);
-                self.pending.advance(n);
+                self.consume(n);
                 self.header_len += n;
                 if self.header_len < HEADER_LEN {
                     return Ok(None);
@@ -163,7 +174,7 @@ where
             }
             let n = (len - self.partial.len()).min(self.pending.len());
             self.partial.extend_from_slice(&self.pending[..n]);
-            self.pending.advance(n);
+            self.consume(n);
             if self.partial.len() < len {
                 return Ok(None);
             }
@@ -188,14 +199,14 @@ pub fn frame(message: &AggregatorMessage) -> Bytes {
     buf.freeze()
 }
 
-/// What the stream's task sends its response: a framed message, or the
-/// status that ends the stream.
+/// One answer on an agent stream: a framed message, or the status that
+/// ends the stream.
 pub type Outgoing = Result<Bytes, Status>;
 
-/// The response body: each framed message as it is sent, then the
-/// stream's status as trailers (OK when the task ended without one).
+/// The response body: each framed message as it is worked out, then the
+/// stream's status as trailers (OK when the stream ended without one).
 struct AckBody {
-    rx: mpsc::Receiver<Outgoing>,
+    answers: Answers,
     done: bool,
 }
 
@@ -217,7 +228,7 @@ impl hyper::body::Body for AckBody {
         if self.done {
             return Poll::Ready(None);
         }
-        let frame = match std::task::ready!(self.rx.poll_recv(cx)) {
+        let frame = match std::task::ready!(Pin::new(&mut self.answers).poll_next(cx)) {
             Some(Ok(data)) => Frame::data(data),
             Some(Err(status)) => {
                 self.done = true;
@@ -246,8 +257,11 @@ where
     let (parts, body) = req.into_parts();
     let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
     match service.open(request, ReportReader::new(body)).await {
-        Ok(rx) => {
-            let mut response = http::Response::new(Body::new(AckBody { rx, done: false }));
+        Ok(answers) => {
+            let mut response = http::Response::new(Body::new(AckBody {
+                answers,
+                done: false,
+            }));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
@@ -331,6 +345,29 @@ mod tests {
             assert_eq!(r.message().await.unwrap().unwrap().node_name, want);
         }
         assert!(r.message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn read_messages_leave_no_hold_on_their_frames() {
+        // Two messages cut across two frames at every point, as an agent's
+        // 4 KiB frames cut its reports.
+        let wire = [framed(&report("a")), framed(&report("b"))].concat();
+        for cut in 1..wire.len() {
+            let frames = [
+                Bytes::copy_from_slice(&wire[..cut]),
+                Bytes::copy_from_slice(&wire[cut..]),
+            ];
+            let mut r = ReportReader::new(body(frames.to_vec()));
+            for want in ["a", "b"] {
+                assert_eq!(r.message().await.unwrap().unwrap().node_name, want);
+            }
+            // The reader lives on, waiting for the next report: it holds
+            // neither frame (so h2 may reuse its read buffer).
+            for (i, f) in frames.iter().enumerate() {
+                assert!(f.is_unique(), "frame {i} still held, cut at {cut}");
+            }
+            drop(r);
+        }
     }
 
     #[tokio::test]

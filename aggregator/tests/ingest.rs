@@ -395,6 +395,71 @@ async fn cancelling_ends_open_streams_and_the_server_returns() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Waits (up to 20 s) for `cond`.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+#[tokio::test]
+async fn the_open_streams_gauge_follows_each_stream_to_its_end() {
+    let store = Arc::new(Store::new());
+    let cancel = CancellationToken::new();
+    let metrics = Arc::new(AggregatorMetrics::default());
+    let svc = IngestService::new(Arc::clone(&store), Arc::clone(&metrics), 3, cancel.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(grpc_conn::serve(
+        TcpListenerStream::new(listener),
+        svc,
+        PeerService::new(Arc::clone(&store)),
+        cancel.clone(),
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut closing = Stream::open(&channel).await;
+    assert!(closing.send(report("node-1", 2)).await.unwrap().accepted);
+    let mut leaving = Stream::open(&channel).await;
+    assert!(leaving.send(report("node-2", 2)).await.unwrap().accepted);
+    assert_eq!(metrics.streams.get(), 2);
+
+    // An agent that closes its side gets the end of the stream, and the
+    // stream is no longer counted.
+    drop(closing.tx);
+    let end = tokio::time::timeout(Duration::from_secs(20), closing.acks.message())
+        .await
+        .expect("the stream ends once the agent closed its side");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert!(
+        eventually(|| metrics.streams.get() == 1).await,
+        "{}",
+        metrics.streams.get()
+    );
+
+    // An agent that goes away without closing (its stream cancelled)
+    // is no longer counted either, and the other streams on the port
+    // are served as before.
+    drop(leaving);
+    assert!(
+        eventually(|| metrics.streams.get() == 0).await,
+        "{}",
+        metrics.streams.get()
+    );
+    let mut next = Stream::open(&channel).await;
+    assert!(next.send(report("node-3", 2)).await.unwrap().accepted);
+    assert_eq!(metrics.streams.get(), 1);
+    cancel.cancel();
+}
+
 /// Now, ns since the epoch: sample times must be near the aggregator's clock.
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
