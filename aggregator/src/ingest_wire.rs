@@ -121,9 +121,10 @@ where
     }
 
     /// Drops `n` bytes of the last frame; once none are left, lets go of
-    /// it: an empty `Bytes` still holds its frame's buffer, which is h2's
-    /// read buffer, and h2 cannot reuse a buffer still held (it takes a
-    /// new one) until the next report's frame replaces this one.
+    /// it. An empty `Bytes` still holds its frame's buffer, which is h2's
+    /// read buffer: held until the next report's frame replaced it, that
+    /// buffer (8 KiB) stayed allocated between reports; let go, it is
+    /// freed once the report is read.
     fn consume(&mut self, n: usize) {
         self.pending.advance(n);
         if self.pending.is_empty() {
@@ -362,7 +363,7 @@ mod tests {
                 assert_eq!(r.message().await.unwrap().unwrap().node_name, want);
             }
             // The reader lives on, waiting for the next report: it holds
-            // neither frame (so h2 may reuse its read buffer).
+            // neither frame (so h2's read buffer can be freed).
             for (i, f) in frames.iter().enumerate() {
                 assert!(f.is_unique(), "frame {i} still held, cut at {cut}");
             }
