@@ -69,23 +69,32 @@ async fn serve_with(shard: Option<Shard>) -> (Arc<Store>, Channel, CancellationT
     if let Some(shard) = shard {
         svc = svc.with_shard(SharedShard::new(shard));
     }
+    let (_, _, channel) = serve_port(svc, &store, &cancel).await;
+    (store, channel, cancel)
+}
+
+/// Serves `svc` on a port of its own with the port's own server, as the
+/// replica runs it, until `cancel`; returns the server's task, its address
+/// and a channel to it.
+async fn serve_port(
+    svc: IngestService,
+    store: &Arc<Store>,
+    cancel: &CancellationToken,
+) -> (tokio::task::JoinHandle<()>, std::net::SocketAddr, Channel) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let stop = cancel.clone();
-    // The port's own server, as the replica runs it.
-    let peer = PeerService::new(Arc::clone(&store));
-    tokio::spawn(grpc_conn::serve(
+    let server = tokio::spawn(grpc_conn::serve(
         TcpListenerStream::new(listener),
         svc,
-        peer,
-        stop,
+        PeerService::new(Arc::clone(store)),
+        cancel.clone(),
     ));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    (store, channel, cancel)
+    (server, addr, channel)
 }
 
 struct Stream {
@@ -361,19 +370,7 @@ async fn cancelling_ends_open_streams_and_the_server_returns() {
     let cancel = CancellationToken::new();
     let metrics = Arc::new(AggregatorMetrics::default());
     let svc = IngestService::new(Arc::clone(&store), metrics, 3, cancel.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(grpc_conn::serve(
-        TcpListenerStream::new(listener),
-        svc,
-        PeerService::new(Arc::clone(&store)),
-        cancel.clone(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (server, addr, channel) = serve_port(svc, &store, &cancel).await;
     let mut streams = Vec::new();
     for node in ["node-1", "node-2"] {
         let mut s = Stream::open(&channel).await;
@@ -413,19 +410,7 @@ async fn the_open_streams_gauge_follows_each_stream_to_its_end() {
     let cancel = CancellationToken::new();
     let metrics = Arc::new(AggregatorMetrics::default());
     let svc = IngestService::new(Arc::clone(&store), Arc::clone(&metrics), 3, cancel.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(grpc_conn::serve(
-        TcpListenerStream::new(listener),
-        svc,
-        PeerService::new(Arc::clone(&store)),
-        cancel.clone(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_, _, channel) = serve_port(svc, &store, &cancel).await;
     let mut closing = Stream::open(&channel).await;
     assert!(closing.send(report("node-1", 2)).await.unwrap().accepted);
     let mut leaving = Stream::open(&channel).await;
