@@ -2,11 +2,10 @@
 //! rendered and stored, and answered with an Ack. A stream serves
 //! one node: the first accepted report binds it.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;

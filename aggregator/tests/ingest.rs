@@ -18,6 +18,7 @@ use metrics_aggregator::ingest::IngestService;
 use metrics_aggregator::metrics::AggregatorMetrics;
 use metrics_aggregator::shard::{Shard, SharedShard};
 use metrics_aggregator::store::Store;
+use metrics_e2e::wait::eventually;
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::ingest_client::IngestClient;
 use metrics_proto::v1::{Ack, ContainerUsage, NodeReport, PodUsage, Usage};
@@ -392,18 +393,6 @@ async fn cancelling_ends_open_streams_and_the_server_returns() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-/// Waits (up to 20 s) for `cond`.
-async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
-
 #[tokio::test]
 async fn the_open_streams_gauge_follows_each_stream_to_its_end() {
     let store = Arc::new(Store::new());
@@ -425,7 +414,7 @@ async fn the_open_streams_gauge_follows_each_stream_to_its_end() {
         .expect("the stream ends once the agent closed its side");
     assert!(matches!(end, Ok(None)), "{end:?}");
     assert!(
-        eventually(|| metrics.streams.get() == 1).await,
+        eventually(Duration::from_secs(20), async || metrics.streams.get() == 1).await,
         "{}",
         metrics.streams.get()
     );
@@ -435,7 +424,7 @@ async fn the_open_streams_gauge_follows_each_stream_to_its_end() {
     // are served as before.
     drop(leaving);
     assert!(
-        eventually(|| metrics.streams.get() == 0).await,
+        eventually(Duration::from_secs(20), async || metrics.streams.get() == 0).await,
         "{}",
         metrics.streams.get()
     );
