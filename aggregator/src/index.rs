@@ -16,6 +16,7 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -30,12 +31,22 @@ pub struct PodIndex {
     namespaces: DashMap<String, Ids>,
     /// Keyed by a 64-bit hash of (namespace, name); a collision only adds a
     /// node to look at, since every hit is checked in the node's entry.
-    pods: DashMap<u64, Ids>,
+    /// The one node holding the pod, the usual case, is held in the slot
+    /// itself (16 bytes a slot, where a posting took 32: the table has a
+    /// slot for every pod of the replica); [`SHARED`] when several nodes
+    /// hold the key (a pod moving, or a collision), listed in
+    /// `pods_shared`.
+    pods: DashMap<u64, u32>,
+    pods_shared: DashMap<u64, Ids>,
     /// Keyed by a 64-bit hash of (label key, value); a collision only adds
     /// nodes to look at, as for pods.
     labels: DashMap<u64, Ids>,
     ids: RwLock<NodeIds>,
 }
+
+/// In `PodIndex::pods`: the key is held by several nodes, listed in
+/// `PodIndex::pods_shared`. Never a node's id.
+const SHARED: u32 = u32::MAX;
 
 /// Node ids, sorted and distinct; one held inline.
 #[derive(Debug, Clone)]
@@ -121,7 +132,10 @@ impl NodeIds {
                 id
             }
             None => {
-                let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+                // Ids stay below SHARED; a replica never holds four
+                // billion nodes (its store's budget stops far sooner).
+                let id =
+                    u32::try_from(self.names.len()).map_or(SHARED - 1, |id| id.min(SHARED - 1));
                 self.names.push(Some(Arc::clone(&name)));
                 id
             }
@@ -279,8 +293,8 @@ impl PodIndex {
         diff(
             keys(old),
             keys(new),
-            |k| remove_from(&self.pods, &pod_key(k.0, k.1), id),
-            |k| self.pods.entry(pod_key(k.0, k.1)).or_default().insert(id),
+            |k| self.remove_pod(pod_key(k.0, k.1), id),
+            |k| self.add_pod(pod_key(k.0, k.1), id),
         );
         // Old and new entries are both alive here, so a label set of one
         // cannot share an address with a different set of the other.
@@ -294,6 +308,68 @@ impl PodIndex {
         }
         if new.is_empty() {
             self.write_ids(|ids| ids.release(node));
+        }
+    }
+
+    /// Records that node `id` holds the pod keyed `key`. The pod slot's
+    /// guard is held while `pods_shared` changes, as in every reader: the
+    /// two maps are always locked in that order.
+    fn add_pod(&self, key: u64, id: u32) {
+        match self.pods.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(id);
+            }
+            Entry::Occupied(mut slot) => match *slot.get() {
+                SHARED => self.pods_shared.entry(key).or_default().insert(id),
+                have if have == id => {}
+                have => {
+                    let mut ids = Ids::One(have);
+                    ids.insert(id);
+                    self.pods_shared.insert(key, ids);
+                    slot.insert(SHARED);
+                }
+            },
+        }
+    }
+
+    /// Records that node `id` no longer holds the pod keyed `key`; a key
+    /// left with one node goes back to its slot, one left with none leaves.
+    fn remove_pod(&self, key: u64, id: u32) {
+        let Entry::Occupied(mut slot) = self.pods.entry(key) else {
+            return;
+        };
+        match *slot.get() {
+            have if have == id => {
+                slot.remove();
+            }
+            SHARED => {
+                let left = match self.pods_shared.entry(key) {
+                    Entry::Occupied(mut shared) => {
+                        shared.get_mut().remove(id);
+                        let left = match *shared.get().as_slice() {
+                            [] => Some(None),
+                            [one] => Some(Some(one)),
+                            _ => None,
+                        };
+                        if left.is_some() {
+                            shared.remove();
+                        }
+                        left
+                    }
+                    // Not written without its list; dropped if ever so.
+                    Entry::Vacant(_) => Some(None),
+                };
+                match left {
+                    Some(Some(one)) => {
+                        slot.insert(one);
+                    }
+                    Some(None) => {
+                        slot.remove();
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
         }
     }
 
@@ -335,7 +411,14 @@ impl PodIndex {
     /// Nodes holding the pod `namespace/name` (usually one; two while it
     /// moves; more only on a hash collision).
     pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<Arc<str>> {
-        self.names(self.pods.get(&pod_key(namespace, name)).as_deref())
+        let key = pod_key(namespace, name);
+        let Some(slot) = self.pods.get(&key) else {
+            return Vec::new();
+        };
+        match *slot {
+            SHARED => self.names(self.pods_shared.get(&key).as_deref()),
+            id => self.names(Some(&Ids::One(id))),
+        }
     }
 
     /// Namespaces and pod keys held (for tests and self-metrics).
@@ -348,6 +431,7 @@ impl PodIndex {
     pub fn is_empty(&self) -> bool {
         self.namespaces.is_empty()
             && self.pods.is_empty()
+            && self.pods_shared.is_empty()
             && self.labels.is_empty()
             && self.read_ids(|ids| ids.by_name.is_empty()).unwrap_or(false)
     }

@@ -719,6 +719,9 @@ mod tests {
                     proptest::prop_assert_eq!(names(&store.pod(&ns, &name, t0)), names(&want));
                 }
             }
+            // Every node gone: no pod key is left, shared or not.
+            store.sweep(t0 + Duration::from_secs(3600));
+            proptest::prop_assert!(store.index_is_empty());
         }
     }
 }
