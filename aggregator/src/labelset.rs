@@ -19,18 +19,29 @@ use metrics_proto::v1::NodeReport;
 
 pub use metrics_proto::checks::MAX_LABELS;
 
-/// One object's labels, compactly: keys and values concatenated in key
-/// order with their end offsets, and the rendered JSON member.
+/// One object's labels, compactly: the rendered JSON member, and the end
+/// offsets of each key and value as if concatenated in key order. The
+/// keys and values are read out of the JSON, where they stand unchanged
+/// unless rendering had to escape one; only then are they also kept
+/// concatenated.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Labels {
-    text: Box<str>,
-    /// End of key i at `ends[2i]`, of its value at `ends[2i + 1]`.
+    /// Keys and values concatenated in key order, when the JSON escaped any.
+    text: Option<Box<str>>,
+    /// End of key i at `ends[2i]`, of its value at `ends[2i + 1]`, in the
+    /// concatenation.
     ends: Box<[u32]>,
     /// `,"labels":{...}` in key order, or empty without labels.
     json: Box<str>,
     /// The labels as protobuf map entries, made on first use.
     pb: std::sync::OnceLock<Box<[u8]>>,
 }
+
+/// `,"labels":{"`: where the first key starts in the JSON.
+const JSON_FIRST_KEY: usize = 12;
+/// `":"` between a key and its value, `","` between a value and the next
+/// key: the JSON of pair i is offset from the concatenation by 6 × i.
+const JSON_SEP: usize = 3;
 
 static EMPTY: LazyLock<Arc<Labels>> = LazyLock::new(|| Arc::new(Labels::default()));
 
@@ -49,15 +60,18 @@ impl Labels {
             return Self::empty();
         }
         let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let mut text = String::with_capacity(size);
         let mut ends = Vec::with_capacity(2 * pairs.len());
-        let mut json = String::with_capacity(16 + size + 6 * pairs.len());
+        // Unescaped, the JSON is the pairs with 6 bytes of quotes and
+        // separators each, behind the 11 of `,"labels":{` and before `}`.
+        let plain_len = JSON_FIRST_KEY - 1 + size + 2 * JSON_SEP * pairs.len();
+        let mut json = String::with_capacity(plain_len + 16);
         json.push_str(",\"labels\":{");
+        let mut end = 0;
         for (i, &(k, v)) in pairs.iter().enumerate() {
             for s in [k, v] {
-                text.push_str(s);
+                end += s.len();
                 // Bounded by MAX_LABELS × 380 bytes, far below u32::MAX.
-                ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+                ends.push(u32::try_from(end).unwrap_or(u32::MAX));
             }
             if i > 0 {
                 json.push(',');
@@ -67,8 +81,17 @@ impl Labels {
             json_str(&mut json, v);
         }
         json.push('}');
+        // Escaping only ever adds bytes: at the plain length nothing was.
+        let text = (json.len() != plain_len).then(|| {
+            let mut text = String::with_capacity(size);
+            for (k, v) in pairs {
+                text.push_str(k);
+                text.push_str(v);
+            }
+            text.into()
+        });
         Arc::new(Self {
-            text: text.into(),
+            text,
             ends: ends.into(),
             json: json.into(),
             pb: std::sync::OnceLock::new(),
@@ -96,7 +119,16 @@ impl Labels {
             self.ends[2 * i - 1] as usize
         };
         let (k_end, v_end) = (self.ends[2 * i] as usize, self.ends[2 * i + 1] as usize);
-        (&self.text[start..k_end], &self.text[k_end..v_end])
+        match &self.text {
+            Some(text) => (&text[start..k_end], &text[k_end..v_end]),
+            None => {
+                let at = JSON_FIRST_KEY + 2 * JSON_SEP * i;
+                (
+                    &self.json[start + at..k_end + at],
+                    &self.json[k_end + at + JSON_SEP..v_end + at + JSON_SEP],
+                )
+            }
+        }
     }
 
     /// The value of label `key`.
@@ -483,6 +515,48 @@ mod tests {
             l.json(),
             r#","labels":{"a/b":"","app":"shop","tier":"web"}"#
         );
+        // Nothing escaped: the pairs are read out of the JSON alone.
+        assert!(l.text.is_none());
+    }
+
+    /// Keys and values the JSON escapes read back unchanged, in a set
+    /// with plain ones before and after, and the JSON is their JSON. (The
+    /// label syntax check refuses such labels before they are built; the
+    /// built set does not rely on it.)
+    #[test]
+    fn escaped_labels_read_back_unchanged() {
+        let odd = [
+            "say \"hi\"",
+            "back\\slash",
+            "line\nbreak",
+            "tab\t",
+            "\u{1}",
+            "é",
+        ];
+        for (n, v) in odd.iter().enumerate() {
+            let map = HashMap::from([
+                ("a".to_string(), "first".to_string()),
+                (format!("k{n}"), (*v).to_string()),
+                (format!("odd{v}"), "x".to_string()),
+                ("z".to_string(), String::new()),
+            ]);
+            let l = Labels::build(&sorted(&map));
+            let back: HashMap<String, String> = l
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(back, map, "{v:?}");
+            for (k, want) in &map {
+                assert_eq!(l.get(k), Some(want.as_str()), "{k:?}");
+            }
+            let json: HashMap<String, String> =
+                serde_json::from_str(&format!("{{{}}}", &l.json()[1..]))
+                    .map(|m: HashMap<String, HashMap<String, String>>| m["labels"].clone())
+                    .unwrap();
+            assert_eq!(json, map, "{v:?}");
+            // "é" needs no escape in JSON; the others keep their text.
+            assert_eq!(l.text.is_none(), *v == "é", "{v:?}");
+        }
     }
 
     #[test]
