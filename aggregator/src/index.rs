@@ -343,30 +343,22 @@ impl PodIndex {
                 slot.remove();
             }
             SHARED => {
-                let left = match self.pods_shared.entry(key) {
-                    Entry::Occupied(mut shared) => {
-                        shared.get_mut().remove(id);
-                        let left = match *shared.get().as_slice() {
-                            [] => Some(None),
-                            [one] => Some(Some(one)),
-                            _ => None,
-                        };
-                        if left.is_some() {
-                            shared.remove();
-                        }
-                        left
-                    }
-                    // Not written without its list; dropped if ever so.
-                    Entry::Vacant(_) => Some(None),
+                // Never written without its list; dropped if ever so.
+                let Entry::Occupied(mut shared) = self.pods_shared.entry(key) else {
+                    slot.remove();
+                    return;
                 };
-                match left {
-                    Some(Some(one)) => {
-                        slot.insert(one);
-                    }
-                    Some(None) => {
+                shared.get_mut().remove(id);
+                match *shared.get().as_slice() {
+                    [] => {
+                        shared.remove();
                         slot.remove();
                     }
-                    None => {}
+                    [one] => {
+                        shared.remove();
+                        slot.insert(one);
+                    }
+                    _ => {}
                 }
             }
             _ => {}
