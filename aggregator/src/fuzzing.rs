@@ -75,11 +75,11 @@ pub fn report(data: &[u8]) {
             .write_object(&mut json, "PodMetrics", created);
         let v: serde_json::Value = serde_json::from_slice(&json)
             .unwrap_or_else(|e| panic!("pod JSON: {e}: {}", String::from_utf8_lossy(&json)));
-        assert_eq!(v["metadata"]["name"], pod.name.as_str());
-        assert_eq!(v["metadata"]["namespace"], pod.namespace.as_str());
+        assert_eq!(v["metadata"]["name"], pod.name());
+        assert_eq!(v["metadata"]["namespace"], pod.namespace());
         let decoded = protobuf::PodMetrics::decode(pod.render_pb(entry.swap).as_slice())
             .unwrap_or_else(|e| panic!("pod protobuf: {e}"));
-        assert_eq!(decoded.containers.len(), pod.containers.len());
+        assert_eq!(decoded.containers.len(), pod.container_count());
     }
 }
 

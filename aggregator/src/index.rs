@@ -196,7 +196,7 @@ pub fn pod_key(namespace: &str, name: &str) -> u64 {
 fn namespaces(pods: &[PodEntry]) -> impl Iterator<Item = &str> {
     let mut last: Option<&str> = None;
     pods.iter().filter_map(move |p| {
-        let ns = p.namespace.as_str();
+        let ns = p.namespace();
         if last == Some(ns) {
             None
         } else {
@@ -259,7 +259,7 @@ where
 }
 
 fn keys(pods: &[PodEntry]) -> impl Iterator<Item = Key<'_>> {
-    pods.iter().map(|p| Key(&p.namespace, &p.name))
+    pods.iter().map(|p| Key(p.namespace(), p.name()))
 }
 
 /// A pod's sort key, borrowed.

@@ -502,7 +502,7 @@ mod tests {
         let node = store.node("node-a", now).expect("the node is served");
         assert!(node.node.is_some());
         assert_eq!(node.labels.iter().count(), 0, "its labels were dropped");
-        let kept: Vec<&str> = node.pods.iter().map(|p| p.name.as_str()).collect();
+        let kept: Vec<&str> = node.pods.iter().map(|p| p.name()).collect();
         assert_eq!(kept, ["good-1", "good-2"]);
         assert_eq!(node.pods[0].labels.get("app"), Some("web"));
         let text = scrape(&registry);
@@ -539,7 +539,7 @@ mod tests {
             ack.error
         );
         let node = store.node("node-c", Instant::now()).unwrap();
-        let kept: Vec<&str> = node.pods.iter().map(|p| p.name.as_str()).collect();
+        let kept: Vec<&str> = node.pods.iter().map(|p| p.name()).collect();
         assert_eq!(kept, ["honest"]);
         assert!(scrape(&registry)
             .contains("metrics_aggregator_report_parts_dropped_total{part=\"pod\"} 2"));

@@ -219,9 +219,9 @@ impl Query {
                 .take_while(|_| go_on())
                 .map(|h| (h, h.pod()))
                 .filter(|(h, p)| {
-                    name_ok(&p.name)
+                    name_ok(p.name())
                         && node_ok(h.node())
-                        && self.fields.matches(&p.namespace, &p.name)
+                        && self.fields.matches(p.namespace(), p.name())
                         && labels_ok(&p.labels)
                 })
                 .map(|(h, p)| {
@@ -231,8 +231,8 @@ impl Query {
                         (h.render(), None)
                     };
                     Hit {
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
+                        namespace: p.namespace().to_owned(),
+                        name: p.name().to_owned(),
                         node: h.node().to_owned(),
                         timestamp_ns: p.timestamp_ns,
                         rendered,

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 #[cfg(test)]
 use metrics_proto::v1::PodUsage;
-use metrics_proto::v1::{ContainerUsage, Usage};
+use metrics_proto::v1::Usage;
 
 use crate::format::{write_cpu_quantity, write_go_duration, write_memory_quantity};
 use crate::labelset::Labels;
+use crate::report::Container;
 
 /// A rendered object; see the module doc. Objects rendered here keep
 /// their labels' JSON by reference (one copy per label set, not per
@@ -171,41 +172,44 @@ pub fn node_metrics(name: &str, labels: &Arc<Labels>, u: &Usage, swap: bool) -> 
 /// A PodMetrics object for `p` with `labels`; containers sorted by name.
 #[cfg(test)]
 pub fn pod_metrics(p: &PodUsage, labels: &Arc<Labels>) -> Rendered {
-    let mut containers = p.containers.clone();
-    containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let mut containers: Vec<Container> = p.containers.iter().map(Container::of).collect();
+    containers.sort_unstable_by(|a, b| a.name.cmp(b.name));
     pod_object(
         &p.namespace,
         &p.name,
         labels,
         p.timestamp_unix_nanos,
         p.window_nanos,
-        &containers,
+        containers.iter().copied(),
+        containers.len(),
         false,
     )
 }
 
-/// A PodMetrics object from its parts; `containers` in the order given.
-pub fn pod_object(
+/// A PodMetrics object from its parts; the `count` `containers` in the
+/// order given.
+#[allow(clippy::too_many_arguments)]
+pub fn pod_object<'a>(
     namespace: &str,
     name: &str,
     labels: &Arc<Labels>,
     timestamp_ns: i64,
     window_ns: i64,
-    containers: &[ContainerUsage],
+    containers: impl Iterator<Item = Container<'a>>,
+    count: usize,
     swap: bool,
 ) -> Rendered {
-    let mut text =
-        String::with_capacity(192 + namespace.len() + name.len() + 96 * containers.len());
+    let mut text = String::with_capacity(192 + namespace.len() + name.len() + 96 * count);
     head(&mut text, Some(namespace), name);
     let split = text.len();
     times(&mut text, timestamp_ns, window_ns);
     text.push_str(",\"containers\":[");
-    for (i, c) in containers.iter().enumerate() {
+    for (i, c) in containers.enumerate() {
         if i > 0 {
             text.push(',');
         }
         text.push_str("{\"name\":");
-        json_str(&mut text, &c.name);
+        json_str(&mut text, c.name);
         text.push_str(",\"usage\":");
         usage_json(
             &mut text,
@@ -295,6 +299,7 @@ mod tests {
 
     #[test]
     fn pod_object_layout() {
+        use metrics_proto::v1::ContainerUsage;
         let p = PodUsage {
             namespace: "kube-system".into(),
             name: "kube-scheduler-minikube".into(),

@@ -13,7 +13,7 @@ use prost::encoding::{encode_key, encode_varint, WireType};
 
 use crate::format::{write_cpu_quantity, write_memory_quantity};
 use crate::labelset::Labels;
-use metrics_proto::v1::ContainerUsage;
+use crate::report::Container;
 
 fn bytes_field(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
     encode_key(tag, WireType::LengthDelimited, out);
@@ -120,18 +120,19 @@ pub fn node_metrics(
 
 /// A PodMetrics without its creationTimestamp; `containers` in the order
 /// given.
-pub fn pod_metrics(
+#[allow(clippy::too_many_arguments)]
+pub fn pod_metrics<'a>(
     namespace: &str,
     name: &str,
     labels: &Labels,
     timestamp_ns: i64,
     window_ns: i64,
-    containers: &[ContainerUsage],
+    containers: impl Iterator<Item = Container<'a>>,
+    count: usize,
     swap: bool,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        128 + namespace.len() + name.len() + labels.json().len() + 64 * containers.len(),
-    );
+    let mut out =
+        Vec::with_capacity(128 + namespace.len() + name.len() + labels.json().len() + 64 * count);
     let mut q = String::with_capacity(24);
     metadata(&mut out, Some(namespace), name, labels);
     times(&mut out, timestamp_ns, window_ns);
@@ -259,6 +260,7 @@ mod tests {
 
     #[test]
     fn pods_decode_as_the_reference_encoding_of_the_json_objects() {
+        use metrics_proto::v1::ContainerUsage;
         let l = labels(&[("app", "web"), ("pod-template-hash", "5d8f"), ("a.b/c", "")]);
         // Long enough that nested lengths need two varint bytes.
         let containers: Vec<ContainerUsage> = (0..4)
@@ -269,6 +271,7 @@ mod tests {
                 swap_bytes: i * 1024,
             })
             .collect();
+        let cs = || containers.iter().map(Container::of);
         for swap in [false, true] {
             let pods = [
                 ("team-a", "web-1", 1_700_000_000_123_456_789, 15_500_000_000),
@@ -276,12 +279,13 @@ mod tests {
             ];
             let ours: Vec<Vec<u8>> = pods
                 .iter()
-                .map(|(ns, n, ts, w)| pod_metrics(ns, n, &l, *ts, *w, &containers, swap))
+                .map(|(ns, n, ts, w)| pod_metrics(ns, n, &l, *ts, *w, cs(), containers.len(), swap))
                 .collect();
             let objects: Vec<Object> = pods
                 .iter()
                 .map(|(ns, n, ts, w)| {
-                    let json = crate::render::pod_object(ns, n, &l, *ts, *w, &containers, swap);
+                    let json =
+                        crate::render::pod_object(ns, n, &l, *ts, *w, cs(), containers.len(), swap);
                     object(json, *ts)
                 })
                 .collect();

@@ -37,36 +37,147 @@ pub enum ReportError {
     Budget(#[from] crate::store::BudgetError),
 }
 
-/// One pod as stored.
+/// One pod as stored, compactly: its names in one string and its
+/// containers' usage in one slice, two allocations a pod.
 #[derive(Debug)]
 pub struct PodEntry {
-    pub namespace: String,
-    pub name: String,
+    /// `namespace/name/container/container...`, the containers sorted by
+    /// name. None of the names can hold a `/` (each passed the DNS name
+    /// checks), so the separators are unambiguous.
+    names: Box<str>,
     pub labels: Arc<Labels>,
     pub timestamp_ns: i64,
     pub window_ns: i64,
-    /// Sorted by name.
-    pub containers: Box<[ContainerUsage]>,
+    /// The containers' usage, in the order of their names in `names`.
+    usage: Box<[ContainerStat]>,
+    /// Length of the namespace, then of the name (both DNS subdomains, at
+    /// most 253 bytes).
+    ns_len: u8,
+    name_len: u8,
 }
+
+/// One container's usage as stored; its name is kept in its pod's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerStat {
+    pub cpu_nanocores: u64,
+    pub memory_working_set_bytes: u64,
+    pub swap_bytes: u64,
+}
+
+/// One container of a stored pod, as answers render it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Container<'a> {
+    pub name: &'a str,
+    pub cpu_nanocores: u64,
+    pub memory_working_set_bytes: u64,
+    pub swap_bytes: u64,
+}
+
+impl<'a> Container<'a> {
+    /// A container as the agent reported it.
+    pub fn of(c: &'a ContainerUsage) -> Self {
+        Container {
+            name: &c.name,
+            cpu_nanocores: c.cpu_nanocores,
+            memory_working_set_bytes: c.memory_working_set_bytes,
+            swap_bytes: c.swap_bytes,
+        }
+    }
+}
+
+/// What a name in [`PodEntry::names`] cannot hold.
+const SEP: char = '/';
 
 /// Bookkeeping per stored pod beyond its strings: the entry itself, the
 /// label set's offsets, and its keys in the index.
-const POD_OVERHEAD: usize = 192;
-const CONTAINER_OVERHEAD: usize = 48;
+const POD_OVERHEAD: usize = 168;
+const CONTAINER_OVERHEAD: usize = 25;
 const NODE_OVERHEAD: usize = 512;
 
 impl PodEntry {
+    /// A pod from its checked parts ([`check_pod`]: the names are DNS
+    /// names, so none holds a `/` and none is over 253 bytes); `containers`
+    /// in any order. None when a name breaks that.
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        labels: Arc<Labels>,
+        timestamp_ns: i64,
+        window_ns: i64,
+        containers: &mut [ContainerUsage],
+    ) -> Option<Self> {
+        let ns_len = u8::try_from(namespace.len()).ok()?;
+        let name_len = u8::try_from(name.len()).ok()?;
+        containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let all = || {
+            std::iter::once(namespace)
+                .chain(std::iter::once(name))
+                .chain(containers.iter().map(|c| c.name.as_str()))
+        };
+        if all().any(|n| n.contains(SEP)) {
+            return None;
+        }
+        let size = all().map(|n| n.len() + 1).sum::<usize>();
+        let mut names = String::with_capacity(size);
+        for n in all() {
+            if !names.is_empty() {
+                names.push(SEP);
+            }
+            names.push_str(n);
+        }
+        let usage = containers
+            .iter()
+            .map(|c| ContainerStat {
+                cpu_nanocores: c.cpu_nanocores,
+                memory_working_set_bytes: c.memory_working_set_bytes,
+                swap_bytes: c.swap_bytes,
+            })
+            .collect();
+        Some(PodEntry {
+            names: names.into_boxed_str(),
+            labels,
+            timestamp_ns,
+            window_ns,
+            usage,
+            ns_len,
+            name_len,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.names.get(..usize::from(self.ns_len)).unwrap_or("")
+    }
+
+    pub fn name(&self) -> &str {
+        let start = usize::from(self.ns_len) + 1;
+        self.names
+            .get(start..start + usize::from(self.name_len))
+            .unwrap_or("")
+    }
+
+    /// How many containers the pod has.
+    pub fn container_count(&self) -> usize {
+        self.usage.len()
+    }
+
+    /// The containers, sorted by name.
+    pub fn containers(&self) -> impl Iterator<Item = Container<'_>> {
+        let start = usize::from(self.ns_len) + usize::from(self.name_len) + 2;
+        let names = self.names.get(start..).unwrap_or("").split(SEP);
+        names.zip(self.usage.iter()).map(|(name, u)| Container {
+            name,
+            cpu_nanocores: u.cpu_nanocores,
+            memory_working_set_bytes: u.memory_working_set_bytes,
+            swap_bytes: u.swap_bytes,
+        })
+    }
+
     /// Estimated bytes held for this pod: its names and containers, and
     /// its labels (counted whole even when shared with other pods).
     pub fn footprint(&self) -> usize {
-        self.namespace.len()
-            + self.name.len()
+        self.names.len()
             + self.labels.json().len()
-            + self
-                .containers
-                .iter()
-                .map(|c| c.name.len() + CONTAINER_OVERHEAD)
-                .sum::<usize>()
+            + CONTAINER_OVERHEAD * self.usage.len()
             + POD_OVERHEAD
     }
 
@@ -75,12 +186,13 @@ impl PodEntry {
     /// each container's usage when `swap`.
     pub fn render(&self, swap: bool) -> Rendered {
         render::pod_object(
-            &self.namespace,
-            &self.name,
+            self.namespace(),
+            self.name(),
             &self.labels,
             self.timestamp_ns,
             self.window_ns,
-            &self.containers,
+            self.containers(),
+            self.container_count(),
             swap,
         )
     }
@@ -89,12 +201,13 @@ impl PodEntry {
     /// creationTimestamp (`render_pb.rs`).
     pub fn render_pb(&self, swap: bool) -> Vec<u8> {
         crate::render_pb::pod_metrics(
-            &self.namespace,
-            &self.name,
+            self.namespace(),
+            self.name(),
             &self.labels,
             self.timestamp_ns,
             self.window_ns,
-            &self.containers,
+            self.containers(),
+            self.container_count(),
             swap,
         )
     }
@@ -301,7 +414,7 @@ pub fn to_entry_with(
         ..
     } = report;
     let mut pods = Vec::with_capacity(report_pods.len().min(MAX_PODS_PER_REPORT));
-    for (p, labels) in report_pods
+    for (mut p, labels) in report_pods
         .into_iter()
         .zip(pod_labels)
         .take(MAX_PODS_PER_REPORT)
@@ -321,19 +434,27 @@ pub fn to_entry_with(
                 continue;
             }
         };
-        let mut containers: Box<[ContainerUsage]> = p.containers.into_boxed_slice();
-        containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        pods.push(PodEntry {
-            namespace: p.namespace,
-            name: p.name,
+        let mut containers = std::mem::take(&mut p.containers);
+        let Some(entry) = PodEntry::new(
+            &p.namespace,
+            &p.name,
             labels,
-            timestamp_ns: p.timestamp_unix_nanos,
-            window_ns: p.window_nanos,
-            containers,
-        });
+            p.timestamp_unix_nanos,
+            p.window_nanos,
+            &mut containers,
+        ) else {
+            // check_pod refuses every name PodEntry cannot hold.
+            dropped.push(Dropped {
+                part: Part::Pod,
+                what: pod_key(&p),
+                reason: "invalid namespace, name or container name".into(),
+            });
+            continue;
+        };
+        pods.push(entry);
     }
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    pods.dedup_by(|b, a| a.namespace == b.namespace && a.name == b.name);
+    pods.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    pods.dedup_by(|b, a| a.namespace() == b.namespace() && a.name() == b.name());
     let period = Duration::from_millis(period_ms);
     let mut entry = NodeEntry {
         name: node_name,

@@ -115,8 +115,8 @@ fn add_pods(out: &mut Vec<PodHit>, entry: &Arc<NodeEntry>, namespace: Option<&st
     let range = match namespace {
         None => 0..entry.pods.len(),
         Some(ns) => {
-            let start = entry.pods.partition_point(|p| p.namespace.as_str() < ns);
-            let end = entry.pods.partition_point(|p| p.namespace.as_str() <= ns);
+            let start = entry.pods.partition_point(|p| p.namespace() < ns);
+            let end = entry.pods.partition_point(|p| p.namespace() <= ns);
             start..end
         }
     };
@@ -313,7 +313,7 @@ impl Store {
             let key = (namespace, name);
             if let Ok(index) = entry
                 .pods
-                .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&key))
+                .binary_search_by(|p| (p.namespace(), p.name()).cmp(&key))
             {
                 out.push(PodHit { entry, index });
             }
@@ -327,7 +327,7 @@ impl Store {
         let (mut nodes, mut containers) = (0, 0);
         for e in self.nodes.iter().filter(|e| e.expires > now) {
             nodes += usize::from(e.node.is_some());
-            containers += e.pods.iter().map(|p| p.containers.len()).sum::<usize>();
+            containers += e.pods.iter().map(|p| p.container_count()).sum::<usize>();
         }
         (nodes, containers)
     }
@@ -376,6 +376,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labelset::Labels;
     use crate::report::to_entry;
     use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
 
@@ -415,8 +416,8 @@ mod tests {
             .map(|h| {
                 format!(
                     "{}/{}@{}",
-                    h.pod().namespace,
-                    h.pod().name,
+                    h.pod().namespace(),
+                    h.pod().name(),
                     h.pod().timestamp_ns
                 )
             })
@@ -440,25 +441,72 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_takes_its_names_from_the_report_without_copies() {
-        let r = report("n1", &[("ns", "b", 1), ("ns", "a", 1)]);
+    fn an_entry_holds_each_pods_names_and_containers_sorted() {
+        let mut r = report("n1", &[("ns-b", "web-1", 1), ("ns-a", "db-0", 1)]);
         let node = r.node_name.as_ptr();
-        // Where a pod's namespace, name and container name live.
-        let at = |ns: &str, name: &str, c: &str| [ns.as_ptr(), name.as_ptr(), c.as_ptr()];
-        let pods: Vec<[*const u8; 3]> = r
-            .pods
+        r.pods[0].containers = ["sidecar", "app", "init-x"]
             .iter()
-            .map(|p| at(&p.namespace, &p.name, &p.containers[0].name))
+            .zip(0..)
+            .map(|(n, i)| ContainerUsage {
+                name: (*n).into(),
+                cpu_nanocores: 10 + i,
+                memory_working_set_bytes: 100 + i,
+                swap_bytes: 1000 + i,
+            })
             .collect();
         let e = to_entry(r, None, Instant::now(), 3).unwrap();
+        // The node's name is the report's own string, not a copy.
         assert_eq!(e.name.as_ptr(), node);
-        // Sorted by name: "a" was the report's second pod.
-        let stored: Vec<[*const u8; 3]> = e
-            .pods
-            .iter()
-            .map(|p| at(&p.namespace, &p.name, &p.containers[0].name))
+        let keys: Vec<(&str, &str)> = e.pods.iter().map(|p| (p.namespace(), p.name())).collect();
+        assert_eq!(keys, [("ns-a", "db-0"), ("ns-b", "web-1")]);
+        let web = &e.pods[1];
+        assert_eq!(web.container_count(), 3);
+        let got: Vec<(&str, u64, u64, u64)> = web
+            .containers()
+            .map(|c| {
+                (
+                    c.name,
+                    c.cpu_nanocores,
+                    c.memory_working_set_bytes,
+                    c.swap_bytes,
+                )
+            })
             .collect();
-        assert_eq!(stored, [pods[1], pods[0]]);
+        assert_eq!(
+            got,
+            [
+                ("app", 11, 101, 1001),
+                ("init-x", 12, 102, 1002),
+                ("sidecar", 10, 100, 1000)
+            ]
+        );
+        let db: Vec<&str> = e.pods[0].containers().map(|c| c.name).collect();
+        assert_eq!(db, ["c"]);
+    }
+
+    #[test]
+    fn a_pod_entry_refuses_names_it_cannot_keep_apart() {
+        let one = |name: &str| {
+            vec![ContainerUsage {
+                name: name.into(),
+                ..Default::default()
+            }]
+        };
+        let new = |ns: &str, name: &str, c: &str| {
+            PodEntry::new(ns, name, Labels::empty(), 1, 1, &mut one(c))
+        };
+        let long = "n".repeat(256);
+        for (ns, name, c) in [
+            ("ns", "a/b", "c"),
+            ("a/b", "p", "c"),
+            ("ns", "p", "x/y"),
+            (long.as_str(), "p", "c"),
+            ("ns", long.as_str(), "c"),
+        ] {
+            assert!(new(ns, name, c).is_none(), "{ns} {name} {c}");
+        }
+        let kept = new("ns", "p", "c").unwrap();
+        assert_eq!((kept.namespace(), kept.name()), ("ns", "p"));
     }
 
     #[test]
@@ -666,7 +714,7 @@ mod tests {
                     let all: Vec<PodHit> = store
                         .pods(None, now)
                         .into_iter()
-                        .filter(|h| ns.is_none_or(|n| h.pod().namespace == n))
+                        .filter(|h| ns.is_none_or(|n| h.pod().namespace() == n))
                         .collect();
                     proptest::prop_assert_eq!(
                         matching(store.pods_for_selector(ns, &selector, now)),
@@ -707,13 +755,13 @@ mod tests {
             for ns in 0..3 {
                 let ns = format!("ns{ns}");
                 let mut want: Vec<PodHit> =
-                    all.iter().filter(|h| h.pod().namespace == ns).cloned().collect();
+                    all.iter().filter(|h| h.pod().namespace() == ns).cloned().collect();
                 proptest::prop_assert_eq!(names(&store.pods(Some(&ns), t0)), names(&want));
                 for p in 0..5 {
                     let name = format!("p{p}");
                     want = all
                         .iter()
-                        .filter(|h| h.pod().namespace == ns && h.pod().name == name)
+                        .filter(|h| h.pod().namespace() == ns && h.pod().name() == name)
                         .cloned()
                         .collect();
                     proptest::prop_assert_eq!(names(&store.pod(&ns, &name, t0)), names(&want));
