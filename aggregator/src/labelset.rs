@@ -287,11 +287,14 @@ pub struct StreamLabels {
     version: u64,
     node: Arc<Labels>,
     node_error: Option<String>,
-    /// Every pod the labelled report named, by key ([`pod_key`]), sorted:
-    /// its labels (empty when it had none), or why they were refused (so a
-    /// report that leaves them out drops it again rather than serving it
-    /// unlabelled); the first of a pod named twice.
-    pods: Box<[(u64, PodLabels)]>,
+    /// Every pod the labelled report named whose labels were accepted, by
+    /// key ([`pod_key`]), sorted: its labels (empty when it had none); the
+    /// first of a pod named twice. 16 bytes a pod.
+    pods: Box<[(u64, Arc<Labels>)]>,
+    /// The pods whose labels were refused, by key, sorted: why (so a report
+    /// that leaves them out drops them again rather than serving them
+    /// unlabelled). Kept apart so that the usual pod costs no room for it.
+    refused: Box<[(u64, Arc<str>)]>,
     /// Pods whose key another pod of the stream also hashes to (in
     /// practice never), by name instead.
     collided: HashMap<(String, String), PodLabels>,
@@ -329,7 +332,7 @@ impl StreamLabels {
             .iter()
             .map(|p| {
                 self.lookup(&p.namespace, &p.name)
-                    .map_or_else(|| Ok(Labels::empty()), Clone::clone)
+                    .unwrap_or_else(|| Ok(Labels::empty()))
             })
             .collect();
         Ok(Resolved {
@@ -371,22 +374,42 @@ impl StreamLabels {
             }
         }
         self.pods = pods
-            .into_iter()
-            .map(|(k, _, _, l)| (k, l.clone()))
+            .iter()
+            .filter_map(|(k, _, _, l)| Some((*k, Arc::clone(l.as_ref().ok()?))))
+            .collect();
+        self.refused = pods
+            .iter()
+            .filter_map(|(k, _, _, l)| Some((*k, Arc::clone(l.as_ref().err()?))))
             .collect();
     }
 
-    /// The labels last carried for pod `namespace/name`.
-    fn lookup(&self, namespace: &str, name: &str) -> Option<&PodLabels> {
+    /// The labels last carried for pod `namespace/name`, or why they were
+    /// refused.
+    fn lookup(&self, namespace: &str, name: &str) -> Option<PodLabels> {
         let key = pod_key(namespace, name);
-        let i = self.pods.partition_point(|(k, _)| *k < key);
-        match self.pods.get(i..i + 2) {
-            Some([(a, _), (b, _)]) if *a == key && *b == key => {
-                self.collided.get(&(namespace.to_owned(), name.to_owned()))
-            }
-            _ => self.pods.get(i).filter(|(k, _)| *k == key).map(|(_, l)| l),
+        let ok = range_of(&self.pods, key);
+        let refused = range_of(&self.refused, key);
+        match (ok.len(), refused.len()) {
+            (0, 0) => None,
+            (1, 0) => self.pods.get(ok.start).map(|(_, l)| Ok(Arc::clone(l))),
+            (0, 1) => self
+                .refused
+                .get(refused.start)
+                .map(|(_, r)| Err(Arc::clone(r))),
+            // Pods of this stream that share the key: told apart by name.
+            _ => self
+                .collided
+                .get(&(namespace.to_owned(), name.to_owned()))
+                .cloned(),
         }
     }
+}
+
+/// Where `key` stands in `items`, sorted by key.
+fn range_of<T>(items: &[(u64, T)], key: u64) -> std::ops::Range<usize> {
+    let start = items.partition_point(|(k, _)| *k < key);
+    let end = start + items[start..].partition_point(|(k, _)| *k == key);
+    start..end
 }
 
 #[cfg(test)]
@@ -470,7 +493,7 @@ mod tests {
         // apart, so the answer comes from the names.
         let k = pod_key("ns", "p");
         let cache = StreamLabels {
-            pods: vec![(k, Ok(Arc::clone(&a))), (k, Ok(Arc::clone(&a)))].into(),
+            pods: vec![(k, Arc::clone(&a)), (k, Arc::clone(&a))].into(),
             collided: HashMap::from([(("ns".to_string(), "p".to_string()), Ok(Arc::clone(&b)))]),
             ..Default::default()
         };
@@ -479,6 +502,17 @@ mod tests {
             &b
         ));
         assert!(cache.lookup("ns", "q").is_none());
+        // The same when one of the two had its labels refused.
+        let cache = StreamLabels {
+            pods: vec![(k, Arc::clone(&a))].into(),
+            refused: vec![(k, Arc::from("too long"))].into(),
+            collided: HashMap::from([(("ns".to_string(), "p".to_string()), Ok(Arc::clone(&b)))]),
+            ..Default::default()
+        };
+        assert!(Arc::ptr_eq(
+            cache.lookup("ns", "p").unwrap().as_ref().unwrap(),
+            &b
+        ));
 
         // Built from a report, every pod is found by its own name.
         let mut cache = StreamLabels::default();
@@ -489,9 +523,9 @@ mod tests {
             .map(|p| Labels::new(&p.labels).map_err(Arc::from))
             .collect();
         cache.remember(&r, &labels);
-        assert_eq!(cache.pods.len(), r.pods.len());
+        assert_eq!(cache.pods.len() + cache.refused.len(), r.pods.len());
         for (p, l) in r.pods.iter().zip(&labels) {
-            assert_eq!(cache.lookup(&p.namespace, &p.name), Some(l));
+            assert_eq!(cache.lookup(&p.namespace, &p.name).as_ref(), Some(l));
         }
         assert!(cache.collided.is_empty());
     }
