@@ -58,10 +58,10 @@ pub struct PodEntry {
 
 /// One container's usage as stored; its name is kept in its pod's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContainerStat {
-    pub cpu_nanocores: u64,
-    pub memory_working_set_bytes: u64,
-    pub swap_bytes: u64,
+struct ContainerStat {
+    cpu_nanocores: u64,
+    memory_working_set_bytes: u64,
+    swap_bytes: u64,
 }
 
 /// One container of a stored pod, as answers render it.
@@ -434,14 +434,13 @@ pub fn to_entry_with(
                 continue;
             }
         };
-        let mut containers = std::mem::take(&mut p.containers);
         let Some(entry) = PodEntry::new(
             &p.namespace,
             &p.name,
             labels,
             p.timestamp_unix_nanos,
             p.window_nanos,
-            &mut containers,
+            &mut p.containers,
         ) else {
             // check_pod refuses every name PodEntry cannot hold.
             dropped.push(Dropped {
