@@ -333,6 +333,72 @@ pub fn start_agent(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<Pr
     Ok(Proc { child, log })
 }
 
+/// Where an agent started by [`start_agent_in_cluster`] finds the API, as a
+/// pod does: the service's address and the pod's service-account files.
+pub struct InCluster<'a> {
+    pub api: SocketAddr,
+    pub ca_file: &'a Path,
+    pub token: &'a str,
+    /// The agent binary to start.
+    pub agent: &'a Path,
+}
+
+/// The in-cluster service-account directory an agent reads (`/var/run`
+/// is a link to `/run`).
+const SERVICE_ACCOUNT_DIR: &str = "/run/secrets/kubernetes.io/serviceaccount";
+
+/// Starts an agent for `node` configured as in a pod (no kubeconfig:
+/// `KUBERNETES_SERVICE_HOST`/`_PORT` and the service-account token and CA
+/// at their fixed path), for harnesses that measure the agent as deployed.
+/// The files are put on a tmpfs over `/run` in a mount namespace of the
+/// agent's own, so the host's `/run` is neither seen nor changed. Needs
+/// root and util-linux's `unshare`; the agent keeps the launcher's pid.
+pub fn start_agent_in_cluster(
+    dir: &Path,
+    node: &str,
+    args: &[String],
+    api: &InCluster<'_>,
+) -> anyhow::Result<Proc> {
+    let log = dir.join(format!("agent-{node}.log"));
+    // $1 CA file, $2 token, $3 host, $4 port, $5 agent, then its flags.
+    let script = format!(
+        "set -e; mount -t tmpfs -o mode=0755 tmpfs /run; \
+         mkdir -p {SERVICE_ACCOUNT_DIR}; \
+         cp \"$1\" {SERVICE_ACCOUNT_DIR}/ca.crt; \
+         printf %s \"$2\" > {SERVICE_ACCOUNT_DIR}/token; \
+         echo default > {SERVICE_ACCOUNT_DIR}/namespace; \
+         export KUBERNETES_SERVICE_HOST=\"$3\" KUBERNETES_SERVICE_PORT=\"$4\"; \
+         shift 4; exec \"$@\""
+    );
+    let log_file = std::fs::File::create(&log)?;
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(api.ca_file)
+        .arg(api.token)
+        .arg(api.api.ip().to_string())
+        .arg(api.api.port().to_string())
+        .arg(api.agent)
+        .arg(format!("--node-name={node}"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning the agent through unshare")?;
+    Ok(Proc { child, log })
+}
+
 /// Output of one kubectl run.
 #[derive(Debug)]
 pub struct KubectlOut {

@@ -10,6 +10,10 @@
 //! `CGROUPS=real` (root) makes the pod and container cgroups in this host's
 //! real hierarchy, one sleeping process in each container, so the agent
 //! reads the kernel's files instead of copies in a temp dir.
+//! `API=in-cluster` (root, util-linux's `unshare`) starts the agent as a
+//! pod runs it, with no kubeconfig: the service-account token and CA at
+//! their in-cluster path (in a mount namespace of the agent's own) and the
+//! API's address in `KUBERNETES_SERVICE_HOST`/`_PORT`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,7 +21,9 @@ use std::time::{Duration, Instant};
 use metrics_e2e::apiserver::FakeApiServer;
 use metrics_e2e::cgroupfs::{Driver, FakeCgroups, Layout, Qos, Runtime};
 use metrics_e2e::kubelet::{self, FakeContainer, FakeNode, FakePod};
-use metrics_e2e::procs::{start_agent, start_aggregator};
+use metrics_e2e::procs::{
+    binary, start_agent, start_agent_in_cluster, start_aggregator, InCluster,
+};
 use metrics_e2e::realcgroups::RealCgroups;
 
 /// Total on-CPU time of every thread of `pid`, ns.
@@ -124,9 +130,20 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&token, "tok")?;
     let agg = start_aggregator(dir.path(), &[]).await?;
     let source = std::env::var("SOURCE").unwrap_or_else(|_| "cgroup".into());
+    let agent_bin = binary("metrics-agent");
+    let in_cluster = match std::env::var("API").as_deref() {
+        Ok("in-cluster") => true,
+        Ok("kubeconfig") | Err(_) => false,
+        Ok(other) => anyhow::bail!("API={other}: expected in-cluster or kubeconfig"),
+    };
     println!(
-        "pods={pods} containers={} source={source} (cgroup tree: {}, systemd, containerd)",
+        "pods={pods} containers={} source={source} api={} (cgroup tree: {}, systemd, containerd)",
         pods * 2,
+        if in_cluster {
+            "in-cluster"
+        } else {
+            "kubeconfig"
+        },
         real.as_ref()
             .map_or("fake v2 in a temp dir".to_owned(), |r| format!(
                 "real {}",
@@ -139,22 +156,32 @@ async fn main() -> anyhow::Result<()> {
         for o in kubelet::api_pods(&spec, &node_name, now) {
             api.apply("pods", o);
         }
-        let mut agent = start_agent(
-            dir.path(),
-            &node_name,
-            &[
-                k.agent_flags(&token),
-                vec![
-                    format!("--source={source}"),
-                    format!("--cgroup-root={}", cgroup_root.display()),
-                    format!("--aggregator={}", agg.grpc_url()),
-                    format!("--aggregator-ca-file={}", agg.ca.display()),
-                    format!("--metric-resolution={resolution}s"),
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                ],
-            ]
-            .concat(),
-        )?;
+        let flags = [
+            k.agent_flags(&token),
+            vec![
+                format!("--source={source}"),
+                format!("--cgroup-root={}", cgroup_root.display()),
+                format!("--aggregator={}", agg.grpc_url()),
+                format!("--aggregator-ca-file={}", agg.ca.display()),
+                format!("--metric-resolution={resolution}s"),
+            ],
+        ]
+        .concat();
+        let mut agent = if in_cluster {
+            let api = InCluster {
+                api: api.addr,
+                ca_file: &api.ca_file,
+                token: &api.admin_token,
+                agent: &agent_bin,
+            };
+            start_agent_in_cluster(dir.path(), &node_name, &flags, &api)?
+        } else {
+            let with_kubeconfig = [
+                flags,
+                vec![format!("--kubeconfig={}", kubeconfig.display())],
+            ];
+            start_agent(dir.path(), &node_name, &with_kubeconfig.concat())?
+        };
         let pid = agent
             .child
             .id()
@@ -174,6 +201,14 @@ async fn main() -> anyhow::Result<()> {
         // What the agent's reports gave the aggregator: every pod, unless
         // readings were dropped.
         let served = agg.list_names("pods").await.map_or(0, |p| p.len());
+        // And the agent watched its pods through the API, however started.
+        let watched = |r: &String| r.contains("spec.nodeName") && r.contains(&node_name);
+        if !api.requests().iter().any(watched) {
+            anyhow::bail!(
+                "the agent never asked the API for its pods; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         let used = (c1 - c0) as f64;
         let periods = elapsed / resolution as f64;
         println!(
