@@ -159,7 +159,18 @@ fn dockerfile_builds_the_images_the_manifests_name() {
         assert!(binary(name).exists(), "{name}");
     }
     assert!(file.contains("USER 65534:65534"), "{file}");
-    assert!(file.contains(" -t /out target/dist/metrics-aggregator target/dist/metrics-agent"));
+    // The aggregator from the host build, the agent from its own (linked
+    // statically: `static_agent_e2e.rs` runs that build).
+    assert!(
+        file.contains(
+            " -t /out target/dist/metrics-aggregator \"target/$host/dist/metrics-agent\""
+        ),
+        "{file}"
+    );
+    assert!(
+        file.contains("cargo build --profile dist --locked -p metrics-agent --target \"$host\""),
+        "{file}"
+    );
     let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
     for line in ["target/", ".git/", "**/*.key"] {
         assert!(ignore.lines().any(|l| l == line), "{line} in {ignore}");
