@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, UNIX_EPOCH};
 
 use metrics_agent::batch::PodRef;
-use metrics_agent::source::decode::decode;
+use metrics_agent::source::decode::{decode, decode_with, DecodeMemory};
 use metrics_e2e::fixtures::fixture;
 
 const SINGLE: &str = "kubelet-metrics-resource/kind-k8s-1.21_single-pod_with-pod-metrics.prom";
@@ -177,4 +177,104 @@ container_swap_usage_bytes{container=\"b\",namespace=\"n\",pod=\"p\"} x 1000
     assert_eq!(b.start_ns, 6_000_000_000);
     assert_eq!(stats.malformed_lines, 1, "{stats:?}");
     assert_eq!(stats.duplicate_samples, 0, "{stats:?}");
+}
+
+/// A payload read against the shape of the one before gives what a full
+/// decode of it gives, and so does every payload that differs from its
+/// predecessor: new values, a container gone or added, a line malformed,
+/// an unusable value, lines in another order.
+#[test]
+fn payloads_read_against_the_last_ones_shape_decode_as_in_full() {
+    for name in [
+        SINGLE,
+        SEVENTY,
+        "kubelet-real-1.36/metrics-resource.1.prom",
+        "kubelet-real-1.36/metrics-resource.2.prom",
+    ] {
+        let text = fixture(name);
+        let lines: Vec<&str> = text.lines().collect();
+        let container_lines: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("container_"))
+            .collect();
+        let edit = |at: usize, f: &dyn Fn(&str) -> String| {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            l[at] = f(&l[at]);
+            l.join("\n")
+        };
+        // New values: every number after the labels doubled in its last digit.
+        let moved = text.replace("} 1", "} 2").replace("} 0.", "} 0.9");
+        let first = container_lines[0];
+        let last = *container_lines.last().unwrap();
+        let without_last: String = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != last)
+            .map(|(_, l)| *l)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let with_more = format!(
+            "{text}\ncontainer_cpu_usage_seconds_total{{container=\"new\",namespace=\"n\",pod=\"p\"}} 1 1000\ncontainer_memory_working_set_bytes{{container=\"new\",namespace=\"n\",pod=\"p\"}} 5 1000\n"
+        );
+        let malformed = edit(first, &|l| {
+            format!(
+                "{} x",
+                l.rsplit_once(' ').unwrap().0.rsplit_once(' ').unwrap().0
+            )
+        });
+        let unusable = edit(last, &|l| {
+            let (head, ts) = l.rsplit_once(' ').unwrap();
+            format!("{} NaN {ts}", head.rsplit_once(' ').unwrap().0)
+        });
+        // Every line of the first container unusable: it is not one of
+        // the payload's containers at all.
+        let labels =
+            &lines[first][lines[first].find('{').unwrap()..=lines[first].find('}').unwrap()];
+        let gone: String = lines
+            .iter()
+            .map(|l| match l.split_once(labels) {
+                Some((series, rest)) => {
+                    let ts = rest.trim().split_once(' ').map_or("", |(_, t)| t);
+                    format!("{series}{labels} NaN {ts}")
+                }
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let reversed = lines.iter().rev().copied().collect::<Vec<_>>().join("\n");
+        let sequence = [
+            text.clone(),
+            text.clone(),
+            moved,
+            text.clone(),
+            without_last,
+            text.clone(),
+            with_more,
+            text.clone(),
+            malformed.clone(),
+            malformed,
+            unusable.clone(),
+            unusable,
+            text.clone(),
+            gone.clone(),
+            gone,
+            reversed.clone(),
+            reversed,
+            text.clone(),
+        ];
+        let mut memory = DecodeMemory::default();
+        for (i, payload) in sequence.iter().enumerate() {
+            let (got, stats) = decode_with(payload, UNIX_EPOCH, &mut memory);
+            memory.end_period();
+            let (want, want_stats) = decode(payload, UNIX_EPOCH);
+            assert_eq!(got, want, "{name}, payload {i}");
+            assert_eq!(stats, want_stats, "{name}, payload {i}");
+        }
+        // The repeats were read by shape: the second payload, the text
+        // after each changed one's full decode, and the repeated edits.
+        assert!(
+            memory.read_by_shape() >= 10,
+            "{name}: {} payloads read by shape",
+            memory.read_by_shape()
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use crate::batch::{Batch, Names, PodRef, Point};
+use crate::batch::{Batch, Name, Names, PodRef, Point};
 use crate::source::prom::{self, Sample};
 
 /// Payload bytes per container, for sizing the map up front: the
@@ -163,6 +163,9 @@ struct Containers<'a> {
     texts: Vec<(&'a str, usize)>,
     /// The entry of `texts` the next line is expected to repeat.
     next: usize,
+    /// Every container line's label text and container, in payload order,
+    /// while each has been resolved to a container ([`Shape`]).
+    lines: Option<Vec<(&'a str, usize)>>,
 }
 
 impl<'a> Containers<'a> {
@@ -173,6 +176,7 @@ impl<'a> Containers<'a> {
             by_key: HashMap::with_capacity_and_hasher(n, Default::default()),
             texts: Vec::with_capacity(n),
             next: 0,
+            lines: Some(Vec::with_capacity(n * 3)),
         }
     }
 
@@ -184,14 +188,14 @@ impl<'a> Containers<'a> {
         &mut self,
         line: &'a str,
         name_end: usize,
-    ) -> Option<(usize, Result<Sample<'a>, &'static str>)> {
+    ) -> Option<(usize, &'a str, Result<Sample<'a>, &'static str>)> {
         for at in [self.next, 0] {
             let Some(&(text, slot)) = self.texts.get(at) else {
                 continue;
             };
             if let Some(sample) = prom::parse_with_labels(line, name_end, text) {
                 self.next = at + 1;
-                return Some((slot, sample));
+                return Some((slot, text, sample));
             }
         }
         None
@@ -222,23 +226,235 @@ impl<'a> Containers<'a> {
     fn partial(&mut self, slot: usize) -> &mut Partial {
         &mut self.points[slot].1
     }
+
+    /// Notes the container line with label text `text` as `slot`'s.
+    fn line(&mut self, text: &'a str, slot: usize) {
+        if let Some(lines) = &mut self.lines {
+            lines.push((text, slot));
+        }
+    }
+
+    /// Notes a container line no container was found for: this payload
+    /// leaves no [`Shape`].
+    fn unresolved(&mut self) {
+        self.lines = None;
+    }
+}
+
+/// The container lines of the last payload decoded in full: each line's
+/// label text with its container, in payload order, and each container's
+/// names. A kubelet writes the same lines in the same order every period
+/// while its pods stay the same, so the next payload is first read against
+/// this: each line's label text compared whole with the one remembered at
+/// its place, only its value read, its container known without a lookup,
+/// and the batch built from names already shared. A line that differs
+/// (a pod or container came or went) sends the payload down the full
+/// decode, which remembers its shape in turn.
+#[derive(Debug)]
+struct Shape {
+    /// The label texts, back to back.
+    text: String,
+    /// Per container line: where its label text ends in `text`, and its
+    /// container (an index into `containers`).
+    lines: Vec<(u32, u32)>,
+    /// Each container's pod and name.
+    containers: Vec<(PodRef, Name)>,
+    /// Containers in the batch's order (by namespace, pod, container).
+    order: Vec<u32>,
+}
+
+/// What a kubelet source keeps from one payload to the next: the names it
+/// gave out ([`Names`]) and the shape of the last payload ([`Shape`]).
+#[derive(Debug, Default)]
+pub struct DecodeMemory {
+    names: Names,
+    shape: Option<Shape>,
+    /// Payloads read against a shape.
+    by_shape: u64,
+}
+
+impl DecodeMemory {
+    /// Ends a period: names not asked for in it go (those of the shape
+    /// stay with it).
+    pub fn end_period(&mut self) {
+        self.names.end_period();
+    }
+
+    /// True when the last payload left a shape to read the next against.
+    pub fn has_shape(&self) -> bool {
+        self.shape.is_some()
+    }
+
+    /// How many payloads were read against the shape of the one before.
+    pub fn read_by_shape(&self) -> u64 {
+        self.by_shape
+    }
 }
 
 /// Decodes a payload. Samples without a timestamp get `default_time` (the
 /// moment the request was sent). Only the series metrics-server reads are
 /// parsed; the other lines are skipped at their name.
 pub fn decode(body: &str, default_time: SystemTime) -> (Batch, DecodeStats) {
-    decode_with(body, default_time, &mut Names::default())
+    decode_with(body, default_time, &mut DecodeMemory::default())
 }
 
-/// [`decode`], taking the batch's names from `names` (a source keeps them
-/// from one period to the next and ends each period with
-/// [`Names::end_period`]).
+/// [`decode`], with what the payload before it left in `memory` (a source
+/// keeps it from one period to the next and ends each period with
+/// [`DecodeMemory::end_period`]): a payload with the same lines as the
+/// last is read against their shape, any other in full. Both give the same
+/// batch and counts.
 pub fn decode_with(
     body: &str,
     default_time: SystemTime,
-    names: &mut Names,
+    memory: &mut DecodeMemory,
 ) -> (Batch, DecodeStats) {
+    if let Some(shape) = &memory.shape {
+        if let Some(decoded) = decode_known(body, default_time, shape) {
+            memory.by_shape += 1;
+            return decoded;
+        }
+    }
+    let (decoded, shape) = decode_full(body, default_time, &mut memory.names);
+    memory.shape = shape;
+    decoded
+}
+
+/// Reads a node line (the node's own series) into `node`.
+fn node_line(
+    line: &prom::WantedLine<'_, (bool, Field)>,
+    node: &mut Partial,
+    default_ns: i64,
+    stats: &mut DecodeStats,
+) {
+    let sample = match line.parse() {
+        Ok(sample) => sample,
+        Err(e) => {
+            tracing::debug!(error = %e, "malformed kubelet metrics line");
+            stats.malformed_lines += 1;
+            return;
+        }
+    };
+    if let Some((value, ts)) = usable(&sample, default_ns, stats) {
+        if !apply(node, line.kind.1, value, ts) {
+            stats.duplicate(&sample);
+        }
+    }
+}
+
+/// The sample's value and time, or `None` (counted) when the value is not
+/// a finite, non-negative number.
+fn usable(sample: &Sample<'_>, default_ns: i64, stats: &mut DecodeStats) -> Option<(f64, i64)> {
+    if !sample.value.is_finite() || sample.value < 0.0 {
+        stats.invalid_samples += 1;
+        stats.problem(sample, &format!("unusable value {}", sample.value));
+        return None;
+    }
+    let ts = sample
+        .timestamp_ms
+        .and_then(|ms| ms.checked_mul(1_000_000))
+        .unwrap_or(default_ns);
+    Some((sample.value, ts))
+}
+
+/// A container's point into its pod's map, or counted as incomplete.
+fn complete_into(
+    complete: &mut BTreeMap<Name, Point>,
+    pod: &PodRef,
+    name: &Name,
+    partial: &Partial,
+    stats: &mut DecodeStats,
+) {
+    match partial.complete() {
+        Some(point) => {
+            complete.insert(name.clone(), point);
+        }
+        None => {
+            tracing::debug!(pod = %format_args!("{}/{}", pod.namespace, pod.name), container = %name, "dropping container with zero CPU or memory");
+            stats.incomplete_containers += 1;
+        }
+    }
+}
+
+/// Reads `body` against the last payload's `shape`; `None` as soon as a
+/// container line is not the one remembered at its place, or lines are
+/// missing.
+fn decode_known(
+    body: &str,
+    default_time: SystemTime,
+    shape: &Shape,
+) -> Option<(Batch, DecodeStats)> {
+    let default_ns = unix_nanos(default_time);
+    let mut stats = DecodeStats::default();
+    let mut node = Partial::default();
+    let mut partials = vec![Partial::default(); shape.containers.len()];
+    let mut at = 0;
+    let mut start = 0;
+    for line in prom::wanted_lines(body, classify) {
+        let (is_node, field) = line.kind;
+        if is_node {
+            node_line(&line, &mut node, default_ns, &mut stats);
+            continue;
+        }
+        let &(end, slot) = shape.lines.get(at)?;
+        let text = shape.text.get(start..end as usize)?;
+        let sample = prom::parse_with_labels(line.text, line.name_end?, text)?;
+        at += 1;
+        start = end as usize;
+        let sample = match sample {
+            Ok(sample) => sample,
+            Err(reason) => {
+                tracing::debug!(error = %line.error(reason), "malformed kubelet metrics line");
+                stats.malformed_lines += 1;
+                continue;
+            }
+        };
+        let Some((value, ts)) = usable(&sample, default_ns, &mut stats) else {
+            continue;
+        };
+        let partial = partials.get_mut(slot as usize)?;
+        if !apply(partial, field, value, ts) {
+            stats.duplicate(&sample);
+        }
+    }
+    if at != shape.lines.len() {
+        return None;
+    }
+    let mut batch = Batch {
+        node: node.complete(),
+        ..Batch::default()
+    };
+    if batch.node.is_none() {
+        stats.incomplete_node = 1;
+    }
+    let mut order = shape.order.iter().map(|&i| i as usize).peekable();
+    while let Some(first) = order.next() {
+        let (pod, _) = shape.containers.get(first)?;
+        let mut complete = BTreeMap::new();
+        let mut group = Some(first);
+        while let Some(i) = group {
+            let (_, name) = shape.containers.get(i)?;
+            let partial = partials.get(i)?;
+            // As the full decode: a container none of whose samples was
+            // usable is not one of this payload's.
+            if partial.seen != 0 {
+                complete_into(&mut complete, pod, name, partial, &mut stats);
+            }
+            group = order.next_if(|&j| shape.containers.get(j).is_some_and(|(p, _)| p == pod));
+        }
+        if !complete.is_empty() {
+            batch.pods.insert(pod.clone(), complete);
+        }
+    }
+    Some((batch, stats))
+}
+
+/// Decodes `body` with no shape to go by; returns the shape it leaves when
+/// every container line named a container.
+fn decode_full(
+    body: &str,
+    default_time: SystemTime,
+    names: &mut Names,
+) -> ((Batch, DecodeStats), Option<Shape>) {
     let default_ns = unix_nanos(default_time);
     let mut stats = DecodeStats::default();
     let mut node = Partial::default();
@@ -248,16 +464,21 @@ pub fn decode_with(
     let mut containers = Containers::with_capacity(expected);
     for line in prom::wanted_lines(body, classify) {
         let (is_node, field) = line.kind;
+        if is_node {
+            node_line(&line, &mut node, default_ns, &mut stats);
+            continue;
+        }
         // A container series' line whose label text is that of a line
         // before it (the kubelet writes each container's series in the
         // same order) is matched whole: its labels are not read again.
-        let known = match (is_node, line.name_end) {
-            (false, Some(end)) => containers.recognise(line.text, end),
-            _ => None,
+        let known = match line.name_end {
+            Some(end) => containers.recognise(line.text, end),
+            None => None,
         };
         let (slot, sample) = match known {
-            Some((slot, Ok(sample))) => (Some(slot), sample),
-            Some((_, Err(reason))) => {
+            Some((slot, _, Ok(sample))) => (Some(slot), sample),
+            Some((slot, text, Err(reason))) => {
+                containers.line(text, slot);
                 tracing::debug!(error = %line.error(reason), "malformed kubelet metrics line");
                 stats.malformed_lines += 1;
                 continue;
@@ -265,39 +486,34 @@ pub fn decode_with(
             None => match line.parse() {
                 Ok(sample) => (None, sample),
                 Err(e) => {
+                    containers.unresolved();
                     tracing::debug!(error = %e, "malformed kubelet metrics line");
                     stats.malformed_lines += 1;
                     continue;
                 }
             },
         };
-        if !sample.value.is_finite() || sample.value < 0.0 {
-            stats.invalid_samples += 1;
-            stats.problem(&sample, &format!("unusable value {}", sample.value));
-            continue;
-        }
-        let ts = sample
-            .timestamp_ms
-            .and_then(|ms| ms.checked_mul(1_000_000))
-            .unwrap_or(default_ns);
-        if is_node {
-            if !apply(&mut node, field, sample.value, ts) {
-                stats.duplicate(&sample);
+        let Some((value, ts)) = usable(&sample, default_ns, &mut stats) else {
+            match slot {
+                Some(slot) => containers.line(sample.raw_labels(), slot),
+                None => containers.unresolved(),
             }
             continue;
-        }
+        };
         let slot = match slot {
             Some(slot) => slot,
             None => match containers.slot(&sample) {
                 Some(slot) => slot,
                 None => {
+                    containers.unresolved();
                     stats.invalid_samples += 1;
                     stats.problem(&sample, "no namespace, pod or container label");
                     continue;
                 }
             },
         };
-        if !apply(containers.partial(slot), field, sample.value, ts) {
+        containers.line(sample.raw_labels(), slot);
+        if !apply(containers.partial(slot), field, value, ts) {
             stats.duplicate(&sample);
         }
     }
@@ -309,35 +525,53 @@ pub fn decode_with(
     if batch.node.is_none() {
         stats.incomplete_node = 1;
     }
-    let mut sorted = containers.points;
-    sorted.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-    let mut sorted = sorted.into_iter().peekable();
-    while let Some(((namespace, pod, name), partial)) = sorted.next() {
-        let mut complete = BTreeMap::new();
-        let mut add = |name: Cow<'_, str>, partial: Partial| match partial.complete() {
-            Some(point) => {
-                complete.insert(names.get(&name), point);
-            }
-            None => {
-                tracing::debug!(pod = %format_args!("{namespace}/{pod}"), container = %name, "dropping container with zero CPU or memory");
-                stats.incomplete_containers += 1;
-            }
+    let points = &containers.points;
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_unstable_by(|&a, &b| points[a].0.cmp(&points[b].0));
+    // Each container's shared names, by its place in `points`.
+    let mut named: Vec<Option<(PodRef, Name)>> = vec![None; points.len()];
+    let mut sorted = order.iter().copied().peekable();
+    while let Some(first) = sorted.next() {
+        let (namespace, pod_name, _) = &points[first].0;
+        let pod = PodRef {
+            namespace: names.get(namespace),
+            name: names.get(pod_name),
         };
-        add(name, partial);
-        while let Some(((_, _, name), partial)) =
-            sorted.next_if(|((n, p, _), _)| *n == namespace && *p == pod)
-        {
-            add(name, partial);
+        let mut complete = BTreeMap::new();
+        let mut group = Some(first);
+        while let Some(i) = group {
+            let ((_, _, name), partial) = &points[i];
+            let name = names.get(name);
+            complete_into(&mut complete, &pod, &name, partial, &mut stats);
+            named[i] = Some((pod.clone(), name));
+            group = sorted.next_if(|&j| {
+                let (n, p, _) = &points[j].0;
+                n == namespace && p == pod_name
+            });
         }
         if !complete.is_empty() {
-            let pod = PodRef {
-                namespace: names.get(&namespace),
-                name: names.get(&pod),
-            };
             batch.pods.insert(pod, complete);
         }
     }
-    (batch, stats)
+    let shape = containers.lines.take().and_then(|lines| {
+        let mut text = String::with_capacity(lines.iter().map(|(t, _)| t.len()).sum());
+        let mut ends = Vec::with_capacity(lines.len());
+        for (t, slot) in lines {
+            text.push_str(t);
+            ends.push((u32::try_from(text.len()).ok()?, u32::try_from(slot).ok()?));
+        }
+        Some(Shape {
+            text,
+            lines: ends,
+            containers: named.into_iter().collect::<Option<Vec<_>>>()?,
+            order: order
+                .into_iter()
+                .map(u32::try_from)
+                .collect::<Result<_, _>>()
+                .ok()?,
+        })
+    });
+    ((batch, stats), shape)
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use hyper_util::rt::TokioExecutor;
 
 use metrics_proto::token::TokenFile;
 
-use crate::batch::{Batch, Names};
+use crate::batch::Batch;
 use crate::pods::{PodInfo, PodWire};
-use crate::source::decode::{decode_with, DecodeStats};
+use crate::source::decode::{decode_with, DecodeMemory, DecodeStats};
 
 /// Largest payload accepted, compressed or not (bytes). A 110-pod node
 /// serves about 100 KB.
@@ -130,8 +130,9 @@ pub struct KubeletSource {
     pods_uri: Uri,
     token: Option<Arc<TokenFile>>,
     timeout: Duration,
-    /// Names of the last payloads, shared by the next one's batch.
-    names: Arc<std::sync::Mutex<Names>>,
+    /// Names of the last payloads, shared by the next one's batch, and
+    /// the last payload's shape, which the next is read against.
+    memory: Arc<std::sync::Mutex<DecodeMemory>>,
 }
 
 impl KubeletSource {
@@ -166,7 +167,7 @@ impl KubeletSource {
             uri,
             pods_uri,
             token: token_file.map(|path| Arc::new(TokenFile::with_max_age(&path, TOKEN_MAX_AGE))),
-            names: Default::default(),
+            memory: Default::default(),
             timeout,
         })
     }
@@ -180,12 +181,12 @@ impl KubeletSource {
             Ok(text) => std::borrow::Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(&body),
         };
-        let mut names = match self.names.lock() {
+        let mut memory = match self.memory.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let decoded = decode_with(&text, started, &mut names);
-        names.end_period();
+        let decoded = decode_with(&text, started, &mut memory);
+        memory.end_period();
         Ok(decoded)
     }
 
