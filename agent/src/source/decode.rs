@@ -449,7 +449,9 @@ fn decode_known(
 }
 
 /// Decodes `body` with no shape to go by; returns the shape it leaves when
-/// every container line named a container.
+/// every container line named a container. Cold: a source runs it when
+/// its node's pods change, not every period.
+#[cold]
 fn decode_full(
     body: &str,
     default_time: SystemTime,
