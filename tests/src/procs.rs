@@ -100,20 +100,30 @@ fn spawn(bin: &str, args: &[String], log: &Path, stdout: Stdio) -> anyhow::Resul
         }
         None => Command::new(binary(bin)),
     };
-    // `info` unless the process is given a klog verbosity to follow.
+    cmd.args(args);
+    run_logged(cmd, args, log_file, stdout).with_context(|| format!("spawning {bin}"))
+}
+
+/// Starts `cmd` (whose binary takes `args`) with its stderr in `log_file`,
+/// logging at `info` unless given a klog verbosity to follow, killed when
+/// dropped.
+fn run_logged(
+    mut cmd: Command,
+    args: &[String],
+    log_file: std::fs::File,
+    stdout: Stdio,
+) -> std::io::Result<Child> {
     if args.iter().any(|a| a.starts_with("--v=")) {
         cmd.env_remove("RUST_LOG");
     } else {
         cmd.env("RUST_LOG", "info");
     }
-    cmd.args(args)
-        .env("NO_COLOR", "1")
+    cmd.env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("spawning {bin}"))
 }
 
 /// A running aggregator and what it takes to reach it.
@@ -371,30 +381,24 @@ pub fn start_agent_in_cluster(
          shift 4; exec \"$@\""
     );
     let log_file = std::fs::File::create(&log)?;
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(api.ca_file)
-        .arg(api.token)
-        .arg(api.api.ip().to_string())
-        .arg(api.api.port().to_string())
-        .arg(api.agent)
-        .arg(format!("--node-name={node}"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(api.ca_file)
+    .arg(api.token)
+    .arg(api.api.ip().to_string())
+    .arg(api.api.port().to_string())
+    .arg(api.agent)
+    .arg(format!("--node-name={node}"))
+    .args(args);
+    let child = run_logged(cmd, args, log_file, Stdio::null())
         .context("spawning the agent through unshare")?;
     Ok(Proc { child, log })
 }

@@ -280,11 +280,6 @@ impl DecodeMemory {
         self.names.end_period();
     }
 
-    /// True when the last payload left a shape to read the next against.
-    pub fn has_shape(&self) -> bool {
-        self.shape.is_some()
-    }
-
     /// How many payloads were read against the shape of the one before.
     pub fn read_by_shape(&self) -> u64 {
         self.by_shape
