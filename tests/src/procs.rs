@@ -449,9 +449,33 @@ pub fn agent_metrics_addr(log: &str) -> Option<SocketAddr> {
     line[start..end].parse().ok()
 }
 
-/// A port the OS picked on 127.0.0.1, freed for a process that must be
-/// told its port before it starts (replicas listing each other).
+/// Lowest port a free port is picked from.
+const FIRST_PICKED_PORT: u16 = 10_000;
+
+/// A free port on 127.0.0.1 for a process that must be told its port
+/// before it starts (replicas listing each other). Picked at random below
+/// the kernel's ephemeral range and checked free: a port the OS hands out
+/// for `:0` comes from that range, and between its release here and the
+/// process's bind, any outgoing connection (a load test opens hundreds)
+/// could be given it as its own.
 pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if let Some(span) = ephemeral_low
+        .checked_sub(FIRST_PICKED_PORT)
+        .filter(|s| *s > 0)
+    {
+        for attempt in 0..1_000u32 {
+            let r = std::collections::hash_map::RandomState::new().hash_one(attempt);
+            let port = FIRST_PICKED_PORT + (r % u64::from(span)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
