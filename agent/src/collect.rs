@@ -264,8 +264,7 @@ impl Collector {
         mut sink: impl FnMut(Period) -> Option<Period>,
         cancel: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(self.period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = crate::ticker::Ticker::new(self.period);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -16,6 +16,7 @@ pub mod pods;
 pub mod rates;
 pub mod router;
 pub mod source;
+pub mod ticker;
 pub mod transport;
 
 use std::path::{Path, PathBuf};

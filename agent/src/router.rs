@@ -74,7 +74,9 @@ impl Router {
         let mut senders: HashMap<String, CancellationToken> = HashMap::new();
         let mut map: Option<ShardMap> = None;
         let mut stale = false;
-        let mut tick = tokio::time::interval(self.period);
+        // Staleness is looked at as each period's report comes out: the
+        // collector's tick, with no timer of the router's own to wake for.
+        let mut periods = ctx.reports.clone();
         loop {
             let want = self.desired(map.as_ref(), stale);
             senders.retain(|url, token| {
@@ -111,7 +113,11 @@ impl Router {
                         tracing::debug!(version = m.version, generation = m.generation, "ignoring an older shard map");
                     }
                 }
-                _ = tick.tick() => {
+                changed = periods.changed() => {
+                    if changed.is_err() {
+                        // The collector has ended: no report will come.
+                        break;
+                    }
                     let last = ctx.last_ack_ms.load(Ordering::Relaxed);
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

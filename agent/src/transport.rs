@@ -39,11 +39,17 @@ pub struct SenderCtx {
 }
 
 /// How long a report may go unanswered before its stream is given up as
-/// stalled: three periods, at least 5 s. The HTTP/2 keep-alive (a ping
-/// every 30 s, 10 s to answer) bounds it at 40 s whatever the period.
+/// stalled: three periods, at least 5 s and at most 40 s (an HTTP/2
+/// keep-alive's ping interval and answer time together). A stream carries
+/// a report every period and each is answered, so this finds a lost
+/// connection as soon as pings would, and the stream needs none: their
+/// timer would wake the agent between reports.
 pub fn answer_deadline(period: Duration) -> Duration {
-    (period * 3).max(Duration::from_secs(5))
+    (period * 3).clamp(Duration::from_secs(5), ANSWER_DEADLINE_MAX)
 }
+
+/// The longest [`answer_deadline`].
+pub const ANSWER_DEADLINE_MAX: Duration = Duration::from_secs(40);
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -344,6 +350,15 @@ mod tests {
         let spread: Vec<_> = (0..1000).map(|_| j.spread(d)).collect();
         assert!(spread.iter().all(|s| *s >= d / 2 && *s < d));
         assert!(spread.iter().any(|s| *s != spread[0]), "jitter must vary");
+    }
+
+    #[test]
+    fn a_report_is_answered_within_three_periods_and_40_s() {
+        let s = Duration::from_secs;
+        assert_eq!(answer_deadline(s(1)), s(5));
+        assert_eq!(answer_deadline(s(10)), s(30));
+        assert_eq!(answer_deadline(s(15)), s(40));
+        assert_eq!(answer_deadline(s(3600)), ANSWER_DEADLINE_MAX);
     }
 
     #[test]

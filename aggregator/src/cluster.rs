@@ -222,7 +222,9 @@ impl Cluster {
         if let Some(c) = conns.get(url) {
             return Some(c.clone());
         }
-        match Dialer::new(url, self.tls.clone()) {
+        // Peer connections sit idle between queries: pings find a lost
+        // one before a query waits on it.
+        match Dialer::new(url, self.tls.clone()).map(Dialer::with_keepalive) {
             Ok(d) => {
                 let c =
                     PeerClient::new(d.connect_lazy()).max_decoding_message_size(MAX_MESSAGE_BYTES);

@@ -12,6 +12,11 @@ use tonic::transport::{Channel, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An HTTP/2 ping after this long without reading anything...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection is closed if its answer takes longer than this.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A URL that cannot be dialled.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("invalid gRPC URL {url:?}: {reason}")]
@@ -62,8 +67,6 @@ impl Dialer {
         let endpoint = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|e| bad(&e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
         Ok(Self {
             url: url.to_owned(),
@@ -72,6 +75,18 @@ impl Dialer {
             port,
             tls,
         })
+    }
+
+    /// Sends an HTTP/2 ping after [`KEEPALIVE_INTERVAL`] without reading
+    /// anything and drops a connection whose answer takes longer than
+    /// [`KEEPALIVE_TIMEOUT`]: for connections that may sit idle, whose
+    /// silent loss would otherwise go unseen until the next request.
+    pub fn with_keepalive(mut self) -> Self {
+        self.endpoint = self
+            .endpoint
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        self
     }
 
     /// The URL as given.
