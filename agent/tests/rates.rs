@@ -216,6 +216,40 @@ fn new_container_in_known_pod_hides_the_pod_until_paired() {
 }
 
 #[test]
+fn pods_missing_from_a_batch_are_forgotten_and_the_rest_keep_their_pairs() {
+    let start = T0 - 3600 * S;
+    let mut s = store();
+    let at = |k: i64| [("c", pt(T0 + k * 15 * S, start, k as u64 + 1, 1))];
+    let names =
+        |s: &RateStore| -> Vec<String> { s.pod_usages().into_iter().map(|p| p.name).collect() };
+    s.store(&batch(None, &[("a", &at(0)), ("c", &at(0)), ("e", &at(0))]));
+    s.store(&batch(None, &[("a", &at(1)), ("c", &at(1)), ("e", &at(1))]));
+    assert_eq!(names(&s), ["a", "c", "e"]);
+    // `a` and `e` left out, `b` and `d` new among the ones that stay.
+    s.store(&batch(None, &[("b", &at(2)), ("c", &at(2)), ("d", &at(2))]));
+    assert_eq!(names(&s), ["c"], "only `c` has a pair");
+    s.store(&batch(
+        None,
+        &[
+            ("a", &at(3)),
+            ("b", &at(3)),
+            ("c", &at(3)),
+            ("d", &at(3)),
+            ("e", &at(3)),
+        ],
+    ));
+    assert_eq!(names(&s), ["b", "c", "d"], "`a` and `e` started over");
+    let c = &s.pod_usages()[1];
+    assert_eq!(c.timestamp_unix_nanos, T0 + 45 * S);
+    assert_eq!(c.window_nanos, 15 * S, "`c` kept its pair throughout");
+    s.store(&batch(None, &[]));
+    assert!(
+        s.pod_usages().is_empty(),
+        "an empty batch forgets every pod"
+    );
+}
+
+#[test]
 fn container_missing_from_a_batch_is_forgotten_while_its_pod_stays() {
     let start = T0 - 3600 * S;
     let mut s = store();
