@@ -68,10 +68,11 @@ impl Ticker {
                         ready.clear_ready();
                         return u64::from_ne_bytes(count);
                     }
-                    // Readiness was stale: wait again.
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // Readiness was stale (`try_io` has cleared it): wait
+                    // again.
                     Err(_would_block) => {}
-                    // A timerfd read fails only on a bad buffer; never spin.
+                    // A timerfd read fails only on a bad buffer. Taken as
+                    // the tick, so a failing timer cannot spin.
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "reading the period timer failed");
                         ready.clear_ready();
