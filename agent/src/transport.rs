@@ -48,8 +48,10 @@ pub fn answer_deadline(period: Duration) -> Duration {
     (period * 3).clamp(Duration::from_secs(5), ANSWER_DEADLINE_MAX)
 }
 
-/// The longest [`answer_deadline`].
-pub const ANSWER_DEADLINE_MAX: Duration = Duration::from_secs(40);
+/// The longest [`answer_deadline`]: as long as a keep-alive ping takes to
+/// find a lost connection.
+pub const ANSWER_DEADLINE_MAX: Duration = metrics_proto::channel::KEEPALIVE_INTERVAL
+    .saturating_add(metrics_proto::channel::KEEPALIVE_TIMEOUT);
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);

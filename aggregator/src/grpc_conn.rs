@@ -12,7 +12,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use hyper::body::Incoming as IncomingBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +24,8 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
+use metrics_proto::channel::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+
 use crate::cluster::PeerService;
 use crate::ingest::IngestService;
 use crate::ingest_wire;
@@ -32,11 +33,6 @@ use crate::ingest_wire;
 /// Streams one connection may have open: an agent needs one, a peer one
 /// per query in flight.
 const MAX_STREAMS: u32 = 8;
-
-/// A connection that sends nothing is pinged this often, and closed when
-/// a ping goes unanswered for [`KEEPALIVE_TIMEOUT`].
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a request on the gRPC port is answered by.
 #[derive(Clone)]
@@ -91,6 +87,8 @@ pub async fn serve<I, IO>(
     http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        // The keep-alive gRPC clients here use: a connection that sends
+        // nothing is pinged, and closed when a ping goes unanswered.
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     // Every connection's task holds a sender; the receiver sees the end
