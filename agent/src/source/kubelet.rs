@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -128,11 +128,39 @@ pub struct KubeletSource {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     uri: Uri,
     pods_uri: Uri,
+    /// The `Host` header both URLs take, made once: left to the client,
+    /// it is formatted again for every request.
+    host: Option<HeaderValue>,
     token: Option<Arc<TokenFile>>,
     timeout: Duration,
     /// Names of the last payloads, shared by the next one's batch, and
     /// the last payload's shape, which the next is read against.
     memory: Arc<std::sync::Mutex<DecodeMemory>>,
+    /// The buffer each payload is read into, kept from one period to the
+    /// next (see [`keep_body_buffer`]).
+    body: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves nothing half
+/// done that the next period cannot use.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Capacity a kept body buffer may have beyond twice the payload it last
+/// held, so that one outsized payload is not held for good.
+const BODY_SLACK: usize = 256 * 1024;
+
+/// Keeps `buf` for the next payload, emptied, unless it is far larger
+/// than `used` (the payload it just held) needed: a payload read into a
+/// buffer of the right size costs no allocation, and, at about 100 KB,
+/// spares the C library's heap from growing and shrinking every period.
+fn keep_body_buffer(mut buf: Vec<u8>, used: usize) -> Vec<u8> {
+    if buf.capacity() > used.saturating_mul(2).saturating_add(BODY_SLACK) {
+        buf = Vec::new();
+    }
+    buf.clear();
+    buf
 }
 
 impl KubeletSource {
@@ -152,6 +180,13 @@ impl KubeletSource {
         };
         let uri = parse("/metrics/resource")?;
         let pods_uri = parse("/pods")?;
+        let host = uri.authority().and_then(|a| {
+            let host = match a.port() {
+                Some(port) => format!("{}:{port}", a.host()),
+                None => a.host().to_owned(),
+            };
+            HeaderValue::from_str(&host).ok()
+        });
         // The connector sets ALPN from the enabled HTTP versions itself.
         let mut tls = (*tls).clone();
         tls.alpn_protocols.clear();
@@ -166,8 +201,10 @@ impl KubeletSource {
             client,
             uri,
             pods_uri,
+            host,
             token: token_file.map(|path| Arc::new(TokenFile::with_max_age(&path, TOKEN_MAX_AGE))),
             memory: Default::default(),
+            body: Default::default(),
             timeout,
         })
     }
@@ -175,33 +212,40 @@ impl KubeletSource {
     /// Fetches and decodes one payload.
     pub async fn scrape(&self) -> Result<(Batch, DecodeStats), KubeletError> {
         let started = SystemTime::now();
-        let body = self.fetch(&self.uri, MAX_BODY_BYTES).await?;
-        // Valid UTF-8 (the norm) is checked at `from_utf8`'s ASCII pace.
-        let text = match std::str::from_utf8(&body) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(&body),
-        };
-        let mut memory = match self.memory.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let decoded = decode_with(&text, started, &mut memory);
-        memory.end_period();
-        Ok(decoded)
+        let mut body = std::mem::take(&mut *lock(&self.body));
+        let fetched = self.fetch(&self.uri, MAX_BODY_BYTES, &mut body).await;
+        let decoded = fetched.map(|()| {
+            // Valid UTF-8 (the norm) is checked at `from_utf8`'s ASCII pace.
+            let text = match std::str::from_utf8(&body) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(&body),
+            };
+            let mut memory = lock(&self.memory);
+            let decoded = decode_with(&text, started, &mut memory);
+            memory.end_period();
+            decoded
+        });
+        let used = body.len();
+        *lock(&self.body) = keep_body_buffer(body, used);
+        decoded
     }
 
     /// The pods on this node from the kubelet's `/pods` (a core/v1
     /// PodList). Needs `nodes/proxy` on the kubelet.
     pub async fn pods(&self) -> Result<Vec<PodInfo>, KubeletError> {
-        let body = self.fetch(&self.pods_uri, MAX_PODS_BODY_BYTES).await?;
+        let mut body = Vec::new();
+        self.fetch(&self.pods_uri, MAX_PODS_BODY_BYTES, &mut body)
+            .await?;
         parse_pod_list(&body).map_err(|source| KubeletError::Json {
             url: self.pods_uri.to_string(),
             source,
         })
     }
 
-    async fn fetch(&self, uri: &Uri, limit: usize) -> Result<bytes::Bytes, KubeletError> {
-        tokio::time::timeout(self.timeout, self.fetch_inner(uri, limit))
+    /// Reads the body at `uri` into `out` (emptied first), decompressed,
+    /// refusing one larger than `limit`.
+    async fn fetch(&self, uri: &Uri, limit: usize, out: &mut Vec<u8>) -> Result<(), KubeletError> {
+        tokio::time::timeout(self.timeout, self.fetch_inner(uri, limit, out))
             .await
             .map_err(|_| KubeletError::Timeout {
                 url: uri.to_string(),
@@ -209,8 +253,15 @@ impl KubeletSource {
             })?
     }
 
-    async fn fetch_inner(&self, uri: &Uri, limit: usize) -> Result<bytes::Bytes, KubeletError> {
-        let url = uri.to_string();
+    async fn fetch_inner(
+        &self,
+        uri: &Uri,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), KubeletError> {
+        // Written out only for an error (formatting it every period was
+        // over 1 % of a period's CPU in a profile).
+        let url = || uri.to_string();
         // No `Accept-Encoding: gzip`: the kubelet is on this node, so
         // compressing saves no network and costs both ends CPU every
         // period. A gzip answer is still read.
@@ -218,64 +269,79 @@ impl KubeletSource {
             header::USER_AGENT,
             concat!("metrics-agent/", env!("CARGO_PKG_VERSION")),
         );
+        if let Some(host) = &self.host {
+            req = req.header(header::HOST, host.clone());
+        }
         if let Some(token) = &self.token {
             if let Some(value) = token.bearer()? {
                 req = req.header(header::AUTHORIZATION, value);
             }
         }
         let req = req.body(Empty::new()).map_err(|e| KubeletError::Body {
-            url: url.clone(),
+            url: url(),
             reason: e.to_string(),
         })?;
         let resp = self
             .client
             .request(req)
             .await
-            .map_err(|source| request_error(&url, source))?;
+            .map_err(|source| request_error(&url(), source))?;
         let status = resp.status();
         let gzip = resp
             .headers()
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| KubeletError::Body {
-                url: url.clone(),
+        // Each piece is copied out as it comes and let go, so hyper reads
+        // the next into the same buffer.
+        out.clear();
+        let mut incoming = resp.into_body();
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| KubeletError::Body {
+                url: url(),
                 reason: e.to_string(),
-            })?
-            .to_bytes();
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if out.len().saturating_add(data.len()) > limit {
+                    return Err(KubeletError::Body {
+                        url: url(),
+                        reason: format!("body exceeds {limit} bytes"),
+                    });
+                }
+                out.extend_from_slice(&data);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             if let Some(token) = &self.token {
                 token.forget();
             }
         }
         if status != StatusCode::OK {
-            let snippet = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+            let snippet = String::from_utf8_lossy(&out[..out.len().min(256)]).into_owned();
             return Err(KubeletError::Status {
-                url,
+                url: url(),
                 status,
                 body: snippet,
             });
         }
         if !gzip {
-            return Ok(body);
+            return Ok(());
         }
-        let mut out = Vec::with_capacity(body.len() * 4);
-        flate2::read::GzDecoder::new(&body[..])
+        let mut inflated = Vec::with_capacity(out.len().saturating_mul(4).min(limit));
+        flate2::read::GzDecoder::new(&out[..])
             .take(limit as u64 + 1)
-            .read_to_end(&mut out)
+            .read_to_end(&mut inflated)
             .map_err(|e| KubeletError::Body {
-                url: url.clone(),
+                url: url(),
                 reason: format!("gzip: {e}"),
             })?;
-        if out.len() > limit {
+        if inflated.len() > limit {
             return Err(KubeletError::Body {
-                url,
+                url: url(),
                 reason: format!("decompressed body exceeds {limit} bytes"),
             });
         }
-        Ok(out.into())
+        *out = inflated;
+        Ok(())
     }
 }
 
@@ -289,4 +355,35 @@ pub fn parse_pod_list(body: &[u8]) -> Result<Vec<PodInfo>, serde_json::Error> {
 struct PodList {
     #[serde(default)]
     items: Vec<PodWire>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer is kept, emptied, while it is at most twice the payload it
+    /// held plus the slack; one far larger is let go.
+    #[test]
+    fn body_buffer_is_kept_unless_far_larger_than_the_payload() {
+        let used = 100_000;
+        let mut buf = Vec::with_capacity(used * 2 + BODY_SLACK);
+        buf.resize(used, b'x');
+        let cap = buf.capacity();
+        let kept = keep_body_buffer(buf, used);
+        assert!(kept.is_empty());
+        assert_eq!(kept.capacity(), cap, "kept as it was");
+
+        let mut big = Vec::with_capacity(used * 2 + BODY_SLACK + 1);
+        big.resize(used, b'x');
+        let dropped = keep_body_buffer(big, used);
+        assert!(dropped.is_empty());
+        assert_eq!(dropped.capacity(), 0, "let go");
+
+        // An outsized payload, then a small one: the buffer does not stay
+        // at the outsized one's size.
+        let huge = vec![0u8; 8 << 20];
+        let after_huge = keep_body_buffer(huge, 8 << 20);
+        assert!(after_huge.capacity() >= 8 << 20, "kept for its own size");
+        assert_eq!(keep_body_buffer(after_huge, used).capacity(), 0);
+    }
 }
