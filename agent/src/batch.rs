@@ -68,19 +68,180 @@ pub struct Point {
 pub struct Batch {
     pub node: Option<Point>,
     /// Containers by pod, then by container name.
-    pub pods: BTreeMap<PodRef, BTreeMap<Name, Point>>,
+    pub pods: BTreeMap<PodRef, ByName<Point>>,
 }
 
 impl Batch {
     /// Number of container points in the batch.
     pub fn containers(&self) -> usize {
-        self.pods.values().map(BTreeMap::len).sum()
+        self.pods.values().map(ByName::len).sum()
+    }
+}
+
+/// One pod's containers, or anything kept per container, by name, in
+/// name order. A pod has a handful of containers, so this is one sorted
+/// vector: a map node per pod would be several times the size of what it
+/// holds, allocated and walked again every period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByName<V> {
+    entries: Vec<(Name, V)>,
+}
+
+impl<V> Default for ByName<V> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<V> ByName<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(n, _)| (**n).cmp(name))
+    }
+
+    /// Sets `name`'s value; returns the one it replaces.
+    pub fn insert(&mut self, name: Name, value: V) -> Option<V> {
+        match self.find(&name) {
+            Ok(i) => self
+                .entries
+                .get_mut(i)
+                .map(|(_, v)| std::mem::replace(v, value)),
+            Err(i) => {
+                self.entries.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&V> {
+        let i = self.find(name).ok()?;
+        self.entries.get(i).map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut V> {
+        let i = self.find(name).ok()?;
+        self.entries.get_mut(i).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries in name order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Name, &V)> + Clone {
+        self.entries.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Entries in name order, values mutable.
+    pub fn iter_mut(&mut self) -> impl ExactSizeIterator<Item = (&Name, &mut V)> {
+        self.entries.iter_mut().map(|(n, v)| (&*n, v))
+    }
+
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &Name> + Clone {
+        self.entries.iter().map(|(n, _)| n)
+    }
+
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> + Clone {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// Keeps the entries `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Name, &mut V) -> bool) {
+        self.entries.retain_mut(|(n, v)| keep(n, v));
+    }
+}
+
+impl<V> std::ops::Index<&str> for ByName<V> {
+    type Output = V;
+
+    /// Like a map's index: panics when `name` is absent (tests).
+    fn index(&self, name: &str) -> &V {
+        match self.get(name) {
+            Some(v) => v,
+            None => panic!("no container named {name:?}"),
+        }
+    }
+}
+
+impl<V> FromIterator<(Name, V)> for ByName<V> {
+    /// Like a map's: a name given twice keeps its last value.
+    fn from_iter<I: IntoIterator<Item = (Name, V)>>(iter: I) -> Self {
+        let mut out = Self::new();
+        for (n, v) in iter {
+            out.insert(n, v);
+        }
+        out
+    }
+}
+
+impl<'a, V> IntoIterator for &'a ByName<V> {
+    type Item = (&'a Name, &'a V);
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (Name, V)>, fn(&'a (Name, V)) -> (&'a Name, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        fn pair<N, V>((n, v): &(N, V)) -> (&N, &V) {
+            (n, v)
+        }
+        self.entries.iter().map(pair)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever order names are inserted in, and whatever is replaced or
+    /// dropped, lookups and iteration agree with an ordered map's.
+    #[test]
+    fn by_name_behaves_as_an_ordered_map() {
+        let names = ["sidecar", "app", "init", "app", "zz", "a", "sidecar", "m"];
+        let mut ours = ByName::new();
+        let mut map = BTreeMap::new();
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(
+                ours.insert(Name::from(*n), i),
+                map.insert(Name::from(*n), i),
+                "{n}"
+            );
+            assert!(ours.iter().map(|(n, v)| (n.clone(), *v)).eq(map.clone()));
+        }
+        assert_eq!(ours.len(), map.len());
+        for n in ["app", "zz", "nope", ""] {
+            assert_eq!(ours.get(n), map.get(n));
+            assert_eq!(ours.contains_key(n), map.contains_key(n));
+        }
+        if let Some(v) = ours.get_mut("m") {
+            *v = 100;
+        }
+        map.insert(Name::from("m"), 100);
+        ours.retain(|n, v| {
+            *v += 1;
+            &**n != "app"
+        });
+        map.retain(|n, v| {
+            *v += 1;
+            &**n != "app"
+        });
+        assert!(ours.iter().map(|(n, v)| (n.clone(), *v)).eq(map.clone()));
+        assert_eq!(ours["zz"], map["zz"]);
+        let collected: ByName<usize> = names.iter().map(|n| (Name::from(*n), n.len())).collect();
+        let want: BTreeMap<Name, usize> = names.iter().map(|n| (Name::from(*n), n.len())).collect();
+        assert!(collected.iter().map(|(n, v)| (n.clone(), *v)).eq(want));
+    }
 
     #[test]
     fn names_are_shared_across_one_period_and_let_go_after_two() {

@@ -20,12 +20,13 @@
 //!
 //! [`store`]: RateStore::store
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_proto::v1::{ContainerUsage, PodUsage, Usage};
 
-use crate::batch::{Batch, Name, PodRef, Point};
+use crate::batch::{Batch, ByName, Name, PodRef, Point};
 
 /// Youngest container age, in ns, for which a synthetic start point is used;
 /// below it the rate would be too noisy.
@@ -117,7 +118,16 @@ fn next_pair(resolution_ns: i64, old: Option<&Pair>, new: Point) -> Pair {
 pub struct RateStore {
     resolution_ns: i64,
     node: Option<Pair>,
-    pods: HashMap<PodRef, BTreeMap<Name, Pair>, foldhash::fast::RandomState>,
+    pods: HashMap<PodRef, Kept, foldhash::fast::RandomState>,
+    /// Counts the batches stored; each pod of a batch is marked with it.
+    stamp: u64,
+}
+
+/// One pod's pairs, marked with the last batch that had the pod.
+#[derive(Debug, Default)]
+struct Kept {
+    stamp: u64,
+    pairs: ByName<Pair>,
 }
 
 impl RateStore {
@@ -134,17 +144,31 @@ impl RateStore {
     pub fn store(&mut self, batch: &Batch) {
         self.node = batch.node.map(|p| advance(self.node.as_ref(), p));
         // Updated in place: in steady state (the same pods and containers
-        // as last period) a period allocates nothing here.
+        // as last period) a period allocates nothing here, and a pod's
+        // containers are matched by their place, their names being the
+        // ones the source shared last period.
         let resolution_ns = self.resolution_ns;
-        self.pods.retain(|pod, _| batch.pods.contains_key(pod));
+        self.stamp = self.stamp.wrapping_add(1);
+        let stamp = self.stamp;
         for (pod, containers) in &batch.pods {
-            let pairs = match self.pods.get_mut(pod) {
-                Some(pairs) => {
-                    pairs.retain(|name, _| containers.contains_key(name));
-                    pairs
-                }
+            let kept = match self.pods.get_mut(pod) {
+                Some(kept) => kept,
                 None => self.pods.entry(pod.clone()).or_default(),
             };
+            kept.stamp = stamp;
+            let pairs = &mut kept.pairs;
+            let same = pairs.len() == containers.len()
+                && pairs
+                    .keys()
+                    .zip(containers.keys())
+                    .all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
+            if same {
+                for ((_, pair), (_, &new)) in pairs.iter_mut().zip(containers.iter()) {
+                    *pair = next_pair(resolution_ns, Some(pair), new);
+                }
+                continue;
+            }
+            pairs.retain(|name, _| containers.contains_key(name));
             for (name, &new) in containers {
                 match pairs.get_mut(name) {
                     Some(pair) => *pair = next_pair(resolution_ns, Some(pair), new),
@@ -154,6 +178,8 @@ impl RateStore {
                 }
             }
         }
+        // Pods the batch did not have are forgotten.
+        self.pods.retain(|_, kept| kept.stamp == stamp);
     }
 
     /// Node usage, when the node has a valid pair.
@@ -187,9 +213,9 @@ impl RateStore {
         let mut spare = spare.into_iter().peekable();
         let mut out = Vec::with_capacity(pods.len());
         let mut usages: Vec<(&Name, Usage)> = Vec::new();
-        'pods: for (pod, containers) in pods {
+        'pods: for (pod, kept) in pods {
             usages.clear();
-            for (name, pair) in containers {
+            for (name, pair) in &kept.pairs {
                 let Some(prev) = pair.prev else {
                     continue 'pods;
                 };

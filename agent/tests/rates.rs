@@ -2,10 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use metrics_agent::batch::{Batch, Name, PodRef, Point};
+use metrics_agent::batch::{Batch, ByName, PodRef, Point};
 use metrics_agent::rates::{usage, PairError, RateStore};
 use metrics_agent::source::decode::decode;
 use metrics_e2e::fixtures::fixture;
@@ -31,8 +30,7 @@ fn batch(node: Option<Point>, pods: &[(&str, Containers<'_>)]) -> Batch {
         pods: pods
             .iter()
             .map(|(p, cs)| {
-                let cs: BTreeMap<Name, Point> =
-                    cs.iter().map(|(c, pt)| ((*c).into(), *pt)).collect();
+                let cs: ByName<Point> = cs.iter().map(|(c, pt)| ((*c).into(), *pt)).collect();
                 let pod = PodRef {
                     namespace: "ns".into(),
                     name: (*p).into(),
@@ -270,6 +268,44 @@ fn container_missing_from_a_batch_is_forgotten_while_its_pod_stays() {
     assert!(s.pod_usages().is_empty());
     s.store(&batch(None, &[("p", &two(T0 + 60 * S, 5))]));
     assert_eq!(s.pod_usages()[0].containers.len(), 2);
+}
+
+/// A container replaced by one of another name in the same place (as
+/// many containers as before) is not taken for the one it replaced.
+#[test]
+fn container_replaced_in_its_place_starts_over() {
+    let start = T0 - 3600 * S;
+    let mut s = store();
+    let pod = |ts: i64, cpu: u64, second: &'static str| {
+        [
+            ("a", pt(ts, start, cpu, 1)),
+            (second, pt(ts, start, cpu, 1)),
+        ]
+    };
+    let g = S as u64;
+    s.store(&batch(None, &[("p", &pod(T0, g, "b"))]));
+    s.store(&batch(None, &[("p", &pod(T0 + 15 * S, 2 * g, "b"))]));
+    let names = |s: &RateStore| -> Vec<String> {
+        s.pod_usages()
+            .iter()
+            .flat_map(|p| p.containers.iter().map(|c| c.name.clone()))
+            .collect()
+    };
+    assert_eq!(names(&s), ["a", "b"]);
+    // `b` gone, `c` new where it was: `c` has no earlier sample, so the
+    // pod waits for its pair; `a` keeps its own.
+    s.store(&batch(None, &[("p", &pod(T0 + 30 * S, 3 * g, "c"))]));
+    assert!(s.pod_usages().is_empty(), "`c` is not `b`");
+    s.store(&batch(None, &[("p", &pod(T0 + 45 * S, 9 * g / 2, "c"))]));
+    assert_eq!(names(&s), ["a", "c"]);
+    let p = &s.pod_usages()[0];
+    assert_eq!(p.window_nanos, 15 * S);
+    // 1.5 s of CPU over 15 s; paired with `b`'s sample it would be 2.5 s
+    // over 30 s.
+    assert_eq!(
+        p.containers[1].cpu_nanocores, 100_000_000,
+        "`c` paired with its own sample, not `b`'s"
+    );
 }
 
 #[test]

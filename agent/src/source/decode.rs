@@ -8,10 +8,10 @@
 //! dropped alone instead of taking its whole pod with it.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
-use crate::batch::{Batch, Name, Names, PodRef, Point};
+use crate::batch::{Batch, ByName, Name, Names, PodRef, Point};
 use crate::source::prom::{self, Sample};
 
 /// Payload bytes per container, for sizing the map up front: the
@@ -353,7 +353,7 @@ fn usable(sample: &Sample<'_>, default_ns: i64, stats: &mut DecodeStats) -> Opti
 
 /// A container's point into its pod's map, or counted as incomplete.
 fn complete_into(
-    complete: &mut BTreeMap<Name, Point>,
+    complete: &mut ByName<Point>,
     pod: &PodRef,
     name: &Name,
     partial: &Partial,
@@ -424,7 +424,7 @@ fn decode_known(
     let mut order = shape.order.iter().map(|&i| i as usize).peekable();
     while let Some(first) = order.next() {
         let (pod, _) = shape.containers.get(first)?;
-        let mut complete = BTreeMap::new();
+        let mut complete = ByName::new();
         let mut group = Some(first);
         while let Some(i) = group {
             let (_, name) = shape.containers.get(i)?;
@@ -534,7 +534,7 @@ fn decode_full(
             namespace: names.get(namespace),
             name: names.get(pod_name),
         };
-        let mut complete = BTreeMap::new();
+        let mut complete = ByName::new();
         let mut group = Some(first);
         while let Some(i) = group {
             let ((_, _, name), partial) = &points[i];

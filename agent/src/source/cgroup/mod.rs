@@ -7,12 +7,12 @@ pub mod detect;
 pub mod layout;
 pub mod read;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::batch::{Batch, Name, PodRef, Point};
+use crate::batch::{Batch, ByName, Name, PodRef, Point};
 use crate::pods::PodIndex;
 use crate::source::decode::{unix_nanos, DecodeStats};
 use crate::source::host::HostSource;
@@ -314,7 +314,7 @@ impl CgroupSource {
         let mut stale = false;
         let mut containers = listing.containers.iter_mut().peekable();
         while let Some(first) = containers.next() {
-            let mut points = BTreeMap::new();
+            let mut points = ByName::new();
             let pod = first.pod.clone();
             let mut next = Some(first);
             while let Some(c) = next {
