@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -128,9 +128,6 @@ pub struct KubeletSource {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     uri: Uri,
     pods_uri: Uri,
-    /// The `Host` header both URLs take, made once: left to the client,
-    /// it is formatted again for every request.
-    host: Option<HeaderValue>,
     token: Option<Arc<TokenFile>>,
     timeout: Duration,
     /// Names of the last payloads, shared by the next one's batch, and
@@ -180,13 +177,6 @@ impl KubeletSource {
         };
         let uri = parse("/metrics/resource")?;
         let pods_uri = parse("/pods")?;
-        let host = uri.authority().and_then(|a| {
-            let host = match a.port() {
-                Some(port) => format!("{}:{port}", a.host()),
-                None => a.host().to_owned(),
-            };
-            HeaderValue::from_str(&host).ok()
-        });
         // The connector sets ALPN from the enabled HTTP versions itself.
         let mut tls = (*tls).clone();
         tls.alpn_protocols.clear();
@@ -201,7 +191,6 @@ impl KubeletSource {
             client,
             uri,
             pods_uri,
-            host,
             token: token_file.map(|path| Arc::new(TokenFile::with_max_age(&path, TOKEN_MAX_AGE))),
             memory: Default::default(),
             body: Default::default(),
@@ -269,9 +258,6 @@ impl KubeletSource {
             header::USER_AGENT,
             concat!("metrics-agent/", env!("CARGO_PKG_VERSION")),
         );
-        if let Some(host) = &self.host {
-            req = req.header(header::HOST, host.clone());
-        }
         if let Some(token) = &self.token {
             if let Some(value) = token.bearer()? {
                 req = req.header(header::AUTHORIZATION, value);
