@@ -149,11 +149,11 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const BODY_SLACK: usize = 256 * 1024;
 
 /// Keeps `buf` for the next payload, emptied, unless it is far larger
-/// than `used` (the payload it just held) needed: a payload read into a
-/// buffer of the right size costs no allocation, and, at about 100 KB,
-/// spares the C library's heap from growing and shrinking every period.
-fn keep_body_buffer(mut buf: Vec<u8>, used: usize) -> Vec<u8> {
-    if buf.capacity() > used.saturating_mul(2).saturating_add(BODY_SLACK) {
+/// than the payload it holds needed: a payload read into a buffer of the
+/// right size costs no allocation, and, at about 100 KB, spares the C
+/// library's heap from growing and shrinking every period.
+fn keep_body_buffer(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.capacity() > buf.len().saturating_mul(2).saturating_add(BODY_SLACK) {
         buf = Vec::new();
     }
     buf.clear();
@@ -214,8 +214,7 @@ impl KubeletSource {
             memory.end_period();
             decoded
         });
-        let used = body.len();
-        *lock(&self.body) = keep_body_buffer(body, used);
+        *lock(&self.body) = keep_body_buffer(body);
         decoded
     }
 
@@ -355,21 +354,22 @@ mod tests {
         let mut buf = Vec::with_capacity(used * 2 + BODY_SLACK);
         buf.resize(used, b'x');
         let cap = buf.capacity();
-        let kept = keep_body_buffer(buf, used);
+        let kept = keep_body_buffer(buf);
         assert!(kept.is_empty());
         assert_eq!(kept.capacity(), cap, "kept as it was");
 
         let mut big = Vec::with_capacity(used * 2 + BODY_SLACK + 1);
         big.resize(used, b'x');
-        let dropped = keep_body_buffer(big, used);
+        let dropped = keep_body_buffer(big);
         assert!(dropped.is_empty());
         assert_eq!(dropped.capacity(), 0, "let go");
 
         // An outsized payload, then a small one: the buffer does not stay
         // at the outsized one's size.
         let huge = vec![0u8; 8 << 20];
-        let after_huge = keep_body_buffer(huge, 8 << 20);
+        let mut after_huge = keep_body_buffer(huge);
         assert!(after_huge.capacity() >= 8 << 20, "kept for its own size");
-        assert_eq!(keep_body_buffer(after_huge, used).capacity(), 0);
+        after_huge.resize(used, b'x');
+        assert_eq!(keep_body_buffer(after_huge).capacity(), 0);
     }
 }
