@@ -19,7 +19,7 @@ use crate::auth::callers::{wrong_node, Caller, CallerAuth};
 use crate::ingest_wire::{frame, Outgoing, ReportReader};
 use crate::labelset::{Interner, StreamLabels};
 use crate::metrics::AggregatorMetrics;
-use crate::report::{to_entry_with, Dropped, ReportError};
+use crate::report::{refresh_in_place, to_entry_with, Dropped, ReportError};
 use crate::shard::SharedShard;
 use crate::store::Store;
 
@@ -92,22 +92,50 @@ impl IngestService {
         self
     }
 
-    /// Handles one report of `stream`; returns the Ack to send. The
-    /// stored entry takes its names from `report` instead of copying them.
+    /// Handles one report of `stream`; returns the Ack to send. A report
+    /// with the stored entry's shape (the usual one) is written into that
+    /// entry in place ([`refresh_in_place`]); any other is built into a
+    /// new entry that replaces it.
     pub fn handle(&self, report: NodeReport, stream: &mut StreamState) -> Ack {
-        let bound = &mut stream.bound;
         let sequence = report.sequence;
-        let checked = stream
+        let (now, wall) = (Instant::now(), wall_ns());
+        let resolved = stream
             .labels
             .resolve(&report, &self.interner)
-            .map_err(ReportError::from)
+            .map_err(ReportError::from);
+        if let Ok(labels) = &resolved {
+            let owned = self
+                .shard
+                .as_ref()
+                .is_none_or(|s| s.get().owns(&report.node_name));
+            let refreshed = owned
+                && self.store.update_in_place(&report.node_name, |e| {
+                    let done = refresh_in_place(
+                        e,
+                        &report,
+                        labels,
+                        stream.bound.as_deref(),
+                        now,
+                        Some(wall),
+                        self.expiry_periods,
+                    );
+                    if done {
+                        e.swap = self.swap;
+                    }
+                    done
+                });
+            if refreshed {
+                return self.accepted(report.node_name, &[], sequence, stream);
+            }
+        }
+        let checked = resolved
             .and_then(|labels| {
                 to_entry_with(
                     report,
                     labels,
-                    bound.as_deref(),
-                    Instant::now(),
-                    Some(wall_ns()),
+                    stream.bound.as_deref(),
+                    now,
+                    Some(wall),
                     self.expiry_periods,
                 )
             })
@@ -140,28 +168,40 @@ impl IngestService {
                         error: ReportError::from(e).to_string(),
                     };
                 }
-                stream.budget_warned = false;
-                if bound.is_none() {
-                    tracing::info!(node = %name, "agent stream bound to node");
-                    *bound = Some(name.clone());
-                }
-                let note = self.note_dropped(&name, &dropped, &mut stream.warned);
-                self.metrics.report(true);
-                Ack {
-                    sequence,
-                    accepted: true,
-                    error: note,
-                }
+                self.accepted(name, &dropped, sequence, stream)
             }
             Err(e) => {
                 self.metrics.report(false);
-                tracing::warn!(node = ?bound, error = %e, "refused report");
+                tracing::warn!(node = ?stream.bound, error = %e, "refused report");
                 Ack {
                     sequence,
                     accepted: false,
                     error: e.to_string(),
                 }
             }
+        }
+    }
+
+    /// The Ack of a stored report (binding the stream to its node at the
+    /// first), counting and noting what it left out.
+    fn accepted(
+        &self,
+        name: String,
+        dropped: &[Dropped],
+        sequence: u64,
+        stream: &mut StreamState,
+    ) -> Ack {
+        stream.budget_warned = false;
+        let note = self.note_dropped(&name, dropped, &mut stream.warned);
+        if stream.bound.is_none() {
+            tracing::info!(node = %name, "agent stream bound to node");
+            stream.bound = Some(name);
+        }
+        self.metrics.report(true);
+        Ack {
+            sequence,
+            accepted: true,
+            error: note,
         }
     }
 }
@@ -577,5 +617,282 @@ mod tests {
         assert!(ack.error.contains("5 pods"), "{}", ack.error);
         let node = store.node("node-b", Instant::now()).unwrap();
         assert_eq!(node.pods.len(), metrics_proto::MAX_PODS_PER_REPORT);
+    }
+
+    /// A report with the stored entry's shape is written into that entry
+    /// (no new entry, no new pods); while a reader holds the entry it is
+    /// replaced instead, and the reader's copy never changes; any other
+    /// report is built anew, with the index and drops as before.
+    #[test]
+    fn a_report_of_the_stored_shape_is_written_in_place() {
+        let (svc, store, _registry) = service();
+        let mut state = StreamState::default();
+        let report = |cpu: u64, at: i64| NodeReport {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: "node-d".into(),
+            period_ms: 15_000,
+            node: Some(Usage {
+                timestamp_unix_nanos: at,
+                window_nanos: 15_000_000_000,
+                cpu_nanocores: cpu,
+                memory_working_set_bytes: 4096,
+                swap_bytes: 0,
+            }),
+            pods: ["a", "b"]
+                .iter()
+                .map(|name| {
+                    let mut p = pod(name, 2);
+                    p.timestamp_unix_nanos = at;
+                    for (i, c) in p.containers.iter_mut().enumerate() {
+                        c.cpu_nanocores = cpu + i as u64;
+                    }
+                    p
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let usage = |e: &crate::report::NodeEntry| -> Vec<(String, u64)> {
+            e.pods
+                .iter()
+                .flat_map(|p| {
+                    p.containers()
+                        .map(|c| (format!("{}/{}", p.name(), c.name), c.cpu_nanocores))
+                })
+                .collect()
+        };
+        let t0 = ts();
+        assert!(svc.handle(report(10, t0), &mut state).accepted);
+        let first = store.node("node-d", Instant::now()).unwrap();
+        let (entry_at, pods_at) = (Arc::as_ptr(&first) as usize, first.pods.as_ptr() as usize);
+        let expires = first.expires;
+        drop(first);
+
+        // Same shape: written in place.
+        let ack = svc.handle(report(20, t0 + 1_000_000_000), &mut state);
+        assert!(ack.accepted && ack.error.is_empty(), "{}", ack.error);
+        let second = store.node("node-d", Instant::now()).unwrap();
+        assert_eq!(Arc::as_ptr(&second) as usize, entry_at, "the same entry");
+        assert_eq!(second.pods.as_ptr() as usize, pods_at, "the same pods");
+        assert_eq!(
+            usage(&second),
+            [("a/c0", 20), ("a/c1", 21), ("b/c0", 20), ("b/c1", 21)]
+                .map(|(k, v)| (k.to_string(), v))
+        );
+        assert_eq!(second.node.unwrap().cpu_nanocores, 20);
+        assert_eq!(second.timestamp_ns, t0 + 1_000_000_000);
+        assert_eq!(second.pods[1].timestamp_ns, t0 + 1_000_000_000);
+        assert!(second.expires >= expires);
+        drop(second);
+
+        // The same pods and containers listed in another order: in place
+        // too, each value written to its own container.
+        let mut shuffled = report(25, t0 + 1_500_000_000);
+        shuffled.pods.reverse();
+        shuffled.pods[0].containers.reverse();
+        let ack = svc.handle(shuffled, &mut state);
+        assert!(ack.accepted && ack.error.is_empty(), "{}", ack.error);
+        let shuffled = store.node("node-d", Instant::now()).unwrap();
+        assert_eq!(
+            Arc::as_ptr(&shuffled) as usize,
+            entry_at,
+            "still the same entry"
+        );
+        assert_eq!(
+            usage(&shuffled),
+            [("a/c0", 25), ("a/c1", 26), ("b/c0", 25), ("b/c1", 26)]
+                .map(|(k, v)| (k.to_string(), v))
+        );
+        drop(shuffled);
+
+        // One pod twice and another missing: not the stored pods.
+        let mut twice = report(27, t0 + 1_700_000_000);
+        twice.pods[1] = twice.pods[0].clone();
+        assert!(svc.handle(twice, &mut state).accepted);
+        let now = Instant::now();
+        assert!(store.pod("ns", "b", now).is_empty(), "b is gone");
+        assert_eq!(store.node("node-d", now).unwrap().pods.len(), 1);
+        assert!(
+            svc.handle(report(20, t0 + 1_800_000_000), &mut state)
+                .accepted
+        );
+        let second = store.node("node-d", Instant::now()).unwrap();
+        let entry_at = Arc::as_ptr(&second) as usize;
+
+        // Held by a reader: replaced, and the reader's copy stays as it was.
+        let ack = svc.handle(report(30, t0 + 2_000_000_000), &mut state);
+        assert!(ack.accepted, "{}", ack.error);
+        assert_eq!(second.node.unwrap().cpu_nanocores, 20);
+        assert_eq!(usage(&second)[0].1, 20);
+        let third = store.node("node-d", Instant::now()).unwrap();
+        assert_ne!(Arc::as_ptr(&third) as usize, entry_at, "a new entry");
+        assert_eq!(usage(&third)[0].1, 30);
+        drop((second, third));
+
+        // A stream bound to another node cannot write this one in place.
+        let mut other = StreamState {
+            bound: Some("node-e".into()),
+            ..StreamState::default()
+        };
+        let ack = svc.handle(report(99, t0 + 3_000_000_000), &mut other);
+        assert!(!ack.accepted, "a report for another node than the stream's");
+        let now = Instant::now();
+        assert_eq!(usage(&store.node("node-d", now).unwrap())[0].1, 30);
+
+        // A pod renamed: built anew, and the index follows.
+        let mut renamed = report(40, t0 + 3_000_000_000);
+        renamed.pods[1].name = "c".into();
+        assert!(svc.handle(renamed, &mut state).accepted);
+        let now = Instant::now();
+        assert!(store.pod("ns", "b", now).is_empty());
+        assert_eq!(store.pod("ns", "c", now).len(), 1);
+
+        // Containers out of order, and one pod with a usage the checks
+        // refuse: built anew, the containers matched by name, that pod
+        // alone dropped.
+        let mut mixed = report(50, t0 + 4_000_000_000);
+        mixed.pods[1].name = "c".into();
+        mixed.pods[0].containers.reverse();
+        mixed.pods[1].containers[0].cpu_nanocores = u64::MAX;
+        let ack = svc.handle(mixed, &mut state);
+        assert!(ack.accepted, "{}", ack.error);
+        assert!(ack.error.contains("ns/c"), "{}", ack.error);
+        let node = store.node("node-d", Instant::now()).unwrap();
+        assert_eq!(
+            usage(&node),
+            [("a/c0", 50), ("a/c1", 51)].map(|(k, v)| (k.to_string(), v))
+        );
+        assert_eq!(store.held().1, 1, "the store counts one pod");
+    }
+
+    /// What an entry serves, for comparing two entries.
+    fn served(e: &crate::report::NodeEntry) -> String {
+        let pods: Vec<String> = e
+            .pods
+            .iter()
+            .map(|p| {
+                let containers: Vec<String> = p
+                    .containers()
+                    .map(|c| {
+                        format!(
+                            "{}={},{},{}",
+                            c.name, c.cpu_nanocores, c.memory_working_set_bytes, c.swap_bytes
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}/{} @{}+{} {} [{}]",
+                    p.namespace(),
+                    p.name(),
+                    p.timestamp_ns,
+                    p.window_ns,
+                    p.labels.json(),
+                    containers.join(" ")
+                )
+            })
+            .collect();
+        format!(
+            "{} {} {:?} {} | {}",
+            e.name,
+            e.labels.json(),
+            e.node,
+            e.timestamp_ns,
+            pods.join(" | ")
+        )
+    }
+
+    proptest::proptest! {
+        /// Whether a report is written in place or built anew, the node
+        /// then serves what a new entry built from that report alone
+        /// serves, and the index finds exactly its pods.
+        #[test]
+        fn a_node_serves_each_report_as_if_built_anew(
+            reports in proptest::collection::vec(
+                (
+                    // pods: (name, containers as (name, usage), shuffled?)
+                    proptest::collection::vec(
+                        (0..5usize, proptest::collection::vec((0..4usize, 0..3u64), 1..4), 0..2u8),
+                        0..5,
+                    ),
+                    0..3u8,  // 0: a new shape; 1: the last shape, new usage; 2: it reversed
+                    0..8u8,  // 0: one pod's usage refused
+                    0..4u64, // usage
+                ),
+                1..12,
+            ),
+        ) {
+            let (svc, store, _registry) = service();
+            let mut state = StreamState::default();
+            let mut last: Option<NodeReport> = None;
+            let base = ts();
+            for (step, (shape, how, bad, cpu)) in reports.into_iter().enumerate() {
+                let at = base + step as i64 * 1_000;
+                let mut report = match (&last, how) {
+                    (Some(l), 1 | 2) => {
+                        let mut r = l.clone();
+                        for p in &mut r.pods {
+                            p.timestamp_unix_nanos = at;
+                            for c in &mut p.containers {
+                                c.cpu_nanocores = cpu * 1000 + step as u64;
+                            }
+                        }
+                        if how == 2 {
+                            r.pods.reverse();
+                            for p in &mut r.pods {
+                                p.containers.reverse();
+                            }
+                        }
+                        r
+                    }
+                    _ => NodeReport {
+                        protocol_version: PROTOCOL_VERSION,
+                        node_name: "node-p".into(),
+                        period_ms: 15_000,
+                        pods: shape
+                            .iter()
+                            .map(|(name, containers, app)| PodUsage {
+                                namespace: "ns".into(),
+                                name: format!("p{name}"),
+                                labels: [("app".to_string(), format!("a{app}"))].into(),
+                                timestamp_unix_nanos: at,
+                                window_nanos: 15_000_000_000,
+                                containers: containers
+                                    .iter()
+                                    .map(|(c, u)| ContainerUsage {
+                                        name: format!("c{c}"),
+                                        cpu_nanocores: u + cpu,
+                                        memory_working_set_bytes: u * 7,
+                                        swap_bytes: 0,
+                                    })
+                                    .collect(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    },
+                };
+                last = Some(report.clone());
+                if bad == 0 {
+                    if let Some(c) = report.pods.first_mut().and_then(|p| p.containers.first_mut()) {
+                        c.cpu_nanocores = u64::MAX;
+                    }
+                }
+                let expected = crate::report::to_entry(report.clone(), None, Instant::now(), 3);
+                let ack = svc.handle(report, &mut state);
+                let now = Instant::now();
+                match expected {
+                    Ok(expected) => {
+                        proptest::prop_assert!(ack.accepted, "{}", ack.error);
+                        let stored = store.node("node-p", now).unwrap();
+                        proptest::prop_assert_eq!(served(&stored), served(&expected));
+                        for name in 0..5 {
+                            let name = format!("p{name}");
+                            let held = expected.pods.iter().any(|p| p.name() == name);
+                            proptest::prop_assert_eq!(store.pod("ns", &name, now).len(), usize::from(held));
+                        }
+                        proptest::prop_assert_eq!(store.held().1, expected.pods.len());
+                    }
+                    Err(_) => proptest::prop_assert!(!ack.accepted),
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_proto::v1::{ContainerUsage, NodeReport, Usage};
+use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
 use metrics_proto::{MAX_PODS_PER_REPORT, PROTOCOL_VERSION};
 
 use crate::labelset::{self, LabelError, Labels, Resolved};
@@ -170,6 +170,59 @@ impl PodEntry {
             memory_working_set_bytes: u.memory_working_set_bytes,
             swap_bytes: u.swap_bytes,
         })
+    }
+
+    /// The containers' names, in the stored (sorted) order.
+    fn container_names(&self) -> impl Iterator<Item = &str> {
+        self.containers().map(|c| c.name)
+    }
+
+    /// Where each of `p`'s containers is stored: `Some(None)` when `p`
+    /// lists them in the stored order, `Some(Some(..))` with their places
+    /// when it lists a few ([`FEW_TO_MATCH`]) in another; None when they
+    /// are not this pod's containers. `p`'s container names are distinct
+    /// ([`check_pod`]), so places found for each are a permutation.
+    fn container_places(&self, p: &PodUsage) -> Option<Option<[u8; FEW_TO_MATCH]>> {
+        if p.containers.len() != self.usage.len() {
+            return None;
+        }
+        let in_order = p
+            .containers
+            .iter()
+            .zip(self.container_names())
+            .all(|(c, have)| c.name == have);
+        if in_order {
+            return Some(None);
+        }
+        if p.containers.len() > FEW_TO_MATCH {
+            return None;
+        }
+        let mut places = [0u8; FEW_TO_MATCH];
+        for (slot, c) in places.iter_mut().zip(&p.containers) {
+            let at = self.container_names().position(|have| have == c.name)?;
+            *slot = u8::try_from(at).ok()?;
+        }
+        Some(Some(places))
+    }
+
+    /// Overwrites the usage and times with `p`'s; `places` as
+    /// [`PodEntry::container_places`] found them.
+    fn set_usage(&mut self, p: &PodUsage, places: Option<[u8; FEW_TO_MATCH]>) {
+        self.timestamp_ns = p.timestamp_unix_nanos;
+        self.window_ns = p.window_nanos;
+        for (i, c) in p.containers.iter().enumerate() {
+            let at = match places {
+                None => Some(i),
+                Some(places) => places.get(i).map(|&at| usize::from(at)),
+            };
+            if let Some(have) = at.and_then(|at| self.usage.get_mut(at)) {
+                *have = ContainerStat {
+                    cpu_nanocores: c.cpu_nanocores,
+                    memory_working_set_bytes: c.memory_working_set_bytes,
+                    swap_bytes: c.swap_bytes,
+                };
+            }
+        }
     }
 
     /// Estimated bytes held for this pod: its names and containers, and
@@ -468,4 +521,107 @@ pub fn to_entry_with(
     };
     entry.bytes = entry.measure();
     Ok((entry, dropped))
+}
+
+/// Containers listed in another order than the stored one are matched
+/// by name when a pod has at most this many; a pod with more is built
+/// anew (its matching would cost the square of its containers).
+const FEW_TO_MATCH: usize = 8;
+
+/// Writes `report`'s usage and times over `entry` in place when the report
+/// holds what `entry` holds apart from them: the same node, node labels
+/// and usage fields, the same pods (in any order) with the same containers
+/// and label sets, and nothing [`to_entry_with`] would refuse or leave
+/// out. Returns false, with `entry` untouched, otherwise; the report is
+/// then built into a new entry.
+///
+/// Nearly every report of a stream after its first is such a report.
+/// Built anew, each would allocate every pod's names and counters again
+/// and free the last ones, and the allocator's pages would hold freed
+/// blocks between the live ones; in place, no pod allocates, and the
+/// index has nothing to update (no key or label set changed).
+pub fn refresh_in_place(
+    entry: &mut NodeEntry,
+    report: &NodeReport,
+    labels: &Resolved,
+    bound: Option<&str>,
+    now: Instant,
+    wall_ns: Option<i64>,
+    expiry_periods: u32,
+) -> bool {
+    let same_node = report.protocol_version == PROTOCOL_VERSION
+        && report.node_name == entry.name
+        && bound.is_none_or(|b| b == report.node_name)
+        && PERIOD_MS.contains(&report.period_ms)
+        && labels.node_error.is_none()
+        && Arc::ptr_eq(&labels.node, &entry.labels)
+        && report.node.is_some() == entry.node.is_some()
+        && report.pods.len() == entry.pods.len()
+        && labels.pods.len() == report.pods.len();
+    if !same_node {
+        return false;
+    }
+    let max_age = (Duration::from_millis(report.period_ms) * expiry_periods).max(MIN_MAX_AGE);
+    let clock = |ts: i64| wall_ns.is_none_or(|now| check_clock(ts, now, max_age).is_ok());
+    if let Some(u) = &report.node {
+        if check_node_usage(u).is_err() || !clock(u.timestamp_unix_nanos) {
+            return false;
+        }
+    }
+    let Some(pods) = stored_places(&entry.pods, &report.pods) else {
+        return false;
+    };
+    let mut containers = Vec::with_capacity(report.pods.len());
+    for ((p, l), &at) in report.pods.iter().zip(&labels.pods).zip(&pods) {
+        let Some(have) = entry.pods.get(at) else {
+            return false;
+        };
+        let fits = l.as_ref().is_ok_and(|l| Arc::ptr_eq(l, &have.labels))
+            && check_pod(p).is_ok()
+            && clock(p.timestamp_unix_nanos);
+        match have.container_places(p) {
+            Some(places) if fits => containers.push(places),
+            _ => return false,
+        }
+    }
+    entry.node = report.node;
+    entry.timestamp_ns = report.node.map_or(0, |u| u.timestamp_unix_nanos);
+    for ((p, &at), places) in report.pods.iter().zip(&pods).zip(containers) {
+        if let Some(have) = entry.pods.get_mut(at) {
+            have.set_usage(p, places);
+        }
+    }
+    entry.received = now;
+    entry.expires = now + Duration::from_millis(report.period_ms) * expiry_periods;
+    true
+}
+
+/// Where each of `pods` is in `stored` (sorted by namespace and name),
+/// when `pods` are exactly the stored pods, each once, in any order.
+fn stored_places(stored: &[PodEntry], pods: &[PodUsage]) -> Option<Vec<usize>> {
+    if pods.len() != stored.len() {
+        return None;
+    }
+    let mut places = Vec::with_capacity(pods.len());
+    for (i, p) in pods.iter().enumerate() {
+        let key = (p.namespace.as_str(), p.name.as_str());
+        let at = match stored.get(i) {
+            Some(have) if (have.namespace(), have.name()) == key => i,
+            _ => stored
+                .binary_search_by(|have| (have.namespace(), have.name()).cmp(&key))
+                .ok()?,
+        };
+        places.push(at);
+    }
+    // Sorted reports (the agent's) are told apart at once; others must
+    // name every stored pod once.
+    if !places.windows(2).all(|w| w[0] < w[1]) {
+        let mut seen = places.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != stored.len() {
+            return None;
+        }
+    }
+    Some(places)
 }

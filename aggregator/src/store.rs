@@ -190,6 +190,20 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `update` on `node`'s entry in place, unless a reader holds
+    /// that entry: readers take a reference of their own, so an entry
+    /// no one else holds can change without any reader seeing it change.
+    /// `update` must leave the entry's footprint, pods' keys and label
+    /// sets as they were (the budget and the index are not told), or
+    /// return false having changed nothing. False when the node has no
+    /// entry, a reader holds it, or `update` returned false.
+    pub fn update_in_place(&self, node: &str, update: impl FnOnce(&mut NodeEntry) -> bool) -> bool {
+        let Some(mut slot) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        Arc::get_mut(&mut slot).is_some_and(update)
+    }
+
     /// Estimated bytes and number of pods held.
     pub fn held(&self) -> (usize, usize) {
         (
