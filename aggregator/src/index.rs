@@ -29,15 +29,14 @@ use crate::report::PodEntry;
 #[derive(Debug, Default)]
 pub struct PodIndex {
     namespaces: DashMap<String, Ids>,
-    /// Keyed by a 64-bit hash of (namespace, name); a collision only adds a
-    /// node to look at, since every hit is checked in the node's entry.
-    /// The one node holding the pod, the usual case, is held in the slot
-    /// itself (16 bytes a slot, where a posting took 32: the table has a
-    /// slot for every pod of the replica); [`SHARED`] when several nodes
-    /// hold the key (a pod moving, or a collision), listed in
-    /// `pods_shared`.
-    pods: DashMap<u64, u32>,
-    pods_shared: DashMap<u64, Ids>,
+    /// Keyed by a 32-bit hash of (namespace, name) ([`pod_slot`]); a
+    /// collision only adds a node to look at, since every hit is checked
+    /// in the node's entry. The one node holding the pod, the usual case,
+    /// is held in the slot itself (8 bytes a slot: the table has a slot
+    /// for every pod of the replica); [`SHARED`] when several nodes hold
+    /// the key (a pod moving, or a collision), listed in `pods_shared`.
+    pods: DashMap<u32, u32>,
+    pods_shared: DashMap<u32, Ids>,
     /// Keyed by a 64-bit hash of (label key, value); a collision only adds
     /// nodes to look at, as for pods.
     labels: DashMap<u64, Ids>,
@@ -192,6 +191,29 @@ pub fn pod_key(namespace: &str, name: &str) -> u64 {
     h.digest()
 }
 
+/// The key of a pod in the pod table: 32 bits of [`pod_key`]. With
+/// 150,000 pods on a replica, a few pairs of pods share one, which costs a
+/// lookup of either a second node to look at.
+fn pod_slot(namespace: &str, name: &str) -> u32 {
+    pod_key(namespace, name) as u32
+}
+
+/// Whether one of `pods` has the pod table key `slot`; `slots` holds
+/// their keys sorted, computed at the first call.
+fn holds_slot(pods: &[PodEntry], slots: &mut Option<Vec<u32>>, slot: u32) -> bool {
+    slots
+        .get_or_insert_with(|| {
+            let mut all: Vec<u32> = pods
+                .iter()
+                .map(|p| pod_slot(p.namespace(), p.name()))
+                .collect();
+            all.sort_unstable();
+            all
+        })
+        .binary_search(&slot)
+        .is_ok()
+}
+
 /// Distinct namespaces of pods sorted by namespace.
 fn namespaces(pods: &[PodEntry]) -> impl Iterator<Item = &str> {
     let mut last: Option<&str> = None;
@@ -290,11 +312,19 @@ impl PodIndex {
                 self.namespaces.entry(ns.to_owned()).or_default().insert(id);
             },
         );
+        // A pod that left takes the node out of its key only when no pod
+        // the node still holds has that key too.
+        let mut new_slots = None;
         diff(
             keys(old),
             keys(new),
-            |k| self.remove_pod(pod_key(k.0, k.1), id),
-            |k| self.add_pod(pod_key(k.0, k.1), id),
+            |k| {
+                let slot = pod_slot(k.0, k.1);
+                if !holds_slot(new, &mut new_slots, slot) {
+                    self.remove_pod(slot, id);
+                }
+            },
+            |k| self.add_pod(pod_slot(k.0, k.1), id),
         );
         // Old and new entries are both alive here, so a label set of one
         // cannot share an address with a different set of the other.
@@ -314,7 +344,7 @@ impl PodIndex {
     /// Records that node `id` holds the pod keyed `key`. The pod slot's
     /// guard is held while `pods_shared` changes, as in every reader: the
     /// two maps are always locked in that order.
-    fn add_pod(&self, key: u64, id: u32) {
+    fn add_pod(&self, key: u32, id: u32) {
         match self.pods.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(id);
@@ -334,7 +364,7 @@ impl PodIndex {
 
     /// Records that node `id` no longer holds the pod keyed `key`; a key
     /// left with one node goes back to its slot, one left with none leaves.
-    fn remove_pod(&self, key: u64, id: u32) {
+    fn remove_pod(&self, key: u32, id: u32) {
         let Entry::Occupied(mut slot) = self.pods.entry(key) else {
             return;
         };
@@ -403,7 +433,7 @@ impl PodIndex {
     /// Nodes holding the pod `namespace/name` (usually one; two while it
     /// moves; more only on a hash collision).
     pub fn nodes_with_pod(&self, namespace: &str, name: &str) -> Vec<Arc<str>> {
-        let key = pod_key(namespace, name);
+        let key = pod_slot(namespace, name);
         let Some(slot) = self.pods.get(&key) else {
             return Vec::new();
         };
@@ -426,5 +456,52 @@ impl PodIndex {
             && self.pods_shared.is_empty()
             && self.labels.is_empty()
             && self.read_ids(|ids| ids.by_name.is_empty()).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labelset::Labels;
+    use metrics_proto::v1::ContainerUsage;
+
+    fn entry(name: &str) -> PodEntry {
+        let mut containers = [ContainerUsage {
+            name: "app".into(),
+            ..Default::default()
+        }];
+        PodEntry::new("ns", name, Labels::empty(), 1, 1, &mut containers).unwrap()
+    }
+
+    /// Two pods of one node whose names share a pod table key: when one
+    /// leaves, the node still holds the key for the other.
+    #[test]
+    fn a_pod_leaving_keeps_a_key_another_pod_of_its_node_shares() {
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        let (a, b) = (0u64..)
+            .find_map(|i| {
+                let name = format!("pod-{i}");
+                let slot = pod_slot("ns", &name);
+                seen.insert(slot, name.clone()).map(|other| (other, name))
+            })
+            .unwrap();
+        let index = PodIndex::default();
+        let mut both = vec![entry(&a), entry(&b)];
+        both.sort_by(|x, y| x.name().cmp(y.name()));
+        index.update("node-1", &[], &both);
+        assert_eq!(index.nodes_with_pod("ns", &b).len(), 1);
+
+        let only_b = [entry(&b)];
+        index.update("node-1", &both, &only_b);
+        let found: Vec<String> = index
+            .nodes_with_pod("ns", &b)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(found, ["node-1"], "{b} is still found");
+
+        index.update("node-1", &only_b, &[]);
+        assert!(index.nodes_with_pod("ns", &b).is_empty());
+        assert!(index.is_empty(), "nothing left");
     }
 }
