@@ -192,8 +192,8 @@ pub fn pod_key(namespace: &str, name: &str) -> u64 {
 }
 
 /// The key of a pod in the pod table: 32 bits of [`pod_key`]. With
-/// 150,000 pods on a replica, a few pairs of pods share one, which costs a
-/// lookup of either a second node to look at.
+/// 150,000 pods on a replica, a few pairs of pods share one; a lookup of
+/// either then also looks at the other's node.
 fn pod_slot(namespace: &str, name: &str) -> u32 {
     pod_key(namespace, name) as u32
 }
