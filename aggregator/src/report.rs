@@ -205,9 +205,12 @@ impl PodEntry {
         Some(Some(places))
     }
 
-    /// Overwrites the usage and times with `p`'s; `places` as
-    /// [`PodEntry::container_places`] found them.
-    fn set_usage(&mut self, p: &PodUsage, places: Option<[u8; FEW_TO_MATCH]>) {
+    /// Overwrites the usage and times with `p`'s, whose containers are
+    /// this pod's ([`PodEntry::container_places`] found them).
+    fn set_usage(&mut self, p: &PodUsage) {
+        let Some(places) = self.container_places(p) else {
+            return;
+        };
         self.timestamp_ns = p.timestamp_unix_nanos;
         self.window_ns = p.window_nanos;
         for (i, c) in p.containers.iter().enumerate() {
@@ -329,6 +332,18 @@ pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
 /// refuse.
 pub const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 
+/// The sample-time check of a report with period `period_ms`: against
+/// `wall_ns` when given ([`check_clock`], the oldest accepted being the
+/// expiry but at least [`MIN_MAX_AGE`]), none otherwise.
+fn sample_clock(
+    period_ms: u64,
+    expiry_periods: u32,
+    wall_ns: Option<i64>,
+) -> impl Fn(i64) -> Result<(), String> {
+    let max_age = (Duration::from_millis(period_ms) * expiry_periods).max(MIN_MAX_AGE);
+    move |ts| wall_ns.map_or(Ok(()), |now| check_clock(ts, now, max_age))
+}
+
 /// Refuses a sample time more than [`MAX_FUTURE_SKEW`] ahead of `now_ns`
 /// or older than `max_age` (the expiry): such a value would outrank or
 /// outlive every honest one.
@@ -430,8 +445,7 @@ pub fn to_entry_with(
     if !PERIOD_MS.contains(&report.period_ms) {
         return Err(ReportError::Period(report.period_ms));
     }
-    let max_age = (Duration::from_millis(report.period_ms) * expiry_periods).max(MIN_MAX_AGE);
-    let clock = |ts: i64| wall_ns.map_or(Ok(()), |now| check_clock(ts, now, max_age));
+    let clock = sample_clock(report.period_ms, expiry_periods, wall_ns);
     let mut dropped = Vec::new();
     let Resolved {
         node: labels,
@@ -561,34 +575,36 @@ pub fn refresh_in_place(
     if !same_node {
         return false;
     }
-    let max_age = (Duration::from_millis(report.period_ms) * expiry_periods).max(MIN_MAX_AGE);
-    let clock = |ts: i64| wall_ns.is_none_or(|now| check_clock(ts, now, max_age).is_ok());
+    let clock = sample_clock(report.period_ms, expiry_periods, wall_ns);
     if let Some(u) = &report.node {
-        if check_node_usage(u).is_err() || !clock(u.timestamp_unix_nanos) {
+        if check_node_usage(u).is_err() || clock(u.timestamp_unix_nanos).is_err() {
             return false;
         }
     }
     let Some(pods) = stored_places(&entry.pods, &report.pods) else {
         return false;
     };
-    let mut containers = Vec::with_capacity(report.pods.len());
-    for ((p, l), &at) in report.pods.iter().zip(&labels.pods).zip(&pods) {
-        let Some(have) = entry.pods.get(at) else {
-            return false;
-        };
-        let fits = l.as_ref().is_ok_and(|l| Arc::ptr_eq(l, &have.labels))
-            && check_pod(p).is_ok()
-            && clock(p.timestamp_unix_nanos);
-        match have.container_places(p) {
-            Some(places) if fits => containers.push(places),
-            _ => return false,
-        }
+    let fits = report
+        .pods
+        .iter()
+        .zip(&labels.pods)
+        .zip(&pods)
+        .all(|((p, l), &at)| {
+            entry.pods.get(at).is_some_and(|have| {
+                l.as_ref().is_ok_and(|l| Arc::ptr_eq(l, &have.labels))
+                    && have.container_places(p).is_some()
+                    && check_pod(p).is_ok()
+                    && clock(p.timestamp_unix_nanos).is_ok()
+            })
+        });
+    if !fits {
+        return false;
     }
     entry.node = report.node;
     entry.timestamp_ns = report.node.map_or(0, |u| u.timestamp_unix_nanos);
-    for ((p, &at), places) in report.pods.iter().zip(&pods).zip(containers) {
+    for (p, &at) in report.pods.iter().zip(&pods) {
         if let Some(have) = entry.pods.get_mut(at) {
-            have.set_usage(p, places);
+            have.set_usage(p);
         }
     }
     entry.received = now;
