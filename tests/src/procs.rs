@@ -452,13 +452,28 @@ pub fn agent_metrics_addr(log: &str) -> Option<SocketAddr> {
 /// Lowest port a free port is picked from.
 const FIRST_PICKED_PORT: u16 = 10_000;
 
+/// Ports [`free_port`] has handed out in this process.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
 /// A free port on 127.0.0.1 for a process that must be told its port
 /// before it starts (replicas listing each other). Picked at random below
 /// the kernel's ephemeral range and checked free: a port the OS hands out
 /// for `:0` comes from that range, and between its release here and the
 /// process's bind, any outgoing connection (a load test opens hundreds)
-/// could be given it as its own.
+/// could be given it as its own. Never the same port twice in one process:
+/// the check releases the port at once, so two replicas (or a replica's
+/// API and gRPC ports) picked one after the other could otherwise both be
+/// given it, and the second to bind would fail.
 pub fn free_port() -> u16 {
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let port = pick_port(&handed_out);
+    handed_out.push(port);
+    port
+}
+
+fn pick_port(handed_out: &[u16]) -> u16 {
     use std::hash::BuildHasher;
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -471,7 +486,9 @@ pub fn free_port() -> u16 {
         for attempt in 0..1_000u32 {
             let r = std::collections::hash_map::RandomState::new().hash_one(attempt);
             let port = FIRST_PICKED_PORT + (r % u64::from(span)) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !handed_out.contains(&port)
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
                 return port;
             }
         }
