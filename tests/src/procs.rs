@@ -493,10 +493,21 @@ fn pick_port(handed_out: &[u16]) -> u16 {
             }
         }
     }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    // The OS's own pick, skipping ports already handed out: each one
+    // skipped stays bound until a port is found, so the OS picks another.
+    let mut skipped = Vec::new();
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("no free port: {e}"))
+            .port();
+        if !handed_out.contains(&port) {
+            return port;
+        }
+        skipped.push(listener);
+    }
 }
 
 /// A self-signed certificate for 127.0.0.1 shared by several replicas:
