@@ -51,7 +51,7 @@ impl AgentMetrics {
         );
         sub.register(
             "acks",
-            "Report acknowledgements from aggregators, by result",
+            "Reports answered by aggregators, by result (one accepted answer may cover several reports)",
             m.acks.clone(),
         );
         sub.register(
@@ -88,14 +88,16 @@ impl AgentMetrics {
         }
     }
 
-    pub fn ack(&self, aggregator: &str, accepted: bool) {
+    /// Counts `reports` answered by one Ack (an accepted Ack may answer
+    /// several).
+    pub fn ack(&self, aggregator: &str, accepted: bool, reports: u64) {
         let result = if accepted { "accepted" } else { "refused" };
         self.acks
             .get_or_create(&[
                 ("aggregator", aggregator.to_owned()),
                 ("result", result.to_owned()),
             ])
-            .inc();
+            .inc_by(reports);
     }
 
     pub fn stream(&self, aggregator: &str, ok: bool) {

@@ -17,10 +17,18 @@ use tokio_util::sync::CancellationToken;
 use metrics_proto::ring::{owner_urls, should_follow};
 use metrics_proto::v1::ShardMap;
 
-use crate::transport::{run_sender, SenderCtx, Target};
+use crate::transport::{answer_deadline, run_sender, SenderCtx, Target};
 
 /// Periods without an accepted report before bootstrap URLs are used again.
 const STALE_PERIODS: u32 = 3;
+
+/// How long without an accepted answer before the shard map followed is
+/// taken as stale: [`STALE_PERIODS`] periods, and at least a period more
+/// than an aggregator may hold an answer ([`answer_deadline`]), as it
+/// does when nothing is new.
+fn stale_after(period: Duration) -> Duration {
+    (period * STALE_PERIODS).max(answer_deadline(period) + period)
+}
 
 /// The set of streams and how to open new ones.
 pub struct Router {
@@ -122,15 +130,30 @@ impl Router {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as i64);
-                    let limit = i64::try_from((self.period * STALE_PERIODS).as_millis()).unwrap_or(i64::MAX);
+                    let limit = i64::try_from(stale_after(self.period).as_millis()).unwrap_or(i64::MAX);
                     let was = stale;
                     stale = map.is_some() && last > 0 && now - last > limit;
                     if stale && !was {
-                        tracing::warn!("no report accepted for {STALE_PERIODS} periods; asking the bootstrap aggregators for a fresh shard map");
+                        tracing::warn!(after = ?stale_after(self.period), "no report accepted; asking the bootstrap aggregators for a fresh shard map");
                     }
                 }
             }
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_goes_stale_only_after_an_answer_could_have_come() {
+        let s = Duration::from_secs;
+        // At 1 s an aggregator may hold answers up to the 5 s bound.
+        assert_eq!(stale_after(s(1)), s(6));
+        assert_eq!(stale_after(s(15)), s(55));
+        // Long periods: three of them.
+        assert_eq!(stale_after(s(60)), s(180));
     }
 }

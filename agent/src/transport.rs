@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use metrics_proto::v1::aggregator_message::Kind;
-use metrics_proto::v1::ShardMap;
+use metrics_proto::v1::{Ack, ShardMap};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::encoded::{open_report_stream, Outgoing};
@@ -38,20 +38,7 @@ pub struct SenderCtx {
     pub answer_deadline: Duration,
 }
 
-/// How long a report may go unanswered before its stream is given up as
-/// stalled: three periods, at least 5 s and at most 40 s (an HTTP/2
-/// keep-alive's ping interval and answer time together). A stream carries
-/// a report every period and each is answered, so this finds a lost
-/// connection as soon as pings would, and the stream needs none: their
-/// timer would wake the agent between reports.
-pub fn answer_deadline(period: Duration) -> Duration {
-    (period * 3).clamp(Duration::from_secs(5), ANSWER_DEADLINE_MAX)
-}
-
-/// The longest [`answer_deadline`]: as long as a keep-alive ping takes to
-/// find a lost connection.
-pub const ANSWER_DEADLINE_MAX: Duration = metrics_proto::channel::KEEPALIVE_INTERVAL
-    .saturating_add(metrics_proto::channel::KEEPALIVE_TIMEOUT);
+pub use metrics_proto::channel::{answer_deadline, ANSWER_DEADLINE_MAX};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -168,6 +155,9 @@ async fn stream_once(
         .into_inner();
     tracing::info!(aggregator = target.url(), "stream open");
     let mut end = StreamEnd { acked: false };
+    // The highest sequence answered: an accepted Ack answers every report
+    // up to its sequence not answered before.
+    let mut answered_to = 0u64;
     let deadline = ctx.answer_deadline;
     loop {
         let stall = async {
@@ -203,7 +193,8 @@ async fn stream_once(
                         let _ = ctx.maps.try_send(map);
                     }
                     Some(Kind::Ack(ack)) => {
-                        ctx.metrics.ack(target.url(), ack.accepted);
+                        let reports = answered_reports(&mut answered_to, &ack);
+                        ctx.metrics.ack(target.url(), ack.accepted, reports);
                         if ack.accepted {
                             end.acked = true;
                             if ack.error != last_note {
@@ -236,6 +227,19 @@ async fn stream_once(
     }
 }
 
+/// How many reports `ack` answers, `answered_to` being the highest
+/// sequence answered before (and moved to `ack`'s): an accepted Ack answers
+/// every report up to its sequence not answered before, a refusal its own.
+fn answered_reports(answered_to: &mut u64, ack: &Ack) -> u64 {
+    let reports = if ack.accepted {
+        ack.sequence.saturating_sub(*answered_to).max(1)
+    } else {
+        1
+    };
+    *answered_to = (*answered_to).max(ack.sequence);
+    reports
+}
+
 /// The sending half of one stream: sequence numbers, and labels left out
 /// while they equal those this stream last carried. The report's bytes are
 /// the period's, shared with every other stream.
@@ -254,9 +258,13 @@ impl Outbox {
             report: period.encoded_for(self.labels_sent),
             sequence: self.sequence,
         };
-        // A full channel means the aggregator is behind: skip this period.
-        if self.tx.try_send(out).is_ok() && !unchanged {
-            self.labels_sent = period.labels_version();
+        // A full channel means the aggregator is behind: skip this period
+        // (its sequence number goes to the next report, so the numbers an
+        // Ack answers up to are all of reports sent).
+        match self.tx.try_send(out) {
+            Ok(()) if !unchanged => self.labels_sent = period.labels_version(),
+            Ok(()) => {}
+            Err(_) => self.sequence -= 1,
         }
     }
 }
@@ -342,7 +350,28 @@ mod tests {
         );
         let after = next(&mut out, &mut rx, &labelled("web")).unwrap();
         assert!(!after.labels_omitted, "web never reached the stream");
-        assert_eq!(after.sequence, 7);
+        // Its number went to the next report: the numbers an Ack answers
+        // up to are all of reports sent.
+        assert_eq!(after.sequence, 6);
+    }
+
+    #[test]
+    fn an_accepted_ack_answers_every_report_up_to_its_sequence() {
+        let ack = |sequence, accepted| Ack {
+            sequence,
+            accepted,
+            error: String::new(),
+        };
+        let mut to = 0;
+        assert_eq!(answered_reports(&mut to, &ack(1, true)), 1);
+        // Reports 2 and 3 held, answered by 3's Ack.
+        assert_eq!(answered_reports(&mut to, &ack(3, true)), 2);
+        // A refusal answers its own report alone.
+        assert_eq!(answered_reports(&mut to, &ack(4, false)), 1);
+        assert_eq!(answered_reports(&mut to, &ack(6, true)), 2);
+        // An Ack that answers nothing new (a repeat) still counts once.
+        assert_eq!(answered_reports(&mut to, &ack(6, true)), 1);
+        assert_eq!(to, 6);
     }
 
     #[test]

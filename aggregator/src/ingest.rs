@@ -15,6 +15,7 @@ use tonic::{Request, Status};
 use metrics_proto::v1::aggregator_message::Kind;
 use metrics_proto::v1::{Ack, AggregatorMessage, NodeReport};
 
+use crate::ack_pace::{AckPace, Decision};
 use crate::auth::callers::{wrong_node, Caller, CallerAuth};
 use crate::ingest_wire::{frame, Outgoing, ReportReader};
 use crate::labelset::{Interner, StreamLabels};
@@ -299,6 +300,8 @@ impl IngestService {
             map_sent: None,
             checked: Instant::now(),
             ended: false,
+            pace: AckPace::default(),
+            answer_within: Duration::ZERO,
         };
         let answers = futures::stream::unfold(session, |mut s| async move {
             let out = s.next().await?;
@@ -342,6 +345,11 @@ struct Session<B> {
     /// When the caller's token was last reviewed.
     checked: Instant,
     ended: bool,
+    /// When Acks go out ([`AckPace`]).
+    pace: AckPace,
+    /// How long the agent waits for an answer (its last report's
+    /// `answer_within_ms`; zero: every report answered).
+    answer_within: Duration,
 }
 
 impl<B> Drop for Session<B> {
@@ -367,19 +375,48 @@ where
         out
     }
 
-    /// Reads one report and answers it; an error ends the stream with
-    /// that status, `None` ends it quietly (the agent closed its side).
+    /// Reads reports until one is to be answered (every one, unless the
+    /// agent set `answer_within_ms`: [`AckPace`]), or a held answer falls
+    /// due; an error ends the stream with that status, `None` ends it
+    /// quietly (the agent closed its side).
     async fn step(&mut self) -> Option<Outgoing> {
+        loop {
+            match self.read_one().await {
+                Step::Answer(out) => return Some(out),
+                Step::End => return None,
+                Step::Held => {}
+            }
+        }
+    }
+
+    /// Reads and handles one report, or sends a held Ack that fell due.
+    async fn read_one(&mut self) -> Step {
         let this = &self.service;
         let silence = self.state.period.map_or(FIRST_REPORT_WAIT, |p| {
             (p * this.expiry_periods).max(MIN_SILENCE)
         });
+        let due = self.pace.due(self.answer_within);
+        let held_due = async {
+            match due {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let msg = tokio::select! {
             // Agents reconnect elsewhere at once, and say why.
             _ = this.cancel.cancelled() => {
-                return Some(Err(Status::unavailable(
+                return Step::Answer(Err(Status::unavailable(
                     "this replica is shutting down; reconnect",
                 )));
+            }
+            // No report came to carry the held Ack: it goes alone.
+            () = held_due => {
+                return match self.pace.take_held() {
+                    Some(ack) => Step::Answer(Ok(frame(&AggregatorMessage {
+                        kind: Some(Kind::Ack(ack)),
+                    }))),
+                    None => Step::Held,
+                };
             }
             m = tokio::time::timeout(silence, self.inbound.message()) => match m {
                 Ok(m) => m,
@@ -388,7 +425,7 @@ where
                     // and its buffers for nothing.
                     this.metrics.limit("silent_stream");
                     tracing::info!(node = ?self.state.bound, "agent stream closed: no report for {silence:?}");
-                    return Some(Err(Status::deadline_exceeded(format!(
+                    return Step::Answer(Err(Status::deadline_exceeded(format!(
                         "no report for {silence:?}; closing the stream"
                     ))));
                 }
@@ -396,11 +433,11 @@ where
         };
         let report = match msg {
             Ok(Some(r)) => r,
-            Ok(None) => return None,
+            Ok(None) => return Step::End,
             Err(e) => {
                 tracing::info!(node = ?self.state.bound, error = %e, "agent stream ended");
                 // Tell the agent why (e.g. an oversized message).
-                return Some(Err(e));
+                return Step::Answer(Err(e));
             }
         };
         if let (Some(agents), Some(id)) = (&this.agents, &self.identity) {
@@ -410,7 +447,7 @@ where
                 if let Err(status) = Box::pin(agents.recheck(id)).await {
                     this.metrics.refused_stream(status.code());
                     tracing::warn!(node = ?self.state.bound, error = %status.message(), "agent stream ended: token no longer accepted");
-                    return Some(Err(status));
+                    return Step::Answer(Err(status));
                 }
                 self.checked = Instant::now();
             }
@@ -422,7 +459,7 @@ where
         {
             this.metrics.refused_stream(status.code());
             tracing::warn!(error = %status.message(), "agent stream refused");
-            return Some(Err(status));
+            return Step::Answer(Err(status));
         }
         let mut map = None;
         if let Some(shard) = this.shard.as_ref().map(SharedShard::get) {
@@ -434,14 +471,26 @@ where
             }
         }
         let period = Duration::from_millis(report.period_ms);
+        let answer_within = Duration::from_millis(report.answer_within_ms);
         let ack = this.handle(report, &mut self.state);
         if ack.accepted {
             self.state.period = Some(period);
         }
-        let ack = frame(&AggregatorMessage {
-            kind: Some(Kind::Ack(ack)),
-        });
-        Some(Ok(match map {
+        self.answer_within = answer_within;
+        let ack = match map {
+            // A new shard map goes at once, with the Ack.
+            Some(_) => self
+                .pace
+                .decide(ack, Instant::now(), period, Duration::ZERO),
+            None => self.pace.decide(ack, Instant::now(), period, answer_within),
+        };
+        let ack = match ack {
+            Decision::Send(ack) => frame(&AggregatorMessage {
+                kind: Some(Kind::Ack(ack)),
+            }),
+            Decision::Hold { .. } => return Step::Held,
+        };
+        Step::Answer(Ok(match map {
             // Both messages in one DATA frame, the map first.
             Some(map) => {
                 let mut both = BytesMut::with_capacity(map.len() + ack.len());
@@ -452,6 +501,16 @@ where
             None => ack,
         }))
     }
+}
+
+/// What reading one report came to.
+enum Step {
+    /// Send this (an answer, or the status that ends the stream).
+    Answer(Outgoing),
+    /// The agent closed its side.
+    End,
+    /// The report's Ack is held ([`AckPace`]).
+    Held,
 }
 
 #[cfg(test)]

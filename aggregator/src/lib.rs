@@ -1,6 +1,7 @@
 //! metrics-aggregator: receives node reports from metrics-agents over gRPC,
 //! keeps the latest per node, and serves them as metrics.k8s.io/v1beta1.
 
+pub mod ack_pace;
 pub mod api;
 pub mod args;
 pub mod auth;

@@ -116,14 +116,24 @@ impl Stream {
         Self { tx, acks, seq: 0 }
     }
 
-    async fn send(&mut self, mut r: NodeReport) -> Result<Ack, tonic::Status> {
+    async fn send(&mut self, r: NodeReport) -> Result<Ack, tonic::Status> {
+        self.push(r).await?;
+        self.next_ack(Duration::from_secs(5)).await
+    }
+
+    /// Sends `r` without waiting for an answer.
+    async fn push(&mut self, mut r: NodeReport) -> Result<(), tonic::Status> {
         self.seq += 1;
         r.sequence = self.seq;
         self.tx
             .send(r)
             .await
-            .map_err(|_| tonic::Status::cancelled("closed"))?;
-        match tokio::time::timeout(Duration::from_secs(5), self.acks.message()).await {
+            .map_err(|_| tonic::Status::cancelled("closed"))
+    }
+
+    /// The next Ack, within `wait`.
+    async fn next_ack(&mut self, wait: Duration) -> Result<Ack, tonic::Status> {
+        match tokio::time::timeout(wait, self.acks.message()).await {
             Ok(Ok(Some(m))) => match m.kind {
                 Some(Kind::Ack(a)) => Ok(a),
                 Some(Kind::ShardMap(_)) => Err(tonic::Status::internal("unexpected shard map")),
@@ -331,6 +341,58 @@ async fn labels_left_out_are_restored_from_the_stream() {
     let mut omitted = labelled("shop");
     metrics_proto::labels::omit(&mut omitted);
     assert!(!fresh.send(omitted).await.unwrap().accepted);
+}
+
+/// An agent that says how long it waits for an answer
+/// (`answer_within_ms`) is answered only as often as that needs: a report
+/// is stored at once but its Ack held, a refusal is answered at once and
+/// alone, and a held Ack goes by its due time even when no report comes to
+/// carry it, answering every report up to its sequence.
+#[tokio::test]
+async fn acks_are_paced_to_the_agents_bound() {
+    use metrics_aggregator::ack_pace::answer_by;
+    let (store, channel, _c) = serve().await;
+    let mut s = Stream::open(&channel).await;
+    let within = Duration::from_secs(5);
+    let paced = |cpu: u64| {
+        let mut r = report("node-1", 2);
+        r.answer_within_ms = within.as_millis() as u64;
+        if let Some(n) = &mut r.node {
+            n.cpu_nanocores = cpu;
+        }
+        r
+    };
+    let cpu = |store: &Store| {
+        store
+            .nodes(Instant::now())
+            .first()
+            .and_then(|n| n.node)
+            .map(|u| u.cpu_nanocores)
+    };
+    // The stream's first accepted report is answered at once.
+    let first = s.send(paced(1)).await.unwrap();
+    assert_eq!((first.sequence, first.accepted), (1, true));
+
+    // The next (the period says 1 s, the bound 5 s) is stored; its Ack held.
+    let sent = Instant::now();
+    s.push(paced(2)).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), async || cpu(&store) == Some(2)).await);
+    // A refusal is news: answered at once, alone, ahead of the held Ack.
+    let mut bad = paced(3);
+    bad.protocol_version = 99;
+    let refused = s.send(bad).await.unwrap();
+    assert_eq!((refused.sequence, refused.accepted), (3, false));
+    // No report comes: the held Ack goes alone, not before its due time.
+    let held = s.next_ack(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((held.sequence, held.accepted), (2, true));
+    assert!(sent.elapsed() >= answer_by(within), "{:?}", sent.elapsed());
+
+    // Two reports held together are answered by one Ack, the later's.
+    s.push(paced(4)).await.unwrap();
+    s.push(paced(5)).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), async || cpu(&store) == Some(5)).await);
+    let both = s.next_ack(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((both.sequence, both.accepted), (5, true));
 }
 
 /// A gRPC call by `path` with an empty message; the status it ends with.

@@ -219,6 +219,8 @@ impl Shape {
             source: "kubelet".into(),
             labels_version: 0,
             labels_omitted: false,
+            // Every report answered unless the fleet paces its Acks.
+            answer_within_ms: 0,
         };
         report.labels_version = metrics_proto::labels::version(&report);
         report
