@@ -83,8 +83,9 @@ impl ReplicaSet {
             &[b"h2"],
         )?;
         let bootstrap = (0..self.ids.len()).map(|i| self.grpc_url(i)).collect();
+        // Every report answered.
         Ok(crate::load::fleet::Fleet::start(
-            shape, period, bootstrap, tls,
+            shape, period, bootstrap, tls, false,
         ))
     }
 

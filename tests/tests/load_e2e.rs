@@ -30,6 +30,8 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
         extra: vec![],
         dir: dir.path().to_owned(),
         representations: 2,
+        // As the real agent's streams: answers held while nothing is new.
+        paced_acks: true,
     };
     let s = load::run(&cfg).await.unwrap();
     println!("{}", serde_json::to_string_pretty(&s).unwrap());

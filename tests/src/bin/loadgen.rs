@@ -53,6 +53,11 @@ struct Args {
     /// the query phases, for their cost; 0: none.
     #[arg(long, default_value_t = 0)]
     representations: usize,
+    /// Reports carry the real agent's `answer_within_ms`, so replicas answer
+    /// only as often as it needs (ingest lag is then measured on the reports
+    /// answered); by default every report is answered.
+    #[arg(long)]
+    paced_acks: bool,
 
     /// Extra flag for every replica (repeatable), e.g. --extra=--peer-timeout=2s.
     #[arg(long)]
@@ -82,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         extra: args.extra.clone(),
         dir: dir.path().to_owned(),
         representations: args.representations,
+        paced_acks: args.paced_acks,
     };
     let summary = load::run(&cfg).await.context("load run")?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

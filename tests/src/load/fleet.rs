@@ -90,12 +90,16 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts `shape.nodes` simulated agents reporting every `period`;
-    /// node `n` first dials `bootstrap[n % len]`.
+    /// node `n` first dials `bootstrap[n % len]`. With `paced_acks` their
+    /// reports carry the real agent's `answer_within_ms`, so aggregators
+    /// answer only as often as that needs; without, every report is
+    /// answered.
     pub fn start(
         shape: Shape,
         period: Duration,
         bootstrap: Vec<String>,
         tls: Arc<rustls::ClientConfig>,
+        paced_acks: bool,
     ) -> Self {
         let cancel = CancellationToken::new();
         let stats = Arc::new(FleetStats::default());
@@ -105,6 +109,7 @@ impl Fleet {
                 n,
                 shape,
                 period,
+                paced_acks,
                 first_tick: start + period.mul_f64(n as f64 / shape.nodes.max(1) as f64),
                 tls: tls.clone(),
                 stats: stats.clone(),
@@ -132,6 +137,7 @@ struct NodeSim {
     n: usize,
     shape: Shape,
     period: Duration,
+    paced_acks: bool,
     first_tick: tokio::time::Instant,
     tls: Arc<rustls::ClientConfig>,
     stats: Arc<FleetStats>,
@@ -141,7 +147,12 @@ struct NodeSim {
 impl NodeSim {
     async fn run(self, bootstrap: String) {
         let period_ms = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
-        let template = self.shape.template(self.n, period_ms);
+        let mut template = self.shape.template(self.n, period_ms);
+        if self.paced_acks {
+            template.answer_within_ms =
+                u64::try_from(metrics_proto::channel::answer_deadline(self.period).as_millis())
+                    .unwrap_or(u64::MAX);
+        }
         let bare_template = bare(&template);
         let name = template.node_name.clone();
         let (periods, periods_rx) = watch::channel::<Option<Arc<Period>>>(None);
@@ -251,6 +262,9 @@ impl StreamSim {
         let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
         let mut carried = false;
         let mut seq = 0u64;
+        // The highest sequence answered: an accepted Ack answers every
+        // report up to it.
+        let mut answered_to = 0u64;
         let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut pending = self.periods.borrow_and_update().clone();
         loop {
@@ -272,6 +286,8 @@ impl StreamSim {
                         carried = true;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Its number goes to the next report sent.
+                        seq -= 1;
                         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => bail!("stream closed"),
@@ -292,8 +308,11 @@ impl StreamSim {
                             self.stats.lag(at.1.elapsed());
                         }
                         if ack.accepted {
-                            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            let reports = ack.sequence.saturating_sub(answered_to).max(1);
+                            self.stats.accepted.fetch_add(reports, Ordering::Relaxed);
+                            answered_to = answered_to.max(ack.sequence);
                         } else {
+                            answered_to = answered_to.max(ack.sequence);
                             self.stats.refused.fetch_add(1, Ordering::Relaxed);
                             carried = false;
                             if let Ok(mut g) = self.stats.last_refusal.lock() {

@@ -45,6 +45,10 @@ pub struct Config {
     /// All-pods lists asked in each representation (JSON, protobuf,
     /// Table) after the query phases; 0: none.
     pub representations: usize,
+    /// Reports carry the real agent's `answer_within_ms`, so replicas
+    /// answer only as often as it needs (ingest lag is then measured on
+    /// the reports answered); otherwise every report is answered.
+    pub paced_acks: bool,
 }
 
 /// Percentiles of a sample, ms.
@@ -255,7 +259,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
     let bootstrap: Vec<String> = (0..cfg.replicas).map(|i| set.grpc_url(i)).collect();
 
     let started = Instant::now();
-    let fleet = Fleet::start(shape, cfg.period, bootstrap, tls);
+    let fleet = Fleet::start(shape, cfg.period, bootstrap, tls, cfg.paced_acks);
     let converge_limit = (cfg.period * 10).max(Duration::from_secs(120));
     // Node lists first (cheap), then every pod once: repeated lists of
     // every pod would leave their memory in the replicas' RSS.
