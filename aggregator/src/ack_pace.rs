@@ -180,16 +180,22 @@ mod tests {
         assert_eq!(answered.len(), 4);
     }
 
-    #[test]
-    fn news_is_answered_at_once() {
-        let t = Instant::now();
+    /// A stream at 15 s whose first accepted report, at `t`, was answered
+    /// at once.
+    fn answered_first(t: Instant, within: Duration) -> AckPace {
         let mut pace = AckPace::default();
-        let within = s(40);
-        // The first accepted report.
         assert!(matches!(
             pace.decide(ack(1), t, s(15), within),
             Decision::Send(_)
         ));
+        pace
+    }
+
+    #[test]
+    fn news_is_answered_at_once() {
+        let t = Instant::now();
+        let within = s(40);
+        let mut pace = answered_first(t, within);
         assert!(matches!(
             pace.decide(ack(2), t + s(15), s(15), within),
             Decision::Hold { .. }
@@ -230,12 +236,8 @@ mod tests {
     #[test]
     fn a_held_ack_falls_due_when_reports_stop() {
         let t = Instant::now();
-        let mut pace = AckPace::default();
         let within = s(40);
-        assert!(matches!(
-            pace.decide(ack(1), t, s(15), within),
-            Decision::Send(_)
-        ));
+        let mut pace = answered_first(t, within);
         let Decision::Hold { due } = pace.decide(ack(2), t + s(15), s(15), within) else {
             panic!("the second report's Ack is held");
         };
