@@ -136,10 +136,7 @@ impl Collector {
             source: self.source.name().to_owned(),
             labels_version: 0,
             labels_omitted: false,
-            answer_within_ms: u64::try_from(
-                crate::transport::answer_deadline(self.period).as_millis(),
-            )
-            .unwrap_or(u64::MAX),
+            answer_within_ms: metrics_proto::acks::answer_within_ms(self.period),
         };
         let api = self.api_labels.as_deref();
         // Pods from the API watch carry the labels the API gives; only the

@@ -11,8 +11,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use metrics_proto::acks::Answered;
 use metrics_proto::v1::aggregator_message::Kind;
-use metrics_proto::v1::{Ack, ShardMap};
+use metrics_proto::v1::ShardMap;
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::encoded::{open_report_stream, Outgoing};
@@ -38,7 +39,7 @@ pub struct SenderCtx {
     pub answer_deadline: Duration,
 }
 
-pub use metrics_proto::channel::{answer_deadline, ANSWER_DEADLINE_MAX};
+pub use metrics_proto::acks::{answer_deadline, ANSWER_DEADLINE_MAX};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -155,9 +156,7 @@ async fn stream_once(
         .into_inner();
     tracing::info!(aggregator = target.url(), "stream open");
     let mut end = StreamEnd { acked: false };
-    // The highest sequence answered: an accepted Ack answers every report
-    // up to its sequence not answered before.
-    let mut answered_to = 0u64;
+    let mut answered = Answered::default();
     let deadline = ctx.answer_deadline;
     loop {
         let stall = async {
@@ -193,8 +192,7 @@ async fn stream_once(
                         let _ = ctx.maps.try_send(map);
                     }
                     Some(Kind::Ack(ack)) => {
-                        let reports = answered_reports(&mut answered_to, &ack);
-                        ctx.metrics.ack(target.url(), ack.accepted, reports);
+                        ctx.metrics.ack(target.url(), ack.accepted, answered.count(&ack));
                         if ack.accepted {
                             end.acked = true;
                             if ack.error != last_note {
@@ -225,19 +223,6 @@ async fn stream_once(
             }
         }
     }
-}
-
-/// How many reports `ack` answers, `answered_to` being the highest
-/// sequence answered before (and moved to `ack`'s): an accepted Ack answers
-/// every report up to its sequence not answered before, a refusal its own.
-fn answered_reports(answered_to: &mut u64, ack: &Ack) -> u64 {
-    let reports = if ack.accepted {
-        ack.sequence.saturating_sub(*answered_to).max(1)
-    } else {
-        1
-    };
-    *answered_to = (*answered_to).max(ack.sequence);
-    reports
 }
 
 /// The sending half of one stream: sequence numbers, and labels left out
@@ -353,25 +338,6 @@ mod tests {
         // Its number went to the next report: the numbers an Ack answers
         // up to are all of reports sent.
         assert_eq!(after.sequence, 6);
-    }
-
-    #[test]
-    fn an_accepted_ack_answers_every_report_up_to_its_sequence() {
-        let ack = |sequence, accepted| Ack {
-            sequence,
-            accepted,
-            error: String::new(),
-        };
-        let mut to = 0;
-        assert_eq!(answered_reports(&mut to, &ack(1, true)), 1);
-        // Reports 2 and 3 held, answered by 3's Ack.
-        assert_eq!(answered_reports(&mut to, &ack(3, true)), 2);
-        // A refusal answers its own report alone.
-        assert_eq!(answered_reports(&mut to, &ack(4, false)), 1);
-        assert_eq!(answered_reports(&mut to, &ack(6, true)), 2);
-        // An Ack that answers nothing new (a repeat) still counts once.
-        assert_eq!(answered_reports(&mut to, &ack(6, true)), 1);
-        assert_eq!(to, 6);
     }
 
     #[test]

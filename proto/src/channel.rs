@@ -17,23 +17,6 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and the connection is closed if its answer takes longer than this.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an agent waits for an answer after a report before it gives
-/// the stream up as stalled: three periods, at least 5 s and at most 40 s
-/// (an HTTP/2 keep-alive's ping interval and answer time together). A
-/// stream carries a report every period and the aggregator answers within
-/// this bound (each report carries it as `answer_within_ms`; an aggregator
-/// answers one report of several when nothing is new, sparing the agent a
-/// wakeup for each), so this finds a lost connection as soon as pings
-/// would, and the stream needs none: their timer would wake the agent
-/// between reports.
-pub fn answer_deadline(period: Duration) -> Duration {
-    (period * 3).clamp(Duration::from_secs(5), ANSWER_DEADLINE_MAX)
-}
-
-/// The longest [`answer_deadline`]: as long as a keep-alive ping takes to
-/// find a lost connection.
-pub const ANSWER_DEADLINE_MAX: Duration = KEEPALIVE_INTERVAL.saturating_add(KEEPALIVE_TIMEOUT);
-
 /// A URL that cannot be dialled.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("invalid gRPC URL {url:?}: {reason}")]

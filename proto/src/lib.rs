@@ -2,6 +2,7 @@
 //! generated gRPC types plus the few constants and helpers both sides must
 //! agree on.
 
+pub mod acks;
 pub mod channel;
 pub mod checks;
 pub mod duration;

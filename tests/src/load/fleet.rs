@@ -149,9 +149,7 @@ impl NodeSim {
         let period_ms = u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX);
         let mut template = self.shape.template(self.n, period_ms);
         if self.paced_acks {
-            template.answer_within_ms =
-                u64::try_from(metrics_proto::channel::answer_deadline(self.period).as_millis())
-                    .unwrap_or(u64::MAX);
+            template.answer_within_ms = metrics_proto::acks::answer_within_ms(self.period);
         }
         let bare_template = bare(&template);
         let name = template.node_name.clone();
@@ -262,9 +260,7 @@ impl StreamSim {
         let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
         let mut carried = false;
         let mut seq = 0u64;
-        // The highest sequence answered: an accepted Ack answers every
-        // report up to it.
-        let mut answered_to = 0u64;
+        let mut answered = metrics_proto::acks::Answered::default();
         let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut pending = self.periods.borrow_and_update().clone();
         loop {
@@ -307,13 +303,11 @@ impl StreamSim {
                         if let Some(at) = sent.iter().find(|(s, _)| *s == ack.sequence) {
                             self.stats.lag(at.1.elapsed());
                         }
+                        let reports = answered.count(&ack);
                         if ack.accepted {
-                            let reports = ack.sequence.saturating_sub(answered_to).max(1);
                             self.stats.accepted.fetch_add(reports, Ordering::Relaxed);
-                            answered_to = answered_to.max(ack.sequence);
                         } else {
-                            answered_to = answered_to.max(ack.sequence);
-                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            self.stats.refused.fetch_add(reports, Ordering::Relaxed);
                             carried = false;
                             if let Ok(mut g) = self.stats.last_refusal.lock() {
                                 *g = Some(ack.error);
