@@ -37,20 +37,26 @@ pub struct AckPace {
     answered: bool,
     /// The note (`Ack.error`) of the last accepted Ack sent.
     last_note: String,
+    /// How long the agent waits for an answer, as its last report said.
+    within: Duration,
 }
 
 impl AckPace {
     /// Decides on `ack`, the answer to a report received at `now` from an
     /// agent with period `period` that waits `answer_within` for an answer
-    /// (zero: it wants every report answered).
+    /// (zero: it wants every report answered); `news` (a new shard map
+    /// goes with it) sends it at once.
     pub fn decide(
         &mut self,
         ack: Ack,
         now: Instant,
         period: Duration,
         answer_within: Duration,
+        news: bool,
     ) -> Decision {
-        let at_once = answer_within.is_zero()
+        self.within = answer_within;
+        let at_once = news
+            || answer_within.is_zero()
             || !ack.accepted
             || !self.answered
             || ack.error != self.last_note;
@@ -74,10 +80,10 @@ impl AckPace {
     }
 
     /// When the held Ack must go, if one is held.
-    pub fn due(&self, answer_within: Duration) -> Option<Instant> {
+    pub fn due(&self) -> Option<Instant> {
         self.held
             .as_ref()
-            .map(|(_, since)| *since + answer_by(answer_within))
+            .map(|(_, since)| *since + answer_by(self.within))
     }
 
     /// Notes `ack` as sent (a refusal answers only its report; anything
@@ -129,12 +135,12 @@ mod tests {
         for seq in 1..=n {
             let now = start + period * (seq as u32 - 1);
             // A held Ack that fell due before this report went out alone.
-            if let Some(due) = pace.due(within).filter(|d| *d <= now) {
+            if let Some(due) = pace.due().filter(|d| *d <= now) {
                 let held = pace.take_held().expect("an Ack is held");
                 out.push((held.sequence, due - oldest.take().unwrap_or(due)));
             }
             oldest.get_or_insert(now);
-            match pace.decide(ack(seq), now, period, within) {
+            match pace.decide(ack(seq), now, period, within, false) {
                 Decision::Send(a) => {
                     out.push((a.sequence, now - oldest.take().unwrap_or(now)));
                 }
@@ -185,7 +191,7 @@ mod tests {
     fn answered_first(t: Instant, within: Duration) -> AckPace {
         let mut pace = AckPace::default();
         assert!(matches!(
-            pace.decide(ack(1), t, s(15), within),
+            pace.decide(ack(1), t, s(15), within, false),
             Decision::Send(_)
         ));
         pace
@@ -197,7 +203,7 @@ mod tests {
         let within = s(40);
         let mut pace = answered_first(t, within);
         assert!(matches!(
-            pace.decide(ack(2), t + s(15), s(15), within),
+            pace.decide(ack(2), t + s(15), s(15), within, false),
             Decision::Hold { .. }
         ));
         // A refusal goes at once and leaves the held Ack held.
@@ -207,10 +213,10 @@ mod tests {
             error: "no".into(),
         };
         assert_eq!(
-            pace.decide(refused.clone(), t + s(16), s(15), within),
+            pace.decide(refused.clone(), t + s(16), s(15), within, false),
             Decision::Send(refused)
         );
-        assert!(pace.due(within).is_some());
+        assert!(pace.due().is_some());
         // A new note goes at once, and answers the held report with it.
         let noted = Ack {
             sequence: 4,
@@ -218,17 +224,17 @@ mod tests {
             error: "accepted without pod a/b".into(),
         };
         assert_eq!(
-            pace.decide(noted.clone(), t + s(30), s(15), within),
+            pace.decide(noted.clone(), t + s(30), s(15), within, false),
             Decision::Send(noted.clone())
         );
-        assert_eq!(pace.due(within), None);
+        assert_eq!(pace.due(), None);
         // The same note again is no news.
         let again = Ack {
             sequence: 5,
             ..noted
         };
         assert!(matches!(
-            pace.decide(again, t + s(45), s(15), within),
+            pace.decide(again, t + s(45), s(15), within, false),
             Decision::Hold { .. }
         ));
     }
@@ -238,7 +244,7 @@ mod tests {
         let t = Instant::now();
         let within = s(40);
         let mut pace = answered_first(t, within);
-        let Decision::Hold { due } = pace.decide(ack(2), t + s(15), s(15), within) else {
+        let Decision::Hold { due } = pace.decide(ack(2), t + s(15), s(15), within, false) else {
             panic!("the second report's Ack is held");
         };
         assert_eq!(due, t + s(15) + answer_by(within));
@@ -252,11 +258,11 @@ mod tests {
         let t = Instant::now();
         let mut pace = AckPace::default();
         assert!(matches!(
-            pace.decide(ack(1), t, Duration::MAX, s(40)),
+            pace.decide(ack(1), t, Duration::MAX, s(40), false),
             Decision::Send(_)
         ));
         assert!(matches!(
-            pace.decide(ack(2), t, Duration::MAX, Duration::MAX),
+            pace.decide(ack(2), t, Duration::MAX, Duration::MAX, false),
             Decision::Send(_)
         ));
     }

@@ -301,7 +301,6 @@ impl IngestService {
             checked: Instant::now(),
             ended: false,
             pace: AckPace::default(),
-            answer_within: Duration::ZERO,
         };
         let answers = futures::stream::unfold(session, |mut s| async move {
             let out = s.next().await?;
@@ -347,9 +346,6 @@ struct Session<B> {
     ended: bool,
     /// When Acks go out ([`AckPace`]).
     pace: AckPace,
-    /// How long the agent waits for an answer (its last report's
-    /// `answer_within_ms`; zero: every report answered).
-    answer_within: Duration,
 }
 
 impl<B> Drop for Session<B> {
@@ -395,7 +391,7 @@ where
         let silence = self.state.period.map_or(FIRST_REPORT_WAIT, |p| {
             (p * this.expiry_periods).max(MIN_SILENCE)
         });
-        let due = self.pace.due(self.answer_within);
+        let due = self.pace.due();
         let held_due = async {
             match due {
                 Some(due) => tokio::time::sleep_until(due.into()).await,
@@ -476,15 +472,11 @@ where
         if ack.accepted {
             self.state.period = Some(period);
         }
-        self.answer_within = answer_within;
-        let ack = match map {
-            // A new shard map goes at once, with the Ack.
-            Some(_) => self
-                .pace
-                .decide(ack, Instant::now(), period, Duration::ZERO),
-            None => self.pace.decide(ack, Instant::now(), period, answer_within),
-        };
-        let ack = match ack {
+        // A new shard map goes at once, with the Ack.
+        let decided = self
+            .pace
+            .decide(ack, Instant::now(), period, answer_within, map.is_some());
+        let ack = match decided {
             Decision::Send(ack) => frame(&AggregatorMessage {
                 kind: Some(Kind::Ack(ack)),
             }),
