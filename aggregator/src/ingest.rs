@@ -864,7 +864,9 @@ mod tests {
                         (0..5usize, proptest::collection::vec((0..4usize, 0..3u64), 1..4), 0..2u8),
                         0..5,
                     ),
-                    0..3u8,  // 0: a new shape; 1: the last shape, new usage; 2: it reversed
+                    // 0: a new shape; 1: the last shape, new usage; 2: it
+                    // reversed; 3: a pod's last container named as its first
+                    0..4u8,
                     0..8u8,  // 0: one pod's usage refused
                     0..4u64, // usage
                 ),
@@ -878,7 +880,7 @@ mod tests {
             for (step, (shape, how, bad, cpu)) in reports.into_iter().enumerate() {
                 let at = base + step as i64 * 1_000;
                 let mut report = match (&last, how) {
-                    (Some(l), 1 | 2) => {
+                    (Some(l), 1..=3) => {
                         let mut r = l.clone();
                         for p in &mut r.pods {
                             p.timestamp_unix_nanos = at;
@@ -890,6 +892,14 @@ mod tests {
                             r.pods.reverse();
                             for p in &mut r.pods {
                                 p.containers.reverse();
+                            }
+                        }
+                        if how == 3 {
+                            if let Some(p) = r.pods.iter_mut().find(|p| p.containers.len() > 1) {
+                                let first = p.containers[0].name.clone();
+                                if let Some(c) = p.containers.last_mut() {
+                                    c.name = first;
+                                }
                             }
                         }
                         r

@@ -177,40 +177,73 @@ impl PodEntry {
         self.containers().map(|c| c.name)
     }
 
+    /// Whether this pod is `namespace/name`: the lengths kept beside the
+    /// entry are compared before the names' bytes.
+    fn is(&self, namespace: &str, name: &str) -> bool {
+        let (ns, n) = (usize::from(self.ns_len), usize::from(self.name_len));
+        let names = self.names.as_bytes();
+        ns == namespace.len()
+            && n == name.len()
+            && names.get(..ns) == Some(namespace.as_bytes())
+            && names.get(ns + 1..ns + 1 + n) == Some(name.as_bytes())
+    }
+
+    /// Whether `p` lists this pod's containers in the stored order: its
+    /// container names, joined by the separator, are the stored ones. (The
+    /// stored names hold no separator, so a joined list that equals them
+    /// with as many names is them, name by name.)
+    fn lists_in_order(&self, p: &PodUsage) -> bool {
+        let start = usize::from(self.ns_len) + usize::from(self.name_len) + 2;
+        let Some(mut rest) = self.names.as_bytes().get(start..) else {
+            return false;
+        };
+        for (i, c) in p.containers.iter().enumerate() {
+            if i > 0 {
+                match rest.split_first() {
+                    Some((&b, r)) if b == SEP as u8 => rest = r,
+                    _ => return false,
+                }
+            }
+            match rest.strip_prefix(c.name.as_bytes()) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
+    }
+
     /// Where each of `p`'s containers is stored: `Some(None)` when `p`
     /// lists them in the stored order, `Some(Some(..))` with their places
     /// when it lists a few ([`FEW_TO_MATCH`]) in another; None when they
-    /// are not this pod's containers. `p`'s container names are distinct
-    /// ([`check_pod`]), so places found for each are a permutation.
+    /// are not this pod's containers, each once. When it answers `Some`,
+    /// `p`'s container names are this pod's, which passed [`check_pod`].
     fn container_places(&self, p: &PodUsage) -> Option<Option<[u8; FEW_TO_MATCH]>> {
         if p.containers.len() != self.usage.len() {
             return None;
         }
-        let in_order = p
-            .containers
-            .iter()
-            .zip(self.container_names())
-            .all(|(c, have)| c.name == have);
-        if in_order {
+        if self.lists_in_order(p) {
             return Some(None);
         }
         if p.containers.len() > FEW_TO_MATCH {
             return None;
         }
         let mut places = [0u8; FEW_TO_MATCH];
+        // A name listed twice would leave another container unwritten.
+        let mut taken = [false; FEW_TO_MATCH];
         for (slot, c) in places.iter_mut().zip(&p.containers) {
             let at = self.container_names().position(|have| have == c.name)?;
+            let seen = taken.get_mut(at)?;
+            if std::mem::replace(seen, true) {
+                return None;
+            }
             *slot = u8::try_from(at).ok()?;
         }
         Some(Some(places))
     }
 
-    /// Overwrites the usage and times with `p`'s, whose containers are
-    /// this pod's ([`PodEntry::container_places`] found them).
-    fn set_usage(&mut self, p: &PodUsage) {
-        let Some(places) = self.container_places(p) else {
-            return;
-        };
+    /// Overwrites the usage and times with `p`'s, whose containers are at
+    /// `places` ([`PodEntry::container_places`] found them).
+    fn set_usage(&mut self, p: &PodUsage, places: Option<[u8; FEW_TO_MATCH]>) {
         self.timestamp_ns = p.timestamp_unix_nanos;
         self.window_ns = p.window_nanos;
         for (i, c) in p.containers.iter().enumerate() {
@@ -321,7 +354,7 @@ impl NodeEntry {
 }
 
 pub use metrics_proto::checks::is_dns_subdomain;
-use metrics_proto::checks::{check_node_usage, check_pod, pod_key};
+use metrics_proto::checks::{check_node_usage, check_pod, check_pod_values, pod_key};
 
 /// How far ahead of this replica's clock a sample time may be.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
@@ -584,27 +617,29 @@ pub fn refresh_in_place(
     let Some(pods) = stored_places(&entry.pods, &report.pods) else {
         return false;
     };
-    let fits = report
-        .pods
-        .iter()
-        .zip(&labels.pods)
-        .zip(&pods)
-        .all(|((p, l), &at)| {
-            entry.pods.get(at).is_some_and(|have| {
-                l.as_ref().is_ok_and(|l| Arc::ptr_eq(l, &have.labels))
-                    && have.container_places(p).is_some()
-                    && check_pod(p).is_ok()
-                    && clock(p.timestamp_unix_nanos).is_ok()
-            })
-        });
-    if !fits {
-        return false;
+    // The names are the stored pod's, which passed `check_pod` when they
+    // were stored: only the values are checked again.
+    let mut containers = Vec::with_capacity(pods.len());
+    for ((p, l), &at) in report.pods.iter().zip(&labels.pods).zip(&pods) {
+        let Some(have) = entry.pods.get(at) else {
+            return false;
+        };
+        if !l.as_ref().is_ok_and(|l| Arc::ptr_eq(l, &have.labels)) {
+            return false;
+        }
+        let Some(places) = have.container_places(p) else {
+            return false;
+        };
+        if check_pod_values(p).is_err() || clock(p.timestamp_unix_nanos).is_err() {
+            return false;
+        }
+        containers.push(places);
     }
     entry.node = report.node;
     entry.timestamp_ns = report.node.map_or(0, |u| u.timestamp_unix_nanos);
-    for (p, &at) in report.pods.iter().zip(&pods) {
+    for ((p, &at), places) in report.pods.iter().zip(&pods).zip(containers) {
         if let Some(have) = entry.pods.get_mut(at) {
-            have.set_usage(p);
+            have.set_usage(p, places);
         }
     }
     entry.received = now;
@@ -622,7 +657,7 @@ fn stored_places(stored: &[PodEntry], pods: &[PodUsage]) -> Option<Vec<usize>> {
     for (i, p) in pods.iter().enumerate() {
         let key = (p.namespace.as_str(), p.name.as_str());
         let at = match stored.get(i) {
-            Some(have) if (have.namespace(), have.name()) == key => i,
+            Some(have) if have.is(key.0, key.1) => i,
             _ => stored
                 .binary_search_by(|have| (have.namespace(), have.name()).cmp(&key))
                 .ok()?,

@@ -169,8 +169,17 @@ pub fn check_pod(p: &PodUsage) -> Result<(), String> {
         if repeated {
             return Err(format!("two containers named {:?}", c.name));
         }
+    }
+    check_pod_values(p)
+}
+
+/// The part of [`check_pod`] that reads values alone (the containers'
+/// usage and the pod's times), for a pod whose names are known to be
+/// those of a pod that passed [`check_pod`] whole.
+pub fn check_pod_values(p: &PodUsage) -> Result<(), String> {
+    for c in &p.containers {
         check_usage(c.cpu_nanocores, c.memory_working_set_bytes)
-            .map_err(|e| format!("container {:?}: {e}", c.name))?;
+            .map_err(|e| format!("container {:?}: {e}", cut(&c.name)))?;
     }
     check_time(p.timestamp_unix_nanos, p.window_nanos).map_err(str::to_owned)
 }
