@@ -217,7 +217,7 @@ impl PodEntry {
     /// when it lists a few ([`FEW_TO_MATCH`]) in another; None when they
     /// are not this pod's containers, each once. When it answers `Some`,
     /// `p`'s container names are this pod's, which passed [`check_pod`].
-    fn container_places(&self, p: &PodUsage) -> Option<Option<[u8; FEW_TO_MATCH]>> {
+    fn container_places(&self, p: &PodUsage) -> Option<ContainerPlaces> {
         if p.containers.len() != self.usage.len() {
             return None;
         }
@@ -243,7 +243,7 @@ impl PodEntry {
 
     /// Overwrites the usage and times with `p`'s, whose containers are at
     /// `places` ([`PodEntry::container_places`] found them).
-    fn set_usage(&mut self, p: &PodUsage, places: Option<[u8; FEW_TO_MATCH]>) {
+    fn set_usage(&mut self, p: &PodUsage, places: ContainerPlaces) {
         self.timestamp_ns = p.timestamp_unix_nanos;
         self.window_ns = p.window_nanos;
         for (i, c) in p.containers.iter().enumerate() {
@@ -570,6 +570,10 @@ pub fn to_entry_with(
     Ok((entry, dropped))
 }
 
+/// Where a pod's containers are stored: `None` in the order listed, else
+/// the place of each listed one ([`PodEntry::container_places`]).
+type ContainerPlaces = Option<[u8; FEW_TO_MATCH]>;
+
 /// Containers listed in another order than the stored one are matched
 /// by name when a pod has at most this many; a pod with more is built
 /// anew (its matching would cost the square of its containers).
@@ -614,14 +618,13 @@ pub fn refresh_in_place(
             return false;
         }
     }
-    let Some(pods) = stored_places(&entry.pods, &report.pods) else {
+    let Some(mut pods) = stored_places(&entry.pods, &report.pods) else {
         return false;
     };
     // The names are the stored pod's, which passed `check_pod` when they
     // were stored: only the values are checked again.
-    let mut containers = Vec::with_capacity(pods.len());
-    for ((p, l), &at) in report.pods.iter().zip(&labels.pods).zip(&pods) {
-        let Some(have) = entry.pods.get(at) else {
+    for ((p, l), (at, containers)) in report.pods.iter().zip(&labels.pods).zip(&mut pods) {
+        let Some(have) = entry.pods.get(*at) else {
             return false;
         };
         if !l.as_ref().is_ok_and(|l| Arc::ptr_eq(l, &have.labels)) {
@@ -633,13 +636,13 @@ pub fn refresh_in_place(
         if check_pod_values(p).is_err() || clock(p.timestamp_unix_nanos).is_err() {
             return false;
         }
-        containers.push(places);
+        *containers = places;
     }
     entry.node = report.node;
     entry.timestamp_ns = report.node.map_or(0, |u| u.timestamp_unix_nanos);
-    for ((p, &at), places) in report.pods.iter().zip(&pods).zip(containers) {
+    for (p, &(at, containers)) in report.pods.iter().zip(&pods) {
         if let Some(have) = entry.pods.get_mut(at) {
-            have.set_usage(p, places);
+            have.set_usage(p, containers);
         }
     }
     entry.received = now;
@@ -648,8 +651,10 @@ pub fn refresh_in_place(
 }
 
 /// Where each of `pods` is in `stored` (sorted by namespace and name),
-/// when `pods` are exactly the stored pods, each once, in any order.
-fn stored_places(stored: &[PodEntry], pods: &[PodUsage]) -> Option<Vec<usize>> {
+/// when `pods` are exactly the stored pods, each once, in any order; each
+/// beside a slot for its containers' places ([`PodEntry::container_places`],
+/// `None` until the caller matches them).
+fn stored_places(stored: &[PodEntry], pods: &[PodUsage]) -> Option<Vec<(usize, ContainerPlaces)>> {
     if pods.len() != stored.len() {
         return None;
     }
@@ -662,12 +667,12 @@ fn stored_places(stored: &[PodEntry], pods: &[PodUsage]) -> Option<Vec<usize>> {
                 .binary_search_by(|have| (have.namespace(), have.name()).cmp(&key))
                 .ok()?,
         };
-        places.push(at);
+        places.push((at, None));
     }
     // Sorted reports (the agent's) are told apart at once; others must
     // name every stored pod once.
-    if !places.windows(2).all(|w| w[0] < w[1]) {
-        let mut seen = places.clone();
+    if !places.windows(2).all(|w| w[0].0 < w[1].0) {
+        let mut seen: Vec<usize> = places.iter().map(|&(at, _)| at).collect();
         seen.sort_unstable();
         seen.dedup();
         if seen.len() != stored.len() {
