@@ -55,6 +55,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_report_is_answered_within_three_periods_and_40_s() {
+        let s = Duration::from_secs;
+        assert_eq!(answer_deadline(s(1)), s(5));
+        assert_eq!(answer_deadline(s(10)), s(30));
+        assert_eq!(answer_deadline(s(15)), s(40));
+        assert_eq!(answer_deadline(s(3600)), ANSWER_DEADLINE_MAX);
+    }
+
+    #[test]
     fn an_accepted_ack_answers_every_report_up_to_its_sequence() {
         let ack = |sequence, accepted| Ack {
             sequence,
