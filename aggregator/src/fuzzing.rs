@@ -12,6 +12,7 @@ use crate::api::protobuf;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::ingest_wire;
 use crate::report;
+use crate::report_decode;
 
 /// Label and field selectors: parsing never panics, stays within its
 /// bounds, gives the same answer twice, and a parsed selector matches a
@@ -47,12 +48,21 @@ pub fn selectors(data: &[u8]) {
 }
 
 /// A node report as it arrives over gRPC: decoding and validation never
-/// panic, and whatever is accepted renders to valid JSON and to protobuf
-/// that decodes, with the names it was accepted under.
+/// panic, the ingest stream's decoder ([`report_decode`], into a report
+/// decoded before) reads the bytes as prost does, and whatever is accepted
+/// renders to valid JSON and to protobuf that decodes, with the names it
+/// was accepted under.
 pub fn report(data: &[u8]) {
-    let Ok(r) = metrics_proto::v1::NodeReport::decode(data) else {
+    let decoded = metrics_proto::v1::NodeReport::decode(data);
+    let mut ours = report_decode::take_spare();
+    let ok = report_decode::decode_into(&mut ours, data).is_ok();
+    assert_eq!(ok, decoded.is_ok(), "decoders disagree on {decoded:?}");
+    let Ok(r) = decoded else {
+        report_decode::recycle(ours);
         return;
     };
+    assert_eq!(ours, r, "decoders read different reports");
+    report_decode::recycle(ours);
     let Ok(entry) = report::to_entry(r, None, Instant::now(), 3) else {
         return;
     };

@@ -21,6 +21,7 @@ use crate::ingest_wire::{frame, Outgoing, ReportReader};
 use crate::labelset::{Interner, StreamLabels};
 use crate::metrics::AggregatorMetrics;
 use crate::report::{refresh_in_place, to_entry_with, Dropped, ReportError};
+use crate::report_decode;
 use crate::shard::SharedShard;
 use crate::store::Store;
 
@@ -126,7 +127,10 @@ impl IngestService {
                     done
                 });
             if refreshed {
-                return self.accepted(report.node_name, &[], sequence, stream);
+                let ack = self.accepted(&report.node_name, &[], sequence, stream);
+                // Its buffers decode the next report on this thread.
+                report_decode::recycle(report);
+                return ack;
             }
         }
         let checked = resolved
@@ -169,7 +173,7 @@ impl IngestService {
                         error: ReportError::from(e).to_string(),
                     };
                 }
-                self.accepted(name, &dropped, sequence, stream)
+                self.accepted(&name, &dropped, sequence, stream)
             }
             Err(e) => {
                 self.metrics.report(false);
@@ -187,16 +191,16 @@ impl IngestService {
     /// first), counting and noting what it left out.
     fn accepted(
         &self,
-        name: String,
+        name: &str,
         dropped: &[Dropped],
         sequence: u64,
         stream: &mut StreamState,
     ) -> Ack {
         stream.budget_warned = false;
-        let note = self.note_dropped(&name, dropped, &mut stream.warned);
+        let note = self.note_dropped(name, dropped, &mut stream.warned);
         if stream.bound.is_none() {
             tracing::info!(node = %name, "agent stream bound to node");
-            stream.bound = Some(name);
+            stream.bound = Some(name.to_string());
         }
         self.metrics.report(true);
         Ack {

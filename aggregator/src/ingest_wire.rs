@@ -5,7 +5,8 @@
 //! both for the stream's whole life. With one long-lived stream per node
 //! they were a third of what a node cost a replica (BENCHMARKS.md). Here
 //! a report is decoded straight from the HTTP/2 frame it arrived in (or
-//! from one copy when it spans several), and each
+//! from one copy when it spans several), into the buffers of a report
+//! decoded before on the same thread ([`crate::report_decode`]), and each
 //! Ack is encoded into a buffer of its own size, so nothing is held
 //! between reports. The wire format is the same: the agent uses tonic's
 //! generated client.
@@ -26,6 +27,7 @@ use metrics_proto::v1::{AggregatorMessage, NodeReport};
 use metrics_proto::MAX_MESSAGE_BYTES;
 
 use crate::ingest::{Answers, IngestService};
+use crate::report_decode;
 
 /// The one method this service serves.
 pub const REPORT_PATH: &str = "/metrics.v1.Ingest/Report";
@@ -183,9 +185,14 @@ where
             std::mem::take(&mut self.partial).freeze()
         };
         self.want = None;
-        NodeReport::decode(message)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("decoding the report: {e}")))
+        let mut report = report_decode::take_spare();
+        match report_decode::decode_into(&mut report, &message) {
+            Ok(()) => Ok(Some(report)),
+            Err(e) => {
+                report_decode::recycle(report);
+                Err(Status::internal(format!("decoding the report: {e}")))
+            }
+        }
     }
 }
 

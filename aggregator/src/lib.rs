@@ -25,6 +25,7 @@ pub mod read_idle;
 pub mod render;
 pub mod render_pb;
 pub mod report;
+pub mod report_decode;
 pub mod server;
 pub mod shard;
 pub mod split;
