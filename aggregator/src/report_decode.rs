@@ -65,7 +65,9 @@ pub fn take_spare() -> NodeReport {
 /// here, not kept: most reports carry none.
 pub fn recycle(mut report: NodeReport) {
     report.node_labels = HashMap::new();
-    let mut held = report.pods.capacity() * size_of::<PodUsage>() + report.node_name.capacity();
+    let mut held = report.pods.capacity() * size_of::<PodUsage>()
+        + report.node_name.capacity()
+        + report.source.capacity();
     for pod in &mut report.pods {
         if pod.labels.capacity() > 0 {
             pod.labels = HashMap::new();
