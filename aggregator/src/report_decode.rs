@@ -116,12 +116,7 @@ pub fn decode_into(report: &mut NodeReport, mut bytes: &[u8]) -> Result<(), Deco
             }
             7 => {
                 let inner = nested(wire, buf, DEPTH, "pods")?;
-                if pods == report.pods.len() {
-                    report.pods.push(PodUsage::default());
-                }
-                let pod = &mut report.pods[pods];
-                pods += 1;
-                pod_usage(pod, inner)?;
+                pod_usage(next_slot(&mut report.pods, &mut pods), inner)?;
             }
             8 => string(wire, buf, &mut report.source, "source")?,
             9 => report.labels_version = varint_field(wire, buf, "labels_version")?,
@@ -154,18 +149,23 @@ fn pod_usage(pod: &mut PodUsage, mut bytes: &[u8]) -> Result<(), DecodeError> {
             5 => pod.window_nanos = varint_field(wire, buf, "window_nanos")? as i64,
             6 => {
                 let inner = nested(wire, buf, depth, "containers")?;
-                if containers == pod.containers.len() {
-                    pod.containers.push(ContainerUsage::default());
-                }
-                let container = &mut pod.containers[containers];
-                containers += 1;
-                container_usage(container, inner)?;
+                container_usage(next_slot(&mut pod.containers, &mut containers), inner)?;
             }
             _ => skip(wire, tag, buf, depth)?,
         }
     }
     pod.containers.truncate(containers);
     Ok(())
+}
+
+/// The element of a repeated field after the `used` ones decoded so far:
+/// the one an earlier report left at that place, or a new one.
+fn next_slot<'a, T: Default>(list: &'a mut Vec<T>, used: &mut usize) -> &'a mut T {
+    if *used == list.len() {
+        list.push(T::default());
+    }
+    *used += 1;
+    &mut list[*used - 1]
 }
 
 /// A container (two levels below the report).
