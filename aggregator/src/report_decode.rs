@@ -6,7 +6,9 @@
 //! them and keeps nothing). Here a report is decoded into the strings and
 //! lists of an earlier one, taken from a spare kept per thread
 //! ([`take_spare`], [`recycle`]), so a report like the one before it
-//! allocates nothing. The result is the message prost decodes from the
+//! allocates nothing. Varints and field keys are read by prost's own
+//! readers (`prost::encoding`, which `render_pb.rs` writes with too); the
+//! fields are placed here. The result is the message prost decodes from the
 //! same bytes, field for field, and so is every refusal: a test compares
 //! the two over generated and mangled messages, and the `report` fuzz
 //! target does too.
@@ -15,16 +17,16 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use metrics_proto::v1::{ContainerUsage, NodeReport, PodUsage, Usage};
+use prost::encoding::{decode_key, decode_varint, WireType};
 
 /// Why bytes are not a `NodeReport`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("message ends inside a field")]
     Truncated,
-    #[error("varint longer than 64 bits")]
-    Varint,
-    #[error("invalid field key")]
-    Key,
+    /// A varint or a field key prost's own readers refuse.
+    #[error("{0}")]
+    Wire(#[from] prost::DecodeError),
     #[error("field {0}: wrong wire type")]
     WireType(&'static str),
     #[error("field {0}: not UTF-8")]
@@ -39,12 +41,8 @@ pub enum DecodeError {
 /// unknown fields; this schema itself nests three levels).
 const DEPTH: u32 = 100;
 
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
+const VARINT: WireType = WireType::Varint;
+const LEN: WireType = WireType::LengthDelimited;
 
 /// A kept spare is dropped when it holds more than this many bytes, so a
 /// thread that once decoded an unusually large report does not hold its
@@ -103,7 +101,7 @@ pub fn decode_into(report: &mut NodeReport, mut bytes: &[u8]) -> Result<(), Deco
     report.labels_omitted = false;
     report.answer_within_ms = 0;
     while !buf.is_empty() {
-        let (tag, wire) = key(buf)?;
+        let (tag, wire) = decode_key(buf)?;
         match tag {
             1 => report.protocol_version = varint_field(wire, buf, "protocol_version")? as u32,
             2 => string(wire, buf, &mut report.node_name, "node_name")?,
@@ -140,7 +138,7 @@ fn pod_usage(pod: &mut PodUsage, mut bytes: &[u8]) -> Result<(), DecodeError> {
     pod.timestamp_unix_nanos = 0;
     pod.window_nanos = 0;
     while !buf.is_empty() {
-        let (tag, wire) = key(buf)?;
+        let (tag, wire) = decode_key(buf)?;
         match tag {
             1 => string(wire, buf, &mut pod.namespace, "namespace")?,
             2 => string(wire, buf, &mut pod.name, "name")?,
@@ -176,7 +174,7 @@ fn container_usage(c: &mut ContainerUsage, mut bytes: &[u8]) -> Result<(), Decod
     c.memory_working_set_bytes = 0;
     c.swap_bytes = 0;
     while !buf.is_empty() {
-        let (tag, wire) = key(buf)?;
+        let (tag, wire) = decode_key(buf)?;
         match tag {
             1 => string(wire, buf, &mut c.name, "container name")?,
             2 => c.cpu_nanocores = varint_field(wire, buf, "cpu_nanocores")?,
@@ -193,7 +191,7 @@ fn container_usage(c: &mut ContainerUsage, mut bytes: &[u8]) -> Result<(), Decod
 fn usage(u: &mut Usage, mut bytes: &[u8]) -> Result<(), DecodeError> {
     let buf = &mut bytes;
     while !buf.is_empty() {
-        let (tag, wire) = key(buf)?;
+        let (tag, wire) = decode_key(buf)?;
         match tag {
             1 => u.timestamp_unix_nanos = varint_field(wire, buf, "timestamp_unix_nanos")? as i64,
             2 => u.window_nanos = varint_field(wire, buf, "window_nanos")? as i64,
@@ -209,7 +207,7 @@ fn usage(u: &mut Usage, mut bytes: &[u8]) -> Result<(), DecodeError> {
 /// One entry of a `map<string, string>` field at `depth`: a key, a value
 /// (either may be missing, and is then empty), the last of a key kept.
 fn map_entry(
-    wire: u8,
+    wire: WireType,
     buf: &mut &[u8],
     map: &mut HashMap<String, String>,
     depth: u32,
@@ -218,7 +216,7 @@ fn map_entry(
     let mut inner = nested(wire, buf, depth, field)?;
     let (mut k, mut v) = (String::new(), String::new());
     while !inner.is_empty() {
-        let (tag, wire) = key(&mut inner)?;
+        let (tag, wire) = decode_key(&mut inner)?;
         match tag {
             1 => string(wire, &mut inner, &mut k, field)?,
             2 => string(wire, &mut inner, &mut v, field)?,
@@ -232,7 +230,7 @@ fn map_entry(
 /// The bytes of a length-delimited field holding a message, for a field
 /// at `depth`.
 fn nested<'a>(
-    wire: u8,
+    wire: WireType,
     buf: &mut &'a [u8],
     depth: u32,
     field: &'static str,
@@ -243,12 +241,12 @@ fn nested<'a>(
     if depth == 0 {
         return Err(DecodeError::Depth);
     }
-    let len = varint(buf)?;
+    let len = decode_varint(buf)?;
     take(buf, len)
 }
 
 fn string(
-    wire: u8,
+    wire: WireType,
     buf: &mut &[u8],
     into: &mut String,
     field: &'static str,
@@ -256,7 +254,7 @@ fn string(
     if wire != LEN {
         return Err(DecodeError::WireType(field));
     }
-    let len = varint(buf)?;
+    let len = decode_varint(buf)?;
     let bytes = take(buf, len)?;
     let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8(field))?;
     into.clear();
@@ -264,26 +262,26 @@ fn string(
     Ok(())
 }
 
-fn varint_field(wire: u8, buf: &mut &[u8], field: &'static str) -> Result<u64, DecodeError> {
+fn varint_field(wire: WireType, buf: &mut &[u8], field: &'static str) -> Result<u64, DecodeError> {
     if wire != VARINT {
         return Err(DecodeError::WireType(field));
     }
-    varint(buf)
+    Ok(decode_varint(buf)?)
 }
 
 /// Skips an unknown field (or a group of them) at `depth`.
-fn skip(wire: u8, tag: u32, buf: &mut &[u8], depth: u32) -> Result<(), DecodeError> {
+fn skip(wire: WireType, tag: u32, buf: &mut &[u8], depth: u32) -> Result<(), DecodeError> {
     if depth == 0 {
         return Err(DecodeError::Depth);
     }
     let len = match wire {
-        VARINT => varint(buf).map(|_| 0)?,
-        FIXED64 => 8,
-        FIXED32 => 4,
-        LEN => varint(buf)?,
-        START_GROUP => loop {
-            let (inner_tag, inner_wire) = key(buf)?;
-            if inner_wire == END_GROUP {
+        WireType::Varint => decode_varint(buf).map(|_| 0)?,
+        WireType::SixtyFourBit => 8,
+        WireType::ThirtyTwoBit => 4,
+        WireType::LengthDelimited => decode_varint(buf)?,
+        WireType::StartGroup => loop {
+            let (inner_tag, inner_wire) = decode_key(buf)?;
+            if inner_wire == WireType::EndGroup {
                 if inner_tag != tag {
                     return Err(DecodeError::EndGroup);
                 }
@@ -291,38 +289,9 @@ fn skip(wire: u8, tag: u32, buf: &mut &[u8], depth: u32) -> Result<(), DecodeErr
             }
             skip(inner_wire, inner_tag, buf, depth - 1)?;
         },
-        _ => return Err(DecodeError::EndGroup),
+        WireType::EndGroup => return Err(DecodeError::EndGroup),
     };
     take(buf, len).map(|_| ())
-}
-
-/// A field's tag and wire type.
-fn key(buf: &mut &[u8]) -> Result<(u32, u8), DecodeError> {
-    let key = varint(buf)?;
-    let key = u32::try_from(key).map_err(|_| DecodeError::Key)?;
-    let wire = (key & 7) as u8;
-    if wire > FIXED32 || key >> 3 == 0 {
-        return Err(DecodeError::Key);
-    }
-    Ok((key >> 3, wire))
-}
-
-fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
-    let mut value = 0;
-    for i in 0..10 {
-        let Some((&b, rest)) = buf.split_first() else {
-            return Err(DecodeError::Truncated);
-        };
-        *buf = rest;
-        if i == 9 && b > 1 {
-            return Err(DecodeError::Varint);
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Ok(value);
-        }
-    }
-    Err(DecodeError::Varint)
 }
 
 fn take<'a>(buf: &mut &'a [u8], len: u64) -> Result<&'a [u8], DecodeError> {
@@ -443,24 +412,24 @@ mod tests {
     /// Bytes of unknown fields of every wire type: a varint, 64 and 32
     /// bits, a length-delimited field and a group holding one of each.
     fn unknown(tag: u32) -> Vec<u8> {
-        let k = |t: u32, w: u8| {
+        let k = |t: u32, w: WireType| {
             let mut b = Vec::new();
-            prost::encoding::encode_varint(u64::from(t << 3 | u32::from(w)), &mut b);
+            prost::encoding::encode_key(t, w, &mut b);
             b
         };
         let mut b = k(tag, VARINT);
         b.push(0x96);
         b.push(0x01);
-        b.extend(k(tag + 1, FIXED64));
+        b.extend(k(tag + 1, WireType::SixtyFourBit));
         b.extend([1; 8]);
-        b.extend(k(tag + 2, FIXED32));
+        b.extend(k(tag + 2, WireType::ThirtyTwoBit));
         b.extend([2; 4]);
         b.extend(k(tag + 3, LEN));
         b.extend([2, b'h', b'i']);
-        b.extend(k(tag + 4, START_GROUP));
+        b.extend(k(tag + 4, WireType::StartGroup));
         b.extend(k(tag + 5, VARINT));
         b.push(7);
-        b.extend(k(tag + 4, END_GROUP));
+        b.extend(k(tag + 4, WireType::EndGroup));
         b
     }
 
@@ -530,9 +499,9 @@ mod tests {
         }
     }
 
-    fn encoded_key(tag: u32, wire: u8) -> Vec<u8> {
+    fn encoded_key(tag: u32, wire: WireType) -> Vec<u8> {
         let mut b = Vec::new();
-        prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire)), &mut b);
+        prost::encoding::encode_key(tag, wire, &mut b);
         b
     }
 
@@ -540,10 +509,10 @@ mod tests {
     fn groups(n: u32) -> Vec<u8> {
         let mut b = Vec::new();
         for _ in 0..n {
-            b.extend(encoded_key(30, START_GROUP));
+            b.extend(encoded_key(30, WireType::StartGroup));
         }
         for _ in 0..n {
-            b.extend(encoded_key(30, END_GROUP));
+            b.extend(encoded_key(30, WireType::EndGroup));
         }
         b
     }
@@ -608,7 +577,7 @@ mod tests {
             ("varint as string", vec![0x1a, 0x00], false),
             ("not UTF-8", vec![0x12, 0x01, 0xff], false),
             ("string past the end", vec![0x12, 0x05, b'a'], false),
-            ("lone end group", encoded_key(30, END_GROUP), false),
+            ("lone end group", encoded_key(30, WireType::EndGroup), false),
             ("map entry under a varint key", vec![0x28, 0x00], false),
             ("empty map entry", vec![0x2a, 0x00], true),
             ("pod as varint", vec![0x38, 0x00], false),
