@@ -183,9 +183,10 @@ impl Shape {
     }
 
     /// Node `n`'s report with every label and zero usage; [`fill`] sets
-    /// the usage of one period.
+    /// the usage of one period. Its pods are in the order the agent sends
+    /// them (by namespace, then name), each pod's containers by name.
     pub fn template(&self, n: usize, period_ms: u64) -> NodeReport {
-        let pods = (0..self.pods_per_node)
+        let mut pods: Vec<PodUsage> = (0..self.pods_per_node)
             .map(|slot| self.global(n, slot))
             .filter(|g| *g < self.total_pods())
             .map(|g| {
@@ -208,6 +209,10 @@ impl Shape {
                 }
             })
             .collect();
+        for p in &mut pods {
+            p.containers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        }
+        pods.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut report = NodeReport {
             protocol_version: metrics_proto::PROTOCOL_VERSION,
             node_name: self.node_name(n),
@@ -279,7 +284,14 @@ mod tests {
         for n in 0..s.nodes {
             let r = s.template(n, 15_000);
             assert!(metrics_proto::labels::version(&r) != 0);
+            // In the agent's order: pods by namespace and name, each
+            // pod's containers by name.
+            assert!(r
+                .pods
+                .windows(2)
+                .all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name)));
             for p in &r.pods {
+                assert!(p.containers.windows(2).all(|w| w[0].name < w[1].name));
                 assert!(seen.insert((p.namespace.clone(), p.name.clone())));
                 assert!((5..=10).contains(&p.labels.len()), "{:?}", p.labels);
                 *per_app
