@@ -401,3 +401,56 @@ fn usages_made_from_spare_ones_equal_fresh_ones() {
     assert_eq!(now.len(), 2);
     assert_eq!(rates.pod_usages_into(fresh), now);
 }
+
+/// A report lists its pods by namespace, then name, and each pod's
+/// containers by name: the order the aggregator's in-place write checks
+/// first, and the one the load generator sends.
+#[test]
+fn usages_are_sorted_by_namespace_and_name_containers_by_name() {
+    let start = T0 - 3600 * S;
+    let pods = [
+        ("kube-system", "coredns-7db6d8ff4d-x2kqp"),
+        ("default", "web-2"),
+        ("default", "web-10"),
+        ("apps", "api-b"),
+        ("apps", "api-a"),
+        ("zeta", "a"),
+    ];
+    let containers = ["sidecar", "app", "istio-proxy", "zz", "aa"];
+    let at = |t: i64, cpu: u64| Batch {
+        node: None,
+        pods: pods
+            .iter()
+            .map(|(ns, name)| {
+                let pod = PodRef {
+                    namespace: (*ns).into(),
+                    name: (*name).into(),
+                };
+                let cs: ByName<Point> = containers
+                    .iter()
+                    .map(|c| ((*c).into(), pt(t, start, cpu, 10)))
+                    .collect();
+                (pod, cs)
+            })
+            .collect(),
+    };
+    let mut s = store();
+    s.store(&at(T0, 0));
+    s.store(&at(T0 + 15 * S, S as u64));
+    let got = s.pod_usages();
+    assert_eq!(got.len(), pods.len());
+    let keys: Vec<(&str, &str)> = got
+        .iter()
+        .map(|p| (p.namespace.as_str(), p.name.as_str()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    for p in &got {
+        let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "{}/{}", p.namespace, p.name);
+        assert_eq!(names.len(), containers.len());
+    }
+}
