@@ -41,9 +41,6 @@ pub enum DecodeError {
 /// unknown fields; this schema itself nests three levels).
 const DEPTH: u32 = 100;
 
-const VARINT: WireType = WireType::Varint;
-const LEN: WireType = WireType::LengthDelimited;
-
 /// A kept spare is dropped when it holds more than this many bytes, so a
 /// thread that once decoded an unusually large report does not hold its
 /// size for good.
@@ -235,7 +232,7 @@ fn nested<'a>(
     depth: u32,
     field: &'static str,
 ) -> Result<&'a [u8], DecodeError> {
-    if wire != LEN {
+    if wire != WireType::LengthDelimited {
         return Err(DecodeError::WireType(field));
     }
     if depth == 0 {
@@ -251,7 +248,7 @@ fn string(
     into: &mut String,
     field: &'static str,
 ) -> Result<(), DecodeError> {
-    if wire != LEN {
+    if wire != WireType::LengthDelimited {
         return Err(DecodeError::WireType(field));
     }
     let len = decode_varint(buf)?;
@@ -263,7 +260,7 @@ fn string(
 }
 
 fn varint_field(wire: WireType, buf: &mut &[u8], field: &'static str) -> Result<u64, DecodeError> {
-    if wire != VARINT {
+    if wire != WireType::Varint {
         return Err(DecodeError::WireType(field));
     }
     Ok(decode_varint(buf)?)
@@ -412,24 +409,19 @@ mod tests {
     /// Bytes of unknown fields of every wire type: a varint, 64 and 32
     /// bits, a length-delimited field and a group holding one of each.
     fn unknown(tag: u32) -> Vec<u8> {
-        let k = |t: u32, w: WireType| {
-            let mut b = Vec::new();
-            prost::encoding::encode_key(t, w, &mut b);
-            b
-        };
-        let mut b = k(tag, VARINT);
+        let mut b = encoded_key(tag, WireType::Varint);
         b.push(0x96);
         b.push(0x01);
-        b.extend(k(tag + 1, WireType::SixtyFourBit));
+        b.extend(encoded_key(tag + 1, WireType::SixtyFourBit));
         b.extend([1; 8]);
-        b.extend(k(tag + 2, WireType::ThirtyTwoBit));
+        b.extend(encoded_key(tag + 2, WireType::ThirtyTwoBit));
         b.extend([2; 4]);
-        b.extend(k(tag + 3, LEN));
+        b.extend(encoded_key(tag + 3, WireType::LengthDelimited));
         b.extend([2, b'h', b'i']);
-        b.extend(k(tag + 4, WireType::StartGroup));
-        b.extend(k(tag + 5, VARINT));
+        b.extend(encoded_key(tag + 4, WireType::StartGroup));
+        b.extend(encoded_key(tag + 5, WireType::Varint));
         b.push(7);
-        b.extend(k(tag + 4, WireType::EndGroup));
+        b.extend(encoded_key(tag + 4, WireType::EndGroup));
         b
     }
 
@@ -519,7 +511,7 @@ mod tests {
 
     /// `inner` as the bytes of field `tag`.
     fn field(tag: u32, inner: Vec<u8>) -> Vec<u8> {
-        let mut b = encoded_key(tag, LEN);
+        let mut b = encoded_key(tag, WireType::LengthDelimited);
         prost::encoding::encode_varint(inner.len() as u64, &mut b);
         b.extend(inner);
         b
