@@ -1,5 +1,6 @@
 //! The kernel's own accounting of a process: CPU time (utime + stime from
-//! `/proc/PID/stat`) and resident memory (`VmRSS`), for load harnesses.
+//! `/proc/PID/stat`) and resident memory (`VmRSS`, and its anonymous part
+//! `RssAnon`), for load harnesses.
 
 use procfs::process::Process;
 
@@ -18,6 +19,17 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
 }
 
+/// `VmRSS` of `pid` and its anonymous part `RssAnon` (heap, stacks: what
+/// it holds besides the pages of files it maps, such as its own code),
+/// from one read of its status, KiB.
+pub fn rss_parts_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = Process::new(i32::try_from(pid)?)?.status()?;
+    match (status.vmrss, status.rssanon) {
+        (Some(total), Some(anon)) => Ok((total, anon)),
+        _ => anyhow::bail!("no VmRSS or RssAnon for {pid}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +46,18 @@ mod tests {
             }
         }
         assert!(rss_kib(me).unwrap() > 100);
+    }
+
+    #[test]
+    fn anonymous_memory_is_part_of_rss_and_follows_the_heap() {
+        let me = std::process::id();
+        let (_, before) = rss_parts_kib(me).unwrap();
+        // 64 MiB written through, so every page is resident. Other tests
+        // of this binary run beside it, so the bound leaves them room.
+        let held = std::hint::black_box(vec![1u8; 64 << 20]);
+        let (rss, during) = rss_parts_kib(me).unwrap();
+        assert!(during >= before + (32 << 10), "{before} -> {during} KiB");
+        assert!(during <= rss, "RssAnon {during} above VmRSS {rss} KiB");
+        drop(held);
     }
 }

@@ -58,6 +58,10 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
     let owned: usize = s.replica_cost.iter().map(|r| r.nodes_owned).sum();
     assert_eq!(owned, 100);
     assert!(s.replica_cost.iter().all(|r| r.rss_kib > 0));
+    assert!(s
+        .replica_cost
+        .iter()
+        .all(|r| r.rss_anon_kib > 0 && r.rss_anon_kib <= r.rss_kib));
     assert!(s.reports_accepted > 0 && s.ingest_lag_ms.count > 0);
     // Every representation answered the whole list, in its own type.
     assert_eq!(s.representations.len(), 3, "{:?}", s.representations);

@@ -89,6 +89,10 @@ pub struct ReplicaCost {
     pub rss_kib_idle: u64,
     /// After the ingest periods, before any query.
     pub rss_kib: u64,
+    /// The anonymous part of the two above (heap and stacks, without the
+    /// pages of the binary's code that serving touched).
+    pub rss_anon_kib_idle: u64,
+    pub rss_anon_kib: u64,
     /// After every query phase (large answers included).
     pub rss_kib_after_queries: u64,
 }
@@ -117,6 +121,10 @@ pub struct Summary {
     pub central_mcpu_per_node: f64,
     /// All replicas' RSS growth under load divided by the nodes, KiB.
     pub central_rss_kib_per_node: f64,
+    /// The same for the anonymous part of RSS: the growth that is the
+    /// nodes' and connections' data, without the code pages that serving
+    /// them brought in once.
+    pub central_anon_kib_per_node: f64,
     pub reports_sent: u64,
     pub reports_accepted: u64,
     pub reports_refused: u64,
@@ -249,9 +257,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
     let extra: Vec<&str> = cfg.extra.iter().map(String::as_str).collect();
     let set = ReplicaSet::new(&cfg.dir, cfg.replicas, cfg.replication, &extra);
     let aggs = set.start_all().await?;
-    let idle: Vec<u64> = aggs
+    let idle: Vec<(u64, u64)> = aggs
         .iter()
-        .map(|a| procstat::rss_kib(pid(a)?))
+        .map(|a| procstat::rss_parts_kib(pid(a)?))
         .collect::<anyhow::Result<_>>()?;
     let ca = PathBuf::from(&set.cert.0);
     let api = Api::new(&ca, aggs.iter().map(AggregatorProc::api_url).collect())?;
@@ -307,12 +315,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
                 )
             })
             .count();
+        let (rss_kib, rss_anon_kib) = procstat::rss_parts_kib(p)?;
         replica_cost.push(ReplicaCost {
             id: set.ids[i].clone(),
             nodes_owned: owned,
             mcpu: (procstat::cpu_seconds(p)? - cpu0[i]) / measured * 1e3,
-            rss_kib_idle: idle[i],
-            rss_kib: procstat::rss_kib(p)?,
+            rss_kib_idle: idle[i].0,
+            rss_kib,
+            rss_anon_kib_idle: idle[i].1,
+            rss_anon_kib,
             rss_kib_after_queries: 0,
         });
     }
@@ -365,6 +376,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
         central_rss_kib_per_node: replica_cost
             .iter()
             .map(|r| r.rss_kib.saturating_sub(r.rss_kib_idle) as f64)
+            .sum::<f64>()
+            / nodes,
+        central_anon_kib_per_node: replica_cost
+            .iter()
+            .map(|r| r.rss_anon_kib.saturating_sub(r.rss_anon_kib_idle) as f64)
             .sum::<f64>()
             / nodes,
         replica_cost,
