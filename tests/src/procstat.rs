@@ -13,10 +13,7 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 /// Resident set size of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = Process::new(i32::try_from(pid)?)?.status()?;
-    status
-        .vmrss
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+    Ok(rss_parts_kib(pid)?.0)
 }
 
 /// `VmRSS` of `pid` and its anonymous part `RssAnon` (heap, stacks: what
