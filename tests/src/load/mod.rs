@@ -365,6 +365,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
     fleet.stop();
 
     let nodes = shape.nodes.max(1) as f64;
+    let per_node = |of: fn(&ReplicaCost) -> f64| replica_cost.iter().map(of).sum::<f64>() / nodes;
+    let central_mcpu_per_node = per_node(|r| r.mcpu);
+    let central_rss_kib_per_node = per_node(|r| r.rss_kib.saturating_sub(r.rss_kib_idle) as f64);
+    let central_anon_kib_per_node =
+        per_node(|r| r.rss_anon_kib.saturating_sub(r.rss_anon_kib_idle) as f64);
     Ok(Summary {
         shape,
         replicas: cfg.replicas,
@@ -372,17 +377,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
         period_s: cfg.period.as_secs_f64(),
         measured_s: measured,
         converged_s,
-        central_mcpu_per_node: replica_cost.iter().map(|r| r.mcpu).sum::<f64>() / nodes,
-        central_rss_kib_per_node: replica_cost
-            .iter()
-            .map(|r| r.rss_kib.saturating_sub(r.rss_kib_idle) as f64)
-            .sum::<f64>()
-            / nodes,
-        central_anon_kib_per_node: replica_cost
-            .iter()
-            .map(|r| r.rss_anon_kib.saturating_sub(r.rss_anon_kib_idle) as f64)
-            .sum::<f64>()
-            / nodes,
+        central_mcpu_per_node,
+        central_rss_kib_per_node,
+        central_anon_kib_per_node,
         replica_cost,
         reports_sent: FleetStats::get(&fleet.stats.sent),
         reports_accepted: FleetStats::get(&fleet.stats.accepted),
