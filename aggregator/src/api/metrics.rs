@@ -104,31 +104,28 @@ struct Encoding {
 }
 
 impl Encoding {
-    fn objects(hits: &[Hit], created: &str) -> Result<Vec<Object>, ApiError> {
-        hits.iter().map(|h| Object::from_hit(h, created)).collect()
-    }
-
-    /// The answer for `hits` in the negotiated format; `json` writes the
-    /// JSON answer, which every format but protobuf starts from.
+    /// The answer for `hits` in the negotiated format: a list of kind
+    /// `list` (`PodMetricsList`, ...), or with `None` the one object of a
+    /// GET. `json` writes the JSON answer, which a single object's YAML is
+    /// read from.
     fn respond(
         &self,
         json: impl FnOnce() -> Vec<u8>,
         hits: &[Hit],
         created_ns: i64,
-        single: bool,
+        list: Option<&str>,
     ) -> Result<Response, ApiError> {
         let created = rfc3339(created_ns);
-        let body = match self.format {
-            Format::Json => json(),
-            Format::Yaml => {
+        let body = match (self.format, list) {
+            (Format::Json, _) => json(),
+            (Format::Yaml, Some(list_kind)) => yaml::list(list_kind, hits, &created)?.into_bytes(),
+            (Format::Yaml, None) => {
                 let v: serde_json::Value = serde_json::from_slice(&json())
                     .map_err(|e| ApiError::Internal(format!("answer does not decode: {e}")))?;
                 yaml::to_yaml(&v).into_bytes()
             }
-            Format::Protobuf => self.protobuf(hits, created_ns, single)?,
-            Format::Table(v) => {
-                table::render(v, self.kind, &Self::objects(hits, &created)?, self.include)
-            }
+            (Format::Protobuf, _) => self.protobuf(hits, created_ns, list.is_none())?,
+            (Format::Table(v), _) => table::of_hits(v, self.kind, hits, &created, self.include)?,
         };
         Ok((
             [(http::header::CONTENT_TYPE, self.format.content_type())],
@@ -217,7 +214,7 @@ async fn list(
             .into_response()
     } else {
         let json = || ListBody::new(list_kind, &got.hits[..], rfc3339(created_ns)).collect();
-        encoding.respond(json, &got.hits, created_ns, false)?
+        encoding.respond(json, &got.hits, created_ns, Some(list_kind))?
     };
     if let Some(w) = warning {
         resp.headers_mut().insert(http::header::WARNING, w);
@@ -280,7 +277,7 @@ async fn get(
                     .write_object(&mut out, object, &rfc3339(created_ns));
                 out
             };
-            encoding.respond(json, std::slice::from_ref(h), created_ns, true)
+            encoding.respond(json, std::slice::from_ref(h), created_ns, None)
         }
         None => Err(ApiError::NotFound {
             resource: match kind {

@@ -1,6 +1,7 @@
-//! A metrics object read back from its rendered JSON, for the
-//! representations built from it (Table, YAML, protobuf). JSON answers
-//! never go through here: they are copied from the rendered bytes.
+//! A metrics object read back from its rendered JSON, for what is built
+//! from it: watch events, and protobuf from a peer's JSON. List and GET
+//! answers in JSON never go through here (they are copied from the
+//! rendered bytes), nor do Tables (written from each object's JSON).
 
 use std::collections::BTreeMap;
 
@@ -58,24 +59,5 @@ impl Object {
         })?;
         o.timestamp_ns = hit.timestamp_ns;
         Ok(o)
-    }
-
-    /// Usage summed over the object: the node's own, or its containers'
-    /// (metrics-server's Table rule), in nano-units by resource name.
-    pub fn total_usage(&self) -> BTreeMap<&str, i128> {
-        let mut total = BTreeMap::new();
-        let parts: Vec<&BTreeMap<String, String>> = match (&self.usage, &self.containers) {
-            (Some(u), _) => vec![u],
-            (None, Some(cs)) => cs.iter().map(|c| &c.usage).collect(),
-            (None, None) => Vec::new(),
-        };
-        for usage in parts {
-            for (name, q) in usage {
-                let v = crate::format::parse_quantity_nanos(q).unwrap_or(0);
-                let sum: &mut i128 = total.entry(name.as_str()).or_default();
-                *sum = sum.saturating_add(v);
-            }
-        }
-        total
     }
 }

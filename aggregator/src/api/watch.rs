@@ -240,7 +240,7 @@ impl Writer {
             }
             Format::Table(v) => Self::json_event(
                 event_type,
-                &table::render(v, self.kind, std::slice::from_ref(&o), self.include),
+                &table::of_object(v, self.kind, &o, self.include)?,
             ),
             Format::Json | Format::Yaml => {
                 #[derive(serde::Serialize)]

@@ -4,7 +4,10 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::api::status::ApiError;
+use crate::query::Hit;
 
 /// `v` as a YAML document.
 pub fn to_yaml(v: &Value) -> String {
@@ -18,6 +21,32 @@ pub fn to_yaml(v: &Value) -> String {
         }
     }
     out
+}
+
+/// A list of `hits` (a `list_kind`, e.g. `PodMetricsList`) as a YAML
+/// document, each object with `created` as its creationTimestamp: the
+/// document [`to_yaml`] writes for the list's JSON, written one object at
+/// a time instead of from the whole list held as values (for every pod of
+/// a large cluster, many times the answer's size).
+pub fn list(list_kind: &str, hits: &[Hit], created: &str) -> Result<String, ApiError> {
+    // Keys in order: apiVersion, items, kind, metadata.
+    let mut out = to_yaml(&json!({ "apiVersion": "metrics.k8s.io/v1beta1" }));
+    if hits.is_empty() {
+        out.push_str("items: []\n");
+    } else {
+        out.push_str("items:\n");
+        let mut json = Vec::new();
+        for h in hits {
+            json.clear();
+            h.rendered.write_to(&mut json, created);
+            let v: Value = serde_json::from_slice(&json).map_err(|e| {
+                ApiError::Internal(format!("stored object {:?} does not decode: {e}", h.name))
+            })?;
+            sequence(&mut out, std::slice::from_ref(&v), 0);
+        }
+    }
+    out.push_str(&to_yaml(&json!({ "kind": list_kind, "metadata": {} })));
+    Ok(out)
 }
 
 fn indent(out: &mut String, n: usize) {
@@ -136,6 +165,58 @@ fn plain_is_safe(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_written_object_by_object_is_the_whole_lists_document() {
+        use crate::api::list_body::ListBody;
+        use crate::labelset::Labels;
+        use crate::render::Rendered;
+        use std::collections::HashMap;
+
+        let labels = Labels::new(&HashMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "007".to_string()),
+        ]))
+        .unwrap();
+        let u = metrics_proto::v1::Usage {
+            timestamp_unix_nanos: 1_700_000_000_000_000_000,
+            window_nanos: 15_000_000_000,
+            cpu_nanocores: 1_500_000,
+            memory_working_set_bytes: 3 << 20,
+            swap_bytes: 0,
+        };
+        let hit = |name: &str, rendered: Rendered| Hit {
+            namespace: String::new(),
+            name: name.to_owned(),
+            node: String::new(),
+            timestamp_ns: u.timestamp_unix_nanos,
+            rendered,
+            pb: None,
+        };
+        let hits = [
+            hit("a", crate::render::node_metrics("a", &labels, &u, false)),
+            hit(
+                "b",
+                crate::render::node_metrics("b", &Labels::empty(), &u, true),
+            ),
+            hit(
+                "true",
+                crate::render::node_metrics("true", &labels, &u, false),
+            ),
+        ];
+        let created = "2026-11-30T06:00:00Z";
+        for n in [0, 1, 3] {
+            let whole = ListBody::new("NodeMetricsList", &hits[..n], created.to_owned()).collect();
+            let whole: Value = serde_json::from_slice(&whole).unwrap();
+            let want = to_yaml(&whole);
+            assert_eq!(list("NodeMetricsList", &hits[..n], created).unwrap(), want);
+        }
+        let bad = [hit("x", Rendered::from_parts("{\"metadata\":", ""))];
+        assert!(matches!(
+            list("NodeMetricsList", &bad, created),
+            Err(ApiError::Internal(_))
+        ));
+    }
 
     #[test]
     fn ambiguous_strings_are_quoted() {
