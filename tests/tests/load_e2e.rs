@@ -30,6 +30,7 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
         extra: vec![],
         dir: dir.path().to_owned(),
         representations: 2,
+        settle: Duration::from_secs(1),
         // As the real agent's streams: answers held while nothing is new.
         paced_acks: true,
     };
@@ -72,5 +73,8 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
             "{name}: {} bytes for 500 pods",
             r.bytes
         );
+        // The replicas' memory around the answers was read.
+        assert!(r.rss_kib_before > 0 && r.rss_kib_after > 0, "{name}: {r:?}");
     }
+    assert!(s.rss_kib_settled.is_some_and(|kib| kib > 0));
 }

@@ -53,6 +53,10 @@ struct Args {
     /// the query phases, for their cost; 0: none.
     #[arg(long, default_value_t = 0)]
     representations: usize,
+    /// Seconds ingest runs on after those lists before the replicas' RSS is
+    /// read again (what large answers left behind); 0: not read.
+    #[arg(long, default_value_t = 0)]
+    settle: u64,
     /// Reports carry the real agent's `answer_within_ms`, so replicas answer
     /// only as often as it needs (ingest lag is then measured on the reports
     /// answered); by default every report is answered.
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         extra: args.extra.clone(),
         dir: dir.path().to_owned(),
         representations: args.representations,
+        settle: Duration::from_secs(args.settle),
         paced_acks: args.paced_acks,
     };
     let summary = load::run(&cfg).await.context("load run")?;

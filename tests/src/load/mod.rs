@@ -45,6 +45,9 @@ pub struct Config {
     /// All-pods lists asked in each representation (JSON, protobuf,
     /// Table) after the query phases; 0: none.
     pub representations: usize,
+    /// After those lists, how long ingest runs on before every replica's
+    /// RSS is read again (`rss_kib_settled`); zero: not read.
+    pub settle: Duration,
     /// Reports carry the real agent's `answer_within_ms`, so replicas
     /// answer only as often as it needs (ingest lag is then measured on
     /// the reports answered); otherwise every report is answered.
@@ -138,6 +141,9 @@ pub struct Summary {
     pub metric_age_ms: Percentiles,
     /// Cost of an all-pods list by representation.
     pub representations: BTreeMap<&'static str, RepresentationCost>,
+    /// Every replica's RSS summed, KiB, [`Config::settle`] after the
+    /// representations' lists: what the replicas gave back.
+    pub rss_kib_settled: Option<u64>,
     /// Every replica answered every node and pod at the end, and no query
     /// answer was incomplete.
     pub complete: bool,
@@ -152,6 +158,42 @@ pub struct RepresentationCost {
     pub bytes: usize,
     /// Answers that were not 200 in the asked content type.
     pub failed: usize,
+    /// Every replica's RSS summed, KiB: before the first answer, and
+    /// after the last.
+    pub rss_kib_before: u64,
+    pub rss_kib_after: u64,
+    /// The most any replica's RSS rose above its level before the
+    /// answers while they ran (sampled every [`RSS_SAMPLE`]), KiB.
+    pub rss_kib_peak_rise: u64,
+}
+
+/// How often RSS is sampled while large answers are being written.
+pub const RSS_SAMPLE: Duration = Duration::from_millis(20);
+
+/// `work`'s output, and the highest RSS each of `pids` had while it ran,
+/// sampled every [`RSS_SAMPLE`] and once at its end, KiB.
+async fn peak_rss_while<T>(
+    pids: &[u32],
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<(T, Vec<u64>)> {
+    let mut peaks = vec![0u64; pids.len()];
+    let sample = |peaks: &mut [u64]| -> anyhow::Result<()> {
+        for (peak, &pid) in peaks.iter_mut().zip(pids) {
+            *peak = (*peak).max(procstat::rss_kib(pid)?);
+        }
+        Ok(())
+    };
+    let mut tick = tokio::time::interval(RSS_SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick() => sample(&mut peaks)?,
+        }
+    };
+    sample(&mut peaks)?;
+    Ok((out, peaks))
 }
 
 /// The representations measured, by their `Accept` headers.
@@ -172,24 +214,41 @@ async fn representations(
         let cpu = |aggs: &[AggregatorProc]| -> anyhow::Result<f64> {
             aggs.iter().map(|a| procstat::cpu_seconds(pid(a)?)).sum()
         };
+        let pids: Vec<u32> = aggs.iter().map(pid).collect::<anyhow::Result<_>>()?;
+        let rss = |pids: &[u32]| -> anyhow::Result<Vec<u64>> {
+            pids.iter().map(|&p| procstat::rss_kib(p)).collect()
+        };
+        let before = rss(&pids)?;
         let cpu0 = cpu(aggs)?;
-        let mut latencies = Vec::new();
-        let (mut bytes, mut failed) = (0, 0);
-        for _ in 0..count {
-            let (status, headers, body, latency) = api.get_as(0, "pods", accept).await?;
-            let ct = headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if status != http::StatusCode::OK
-                || !ct.starts_with(accept.split(';').next().unwrap_or(""))
-            {
-                failed += 1;
+        let answers = async {
+            let mut latencies = Vec::new();
+            let (mut bytes, mut failed) = (0, 0);
+            for _ in 0..count {
+                let (status, headers, body, latency) = api.get_as(0, "pods", accept).await?;
+                let ct = headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if status != http::StatusCode::OK
+                    || !ct.starts_with(accept.split(';').next().unwrap_or(""))
+                {
+                    failed += 1;
+                }
+                bytes = body.len();
+                latencies.push(ms(latency));
             }
-            bytes = body.len();
-            latencies.push(ms(latency));
-        }
+            anyhow::Ok((latencies, bytes, failed))
+        };
+        let (answered, peaks) = peak_rss_while(&pids, answers).await?;
+        let (latencies, bytes, failed) = answered?;
         let cpu_ms = (cpu(aggs)? - cpu0) * 1e3 / count.max(1) as f64;
+        let after = rss(&pids)?;
+        let rss_kib_peak_rise = peaks
+            .iter()
+            .zip(&before)
+            .map(|(peak, before)| peak.saturating_sub(*before))
+            .max()
+            .unwrap_or(0);
         out.insert(
             name,
             RepresentationCost {
@@ -197,6 +256,9 @@ async fn representations(
                 cpu_ms_per_answer: cpu_ms,
                 bytes,
                 failed,
+                rss_kib_before: before.iter().sum(),
+                rss_kib_after: after.iter().sum(),
+                rss_kib_peak_rise,
             },
         );
     }
@@ -358,6 +420,14 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
     } else {
         BTreeMap::new()
     };
+    let rss_kib_settled = if cfg.representations > 0 && !cfg.settle.is_zero() {
+        tokio::time::sleep(cfg.settle).await;
+        let rss: anyhow::Result<Vec<u64>> =
+            aggs.iter().map(|a| procstat::rss_kib(pid(a)?)).collect();
+        Some(rss?.iter().sum())
+    } else {
+        None
+    };
     let complete = !any_incomplete && all_complete(&api, &shape, cfg.replicas, true).await;
     for (r, a) in replica_cost.iter_mut().zip(&aggs) {
         r.rss_kib_after_queries = procstat::rss_kib(pid(a)?)?;
@@ -392,6 +462,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
         queries: results,
         metric_age_ms: Percentiles::of(ages),
         representations,
+        rss_kib_settled,
         complete,
     })
 }
