@@ -65,7 +65,7 @@ async fn fifty_nodes_on_three_replicas_answer_completely() {
         .all(|r| r.rss_anon_kib > 0 && r.rss_anon_kib <= r.rss_kib));
     assert!(s.reports_accepted > 0 && s.ingest_lag_ms.count > 0);
     // Every representation answered the whole list, in its own type.
-    assert_eq!(s.representations.len(), 3, "{:?}", s.representations);
+    assert_eq!(s.representations.len(), 4, "{:?}", s.representations);
     for (name, r) in &s.representations {
         assert_eq!((r.failed, r.latency_ms.count), (0, 2), "{name}");
         assert!(

@@ -49,8 +49,8 @@ struct Args {
     /// Longest a query phase may run, seconds.
     #[arg(long, default_value_t = 120)]
     phase_limit: u64,
-    /// All-pods lists asked in each representation (JSON, protobuf, Table) after
-    /// the query phases, for their cost; 0: none.
+    /// All-pods lists asked in each representation (JSON, protobuf, Table,
+    /// YAML) after the query phases, for their cost; 0: none.
     #[arg(long, default_value_t = 0)]
     representations: usize,
     /// Seconds ingest runs on after those lists before the replicas' RSS is

@@ -43,7 +43,7 @@ pub struct Config {
     /// Where replicas keep their files.
     pub dir: PathBuf,
     /// All-pods lists asked in each representation (JSON, protobuf,
-    /// Table) after the query phases; 0: none.
+    /// Table, YAML) after the query phases; 0: none.
     pub representations: usize,
     /// After those lists, how long ingest runs on before every replica's
     /// RSS is read again (`rss_kib_settled`); zero: not read.
@@ -197,10 +197,11 @@ async fn peak_rss_while<T>(
 }
 
 /// The representations measured, by their `Accept` headers.
-pub const REPRESENTATIONS: [(&str, &str); 3] = [
+pub const REPRESENTATIONS: [(&str, &str); 4] = [
     ("json", "application/json"),
     ("protobuf", "application/vnd.kubernetes.protobuf"),
     ("table", "application/json;as=Table;v=v1;g=meta.k8s.io"),
+    ("yaml", "application/yaml"),
 ];
 
 /// Asks every pod `count` times in each representation from replica 0.
