@@ -323,6 +323,14 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
+    fn column_names(t: &Value) -> Vec<&str> {
+        let columns = t["columnDefinitions"].as_array().unwrap();
+        columns
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    }
+
     fn list_item(h: &Hit) -> Value {
         let mut out = Vec::new();
         h.rendered.write_to(&mut out, CREATED);
@@ -342,13 +350,7 @@ mod tests {
         let t = table(&hits, IncludeObject::Metadata);
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
-        let columns: Vec<&str> = t["columnDefinitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(columns, ["Name", "cpu", "memory", "Window"]);
+        assert_eq!(column_names(&t), ["Name", "cpu", "memory", "Window"]);
         let rows = t["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 2);
         // A pod's cells are its containers' sums (metrics-server's rule).
@@ -409,13 +411,10 @@ mod tests {
         .unwrap();
         let t: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1beta1");
-        let columns: Vec<&str> = t["columnDefinitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(columns, ["Name", "cpu", "memory", "swap", "Window"]);
+        assert_eq!(
+            column_names(&t),
+            ["Name", "cpu", "memory", "swap", "Window"]
+        );
         assert_eq!(
             t["rows"][0]["cells"],
             serde_json::json!(["node-a", "487558164n", "732212Ki", "4Ki", "30s"])
