@@ -123,7 +123,13 @@ pub fn parse_quantity_nanos(s: &str) -> Option<i128> {
         return None;
     }
     // mantissa × 10^exp10 × 2^exp2 units, in nano-units.
-    let mut mantissa: i128 = format!("{whole}{fraction}").parse().ok()?;
+    // At most 30 digits, checked above: no overflow, but checked anyway.
+    let mut mantissa = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .try_fold(0i128, |m, d| {
+            m.checked_mul(10)?.checked_add(i128::from(d - b'0'))
+        })?;
     let mut exp10 = 9 - i32::try_from(fraction.len()).ok()?;
     let exp2: u32 = match suffix {
         "Ki" => 10,

@@ -48,8 +48,12 @@ fn quantity(resource: &str, nanos: i128) -> String {
     }
 }
 
+/// A string of the object's JSON, borrowed from it unless it had escapes.
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
 /// Resources by name, in a usage object.
-type Usage<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+type Usage<'a> = BTreeMap<Str<'a>, Str<'a>>;
 
 /// What a row takes from an object's JSON; the rest is skipped unread.
 #[derive(Deserialize)]
@@ -87,7 +91,7 @@ impl Source<'_> {
             (None, None) => Box::new(std::iter::empty()),
         };
         for usage in parts {
-            for (name, q) in usage {
+            for (Str(name), Str(q)) in usage {
                 let v = parse_quantity_nanos(q).unwrap_or(0);
                 let sum: &mut i128 = total.entry(name.as_ref()).or_default();
                 *sum = sum.saturating_add(v);
@@ -445,6 +449,18 @@ mod tests {
         let t: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(t["rows"][0]["object"]["metadata"]["resourceVersion"], "42");
         assert_eq!(t["rows"][0]["cells"][0], "web-1");
+    }
+
+    #[test]
+    fn escaped_strings_read_as_their_text() {
+        let mut t = Table::new(TableVersion::V1, Kind::Nodes, IncludeObject::None, 0);
+        t.row(br#"{"metadata":{"name":"n\u0031"},"window":"1\u0035s","usage":{"c\u0070u":"1\u006d","memory":"1Ki"}}"#)
+            .unwrap();
+        let t: Value = serde_json::from_slice(&t.finish()).unwrap();
+        assert_eq!(
+            t["rows"][0]["cells"],
+            serde_json::json!(["n1", "1m", "1Ki", "15s"])
+        );
     }
 
     #[test]
