@@ -83,6 +83,21 @@ async fn a_frozen_replica_stops_no_other_from_answering() {
         },
     )
     .await;
+    // And held by both its owners (replicas store only nodes they own): a
+    // node whose second stream has not reported yet has no other owner to
+    // answer for it once the first is frozen.
+    until(
+        "every node held by both its owners",
+        Duration::from_secs(60),
+        async || {
+            let mut held = 0.0;
+            for agg in &aggs {
+                held += agg.metric("metrics_aggregator_nodes").await.unwrap_or(0.0);
+            }
+            held == (2 * NODES) as f64
+        },
+    )
+    .await;
 
     signal(&aggs[2], "-STOP");
     let frozen = Instant::now();
