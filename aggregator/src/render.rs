@@ -81,11 +81,9 @@ impl Rendered {
     pub fn write_object(&self, out: &mut Vec<u8>, kind: &str, created: &str) {
         let start = out.len();
         self.write_to(out, created);
-        if out[start..].starts_with(b"{\"kind\"") || !out[start..].starts_with(b"{") {
-            return;
+        if let Some(prefix) = kind_prefix(&out[start..], kind) {
+            out.splice(start..start + 1, prefix.into_bytes());
         }
-        let prefix = format!("{{\"kind\":\"{kind}\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",");
-        out.splice(start..start + 1, prefix.into_bytes());
     }
 
     /// Bytes this object adds to a response, minus the timestamp.
@@ -97,6 +95,14 @@ impl Rendered {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What replaces the opening `{` of a list item's JSON to make it a whole
+/// object: `kind` and `apiVersion` first. None when `object` has them
+/// already (from an older peer) or is no JSON object.
+pub fn kind_prefix(object: &[u8], kind: &str) -> Option<String> {
+    (object.starts_with(b"{") && !object.starts_with(b"{\"kind\""))
+        .then(|| format!("{{\"kind\":\"{kind}\",\"apiVersion\":\"metrics.k8s.io/v1beta1\","))
 }
 
 /// Appends `s` as a JSON string; names need no escaping (the common case,

@@ -15,6 +15,7 @@ use crate::api::object::Object;
 use crate::api::status::ApiError;
 use crate::format::{cpu_quantity, memory_quantity, parse_quantity_nanos};
 use crate::query::{Hit, Kind};
+use crate::render::kind_prefix;
 
 /// What each row carries besides its cells (`?includeObject=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,14 +176,12 @@ impl Table {
             }
             IncludeObject::Object => {
                 out.extend_from_slice(b",\"object\":");
-                match object.strip_prefix(b"{") {
-                    Some(rest) if !object.starts_with(b"{\"kind\"") => {
-                        out.extend_from_slice(b"{\"kind\":\"");
-                        out.extend_from_slice(self.object_kind.as_bytes());
-                        out.extend_from_slice(b"\",\"apiVersion\":\"metrics.k8s.io/v1beta1\",");
-                        out.extend_from_slice(rest);
+                match kind_prefix(object, self.object_kind) {
+                    Some(prefix) => {
+                        out.extend_from_slice(prefix.as_bytes());
+                        out.extend_from_slice(object.get(1..).unwrap_or_default());
                     }
-                    _ => out.extend_from_slice(object),
+                    None => out.extend_from_slice(object),
                 }
             }
         }

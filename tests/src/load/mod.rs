@@ -216,10 +216,7 @@ async fn representations(
             aggs.iter().map(|a| procstat::cpu_seconds(pid(a)?)).sum()
         };
         let pids: Vec<u32> = aggs.iter().map(pid).collect::<anyhow::Result<_>>()?;
-        let rss = |pids: &[u32]| -> anyhow::Result<Vec<u64>> {
-            pids.iter().map(|&p| procstat::rss_kib(p)).collect()
-        };
-        let before = rss(&pids)?;
+        let before = rss_each(aggs)?;
         let cpu0 = cpu(aggs)?;
         let answers = async {
             let mut latencies = Vec::new();
@@ -243,7 +240,7 @@ async fn representations(
         let (answered, peaks) = peak_rss_while(&pids, answers).await?;
         let (latencies, bytes, failed) = answered?;
         let cpu_ms = (cpu(aggs)? - cpu0) * 1e3 / count.max(1) as f64;
-        let after = rss(&pids)?;
+        let after = rss_each(aggs)?;
         let rss_kib_peak_rise = peaks
             .iter()
             .zip(&before)
@@ -279,6 +276,11 @@ impl Serialize for QueryKind {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Each replica's RSS, KiB.
+fn rss_each(aggs: &[AggregatorProc]) -> anyhow::Result<Vec<u64>> {
+    aggs.iter().map(|a| procstat::rss_kib(pid(a)?)).collect()
 }
 
 fn pid(agg: &AggregatorProc) -> anyhow::Result<u32> {
@@ -423,9 +425,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Summary> {
     };
     let rss_kib_settled = if cfg.representations > 0 && !cfg.settle.is_zero() {
         tokio::time::sleep(cfg.settle).await;
-        let rss: anyhow::Result<Vec<u64>> =
-            aggs.iter().map(|a| procstat::rss_kib(pid(a)?)).collect();
-        Some(rss?.iter().sum())
+        Some(rss_each(&aggs)?.iter().sum())
     } else {
         None
     };
